@@ -1,0 +1,116 @@
+"""Generate the CustomResourceDefinition from the pydantic types (`lathe crd`).
+
+Pydantic's JSON schema is close to what Kubernetes wants; this turns it into a *structural*
+OpenAPI v3 schema: $refs inlined, Optional[X] collapsed to X, titles dropped, int-or-string
+marked, free-form maps given additionalProperties, CEL rules kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from . import spec as s
+from .status import ModelOptimizationStatus
+
+_KEEP = {"type", "description", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+         "minLength", "maxLength", "pattern", "minItems", "maxItems", "default", "format",
+         "x-kubernetes-validations", "x-kubernetes-int-or-string"}
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        return _structural({**defs[node["$ref"].split("/")[-1]], **{k: v for k, v in node.items() if k != "$ref"}}, defs)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if len(options) == 1:
+            return _structural({**options[0], **rest}, defs)
+        types = {o.get("type") for o in options}
+        if types == {"integer", "string"}:
+            out = _structural(rest, defs)
+            out["x-kubernetes-int-or-string"] = True
+            return out
+        raise ValueError(f"cannot express anyOf {options} structurally")
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if k in _KEEP:
+            out[k] = v
+    # OpenAPI v3 (draft 4 style) in the CRD: exclusive bounds are booleans next to minimum/maximum.
+    if "exclusiveMinimum" in node:
+        out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
+    if "exclusiveMaximum" in node:
+        out["maximum"], out["exclusiveMaximum"] = node["exclusiveMaximum"], True
+    if out.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+    if node.get("type") == "object" or "properties" in node:
+        out["type"] = "object"
+        if "properties" in node:
+            out["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
+            if node.get("required"):
+                out["required"] = list(node["required"])
+        elif isinstance(node.get("additionalProperties"), dict):
+            out["additionalProperties"] = _structural(node["additionalProperties"], defs)
+        else:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+    if node.get("type") == "array":
+        out["items"] = _structural(node.get("items", {}), defs)
+    if "default" in out and (out["default"] is None or isinstance(out["default"], dict | list)):
+        # null is not a value, and structured defaults would be stamped into every object by the
+        # API server; the models fill both in when the operator reads the spec.
+        out.pop("default")
+    return out
+
+
+def schema_of(model: type) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _structural(raw, raw.get("$defs", {}))
+
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Winner", "type": "string", "jsonPath": ".status.winner"},
+    {"name": "Speedup", "type": "string", "jsonPath": ".status.speedup"},
+    {"name": "Acc drop", "type": "string", "jsonPath": ".status.accuracyDrop"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{s.PLURAL}.{s.GROUP}"},
+        "spec": {
+            "group": s.GROUP,
+            "names": {"kind": s.KIND, "listKind": f"{s.KIND}List", "plural": s.PLURAL,
+                      "singular": s.SINGULAR, "shortNames": s.SHORT_NAMES, "categories": ["lathe"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": s.VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A model to optimize, validate against a budget, publish to Triton and roll out.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": schema_of(s.ModelOptimizationSpec),
+                        "status": schema_of(ModelOptimizationStatus),
+                    },
+                }},
+            }],
+        },
+    }
+
+
+HEADER = "# Generated by `lathe crd` from operator/lathe/api/ - do not edit by hand.\n"
+
+
+def crd_yaml() -> str:
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=120)

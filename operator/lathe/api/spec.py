@@ -1,0 +1,317 @@
+"""The ModelOptimization spec: the one source of truth for the CRD schema, the operator and the worker.
+
+Field names are camelCase on the wire (aliases) and snake_case in Python. Enums, ranges and
+required fields live here so that the generated CRD lets the API server reject bad resources
+before the operator ever sees them; `cel()` attaches cross-field rules (x-kubernetes-validations).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "lathe.dev"
+VERSION = "v1alpha1"
+KIND = "ModelOptimization"
+PLURAL = "modeloptimizations"
+SINGULAR = "modeloptimization"
+SHORT_NAMES = ["mopt"]
+
+
+def cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """Cross-field rules the API server evaluates (CEL): (rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              use_enum_values=True, protected_namespaces=())
+
+
+class ModelFormat(StrEnum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    pytorch_export = "pytorch-export"
+
+
+class TaskType(StrEnum):
+    classification = "classification"
+    embedding = "embedding"
+    regression = "regression"
+    generic = "generic"
+
+
+class Metric(StrEnum):
+    top1 = "top1"
+    cosine = "cosine"
+    mse = "mse"
+    mae = "mae"
+    agreement = "agreement"
+
+
+# Each task's metric unless the spec names one; "agreement" compares argmax/values with the baseline.
+DEFAULT_METRIC = {
+    TaskType.classification: Metric.top1,
+    TaskType.embedding: Metric.cosine,
+    TaskType.regression: Metric.mse,
+    TaskType.generic: Metric.agreement,
+}
+
+
+class Device(StrEnum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class Runtime(StrEnum):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+    tensorrt = "tensorrt"
+
+
+class Precision(StrEnum):
+    int8 = "int8"
+    fp16 = "fp16"
+    int4 = "int4"
+
+
+class QuantMode(StrEnum):
+    dynamic = "dynamic"
+    static = "static"
+    qat = "qat"
+
+
+class CalibrationMethod(StrEnum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class PruneMethod(StrEnum):
+    structured = "structured"
+    unstructured = "unstructured"
+    two_four = "2:4"
+
+
+class IntType(StrEnum):
+    uint8 = "uint8"
+    int8 = "int8"
+
+
+class Objective(StrEnum):
+    latency = "latency"
+    throughput = "throughput"
+    size = "size"
+
+
+class InputSpec(Model):
+    name: str = Field(min_length=1, description="Model input name.")
+    shape: list[int | str] = Field(
+        default_factory=list,
+        description="Dimensions; a string names a dynamic axis (e.g. batch, sequence), an int is fixed.",
+    )
+    dtype: str = Field("float32", pattern=r"^(float32|float16|int64|int32|int8|uint8|bool)$")
+
+
+class ModelSource(Model):
+    uri: str = Field(min_length=1, description="Where the model is: a path, pvc://claim/path, https://... (needs sha256) or s3://bucket/key.")
+    format: ModelFormat = Field(ModelFormat.onnx, description="onnx, torchscript (torch.jit.save) or pytorch-export (torch.export.save).")
+    sha256: str | None = Field(None, pattern=r"^[a-f0-9]{64}$", description="Verified before anything runs when given.")
+    inputs: list[InputSpec] = Field(default_factory=list, description="Input names, shapes and dtypes; required to export PyTorch models.")
+
+
+class Task(Model):
+    type: TaskType = Field(TaskType.classification, description="What the model does; picks the default metric.")
+    metric: Metric | None = Field(None, description="Accuracy metric; default: top1 for classification, cosine for embedding, mse for regression, agreement otherwise.")
+    output: str | None = Field(None, description="Output to evaluate; default: the first model output.")
+
+
+class DataSet(Model):
+    uri: str = Field(min_length=1, description="An .npz file of arrays keyed by model input name, with optional `labels`.")
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many samples.")
+
+
+class Coverage(Model):
+    min_samples: int = Field(16, ge=1, description="Static quantization fails below this many calibration samples.")
+    warn_samples: int = Field(100, ge=1, description="A warning is reported below this many calibration samples.")
+    require_class_coverage: bool = Field(True, description="Every class seen in validation must be in calibration.")
+    max_out_of_range: float = Field(0.05, ge=0, le=1, description="Largest share of validation values outside the calibrated input ranges.")
+
+
+class Data(Model):
+    calibration: DataSet | None = Field(None, description="Calibration set; defaults to the validation set (reported as such).")
+    validation: DataSet = Field(description="Validation set every candidate and the baseline are measured on.")
+    coverage: Coverage = Field(default_factory=Coverage)
+
+
+class Toleration(Model):
+    key: str | None = None
+    operator: str | None = Field(None, pattern=r"^(Exists|Equal)$")
+    value: str | None = None
+    effect: str | None = Field(None, pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$")
+    toleration_seconds: int | None = None
+
+
+class Resources(Model):
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+
+class Gpu(Model):
+    count: int = Field(1, ge=1, le=16)
+    resource_name: str = Field("nvidia.com/gpu", min_length=1)
+
+
+class Target(Model):
+    device: Device = Field(Device.cpu)
+    runtimes: list[Runtime] = Field(
+        default_factory=list,
+        description="Runtimes candidates may use; default: onnxruntime and openvino on cpu, tensorrt on gpu.",
+    )
+    threads: int = Field(0, ge=0, le=256, description="Intra-op threads for benchmarks; 0 = the cores the worker has.")
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], min_length=1, description="Batch sizes benchmarked; the first one decides.")
+    gpu: Gpu = Field(default_factory=Gpu)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class CalibrationSettings(Model):
+    method: CalibrationMethod = CalibrationMethod.minmax
+    percentile: float = Field(99.999, gt=50, le=100)
+    samples: int | None = Field(None, ge=1, description="Calibration samples used by this pass; default: all.")
+
+
+class FineTune(Model):
+    epochs: int = Field(3, ge=0, le=100)
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    early_stop_drop: float = Field(0.002, ge=0, description="Stop when validation accuracy falls by more than this between epochs.")
+
+
+class PassSpec(Model):
+    """One optimization step. `type` names a registered pass (quantize, prune, graph-optimize);
+    the other fields are its settings, checked against that pass's own config by the operator."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!has(self.mode) || self.mode == 'dynamic' || !has(self.precision) || self.precision == 'int8'",
+         "static and qat modes need precision int8"),
+        ("self.type != 'prune' || has(self.method)", "a prune pass needs a method"),
+    ))
+    type: str = Field(min_length=1, description="Registered pass name: quantize, prune, graph-optimize.")
+    precision: Precision | None = None
+    mode: QuantMode | None = None
+    calibration: CalibrationSettings | None = None
+    per_channel: bool | None = None
+    activation_type: IntType | None = None
+    weight_type: IntType | None = None
+    op_types: list[str] | None = None
+    exclude_nodes: list[str] | None = None
+    keep_io_types: bool | None = None
+    block_size: int | None = Field(None, ge=16, le=256)
+    method: PruneMethod | None = None
+    sparsity: float | None = Field(None, ge=0, le=1)
+    fine_tune: FineTune | None = None
+    level: str | None = Field(None, pattern=r"^(basic|extended|all)$")
+    preset: str | None = Field(None, pattern=r"^(performance|mixed)$")
+    model_type: str | None = Field(None, pattern=r"^(transformer)$")
+
+
+class Fallback(Model):
+    enabled: bool = Field(True, description="Keep the nodes that cost the most accuracy in float until the budget holds.")
+    max_float_nodes: int = Field(16, ge=0, le=4096)
+
+
+class Candidate(Model):
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    runtime: Runtime | None = Field(None, description="Default: the first runtime of the target.")
+    passes: list[PassSpec] = Field(default_factory=list, description="Applied in order; empty = the runtime's plain build.")
+    fallback: Fallback | None = Field(None, description="Automatic mixed precision for quantized candidates.")
+
+
+class Budget(Model):
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Largest absolute drop of the metric against the baseline (e.g. 0.01 = 1 point of top-1).")
+    max_relative_drop: float | None = Field(None, ge=0, le=1, description="Largest drop relative to the baseline metric.")
+    max_p99_latency_ms: float | None = Field(None, gt=0)
+    min_speedup: float | None = Field(None, ge=0, description="Baseline p50 / candidate p50 at the first batch size.")
+    max_size_mb: float | None = Field(None, gt=0)
+
+
+class TensorRTProfile(Model):
+    input: str = Field(min_length=1)
+    min: list[int] = Field(min_length=1)
+    opt: list[int] = Field(min_length=1)
+    max: list[int] = Field(min_length=1)
+
+
+class TensorRTOptions(Model):
+    profiles: list[TensorRTProfile] = Field(default_factory=list)
+    workspace_mib: int = Field(4096, ge=1)
+    optimization_level: int = Field(3, ge=0, le=5)
+    timing_cache: str | None = None
+
+
+class RolloutStep(Model):
+    weight: int = Field(ge=0, le=100, description="Percent of traffic sent to the new version.")
+    pause_seconds: int = Field(30, ge=0)
+    min_requests: int = Field(100, ge=0)
+
+
+class Analysis(Model):
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_latency_ratio: float = Field(1.5, gt=0, description="Canary mean latency / stable mean latency.")
+    max_p99_latency_ms: float | None = Field(None, gt=0)
+
+
+class Rollout(Model):
+    steps: list[RolloutStep] = Field(
+        default_factory=lambda: [RolloutStep(weight=10), RolloutStep(weight=50), RolloutStep(weight=100)])
+    analysis: Analysis = Field(default_factory=Analysis)
+    router: str = Field("triton", pattern=r"^(triton|gateway)$", description="triton: a router model inside Triton; gateway: a Gateway API HTTPRoute.")
+
+
+class Publish(Model):
+    repository: str = Field(min_length=1, description="Triton model repository: a path or pvc://claim/path.")
+    model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    flavour: str = Field("auto", pattern=r"^(auto|onnxruntime|python|tensorrt|openvino)$", description="Triton backend; auto picks from the winner's runtime.")
+    triton_url: str | None = Field(None, description="Triton HTTP endpoint (host:port); without it nothing is loaded or rolled out.")
+    max_batch_size: int = Field(8, ge=0)
+    dynamic_batching: bool = True
+    instances: int = Field(1, ge=1)
+    rollout: Rollout | None = None
+
+
+class ModelOptimizationSpec(Model):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!has(self.target) || !has(self.target.runtimes) || (has(self.target.device) && self.target.device == 'gpu')"
+         " || !self.target.runtimes.exists(r, r == 'tensorrt')",
+         "tensorrt needs target.device gpu"),
+    ))
+    model: ModelSource
+    task: Task = Field(default_factory=Task)
+    data: Data
+    target: Target = Field(default_factory=Target)
+    candidates: list[Candidate] = Field(default_factory=list, description="Default: a search set chosen for the target and model.")
+    budget: Budget = Field(default_factory=Budget)
+    objective: Objective = Objective.latency
+    tensorrt: TensorRTOptions | None = None
+    publish: Publish | None = None
+    artifacts: str | None = Field(None, description="Where the worker keeps candidates and the full report (a path or pvc://claim/path); default: scratch space that ends with the Job.")
+
+
+def parse_spec(obj: dict[str, Any]) -> ModelOptimizationSpec:
+    return ModelOptimizationSpec.model_validate(obj)
+
+
+def metric_of(spec: ModelOptimizationSpec) -> Metric:
+    return Metric(spec.task.metric or DEFAULT_METRIC[TaskType(spec.task.type)])
+
+
+def runtimes_of(spec: ModelOptimizationSpec) -> list[Runtime]:
+    if spec.target.runtimes:
+        return [Runtime(r) for r in spec.target.runtimes]
+    if spec.target.device == Device.gpu:
+        return [Runtime.tensorrt]
+    return [Runtime.onnxruntime, Runtime.openvino]

@@ -1,0 +1,182 @@
+"""Status of a ModelOptimization and the worker's result: what the controller writes and what
+`kubectl get mopt -o yaml` shows. The worker produces `WorkerResult`; its `compact()` form is
+what travels through the pod's termination message (< 4 KiB)."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+
+from pydantic import Field
+
+from .spec import Model
+
+TERMINATION_LIMIT = 4096
+
+
+class Phase(StrEnum):
+    pending = "Pending"
+    optimizing = "Optimizing"
+    publishing = "Publishing"
+    rolling_out = "RollingOut"
+    succeeded = "Succeeded"
+    rejected = "Rejected"  # the worker ran, no candidate met the budget: nothing published
+    rolled_back = "RolledBack"  # published, but the canary's serving metrics failed the analysis
+    failed = "Failed"
+
+
+class Verdict(StrEnum):
+    passed = "passed"
+    rejected = "rejected"
+    failed = "failed"
+    baseline = "baseline"
+
+
+class Condition(Model):
+    type: str
+    status: str = Field(pattern=r"^(True|False|Unknown)$")
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Latency(Model):
+    batch: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    throughput: float = Field(description="Samples per second.")
+
+
+class CandidateResult(Model):
+    name: str
+    runtime: str = ""
+    passes: str = Field("", description="The passes applied, in order, in short form.")
+    verdict: Verdict = Verdict.failed
+    reason: str = ""
+    metric: str = ""
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    relative_drop: float | None = None
+    min_cosine: float | None = None
+    latency: list[Latency] = Field(default_factory=list)
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    speedup: float | None = None
+    size_bytes: int | None = None
+    size_ratio: float | None = None
+    peak_memory_mb: float | None = None
+    float_nodes: list[str] = Field(default_factory=list, description="Nodes kept in float by automatic mixed precision.")
+    precision: dict[str, int] = Field(default_factory=dict, description="Node count per runtime precision.")
+    out_of_range: float | None = Field(None, description="Share of validation inputs outside the calibrated ranges.")
+    warnings: list[str] = Field(default_factory=list)
+    artifact: str | None = None
+    sha256: str | None = None
+
+
+class Published(Model):
+    repository: str
+    model_name: str
+    version: int
+    flavour: str
+    sha256: str
+    candidate: str
+    path: str | None = None
+
+
+class WorkerResult(Model):
+    metric: str
+    baseline: CandidateResult
+    candidates: list[CandidateResult] = Field(default_factory=list)
+    winner: str | None = None
+    pareto: list[str] = Field(default_factory=list)
+    report: str | None = Field(None, description="Path of the full JSON report next to the artifacts.")
+    html_report: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    environment: dict[str, str] = Field(default_factory=dict)
+    seconds: float | None = None
+    published: Published | None = Field(None, description="Set when the worker published the winner.")
+
+    def winner_result(self) -> CandidateResult | None:
+        return next((c for c in self.candidates if c.name == self.winner), None)
+
+    def compact(self) -> str:
+        """JSON under TERMINATION_LIMIT bytes: figures first, prose trimmed, then candidates dropped."""
+        def small(c: CandidateResult, reason_len: int) -> dict:
+            d = c.model_dump(by_alias=True, exclude_none=True,
+                             include={"name", "runtime", "verdict", "reason", "accuracy", "accuracy_drop",
+                                      "p50_ms", "p99_ms", "speedup", "size_bytes", "artifact", "sha256"})
+            if "reason" in d:
+                d["reason"] = d["reason"][:reason_len]
+            for k, v in d.items():
+                if isinstance(v, float):
+                    d[k] = round(v, 5)
+            return d
+
+        for reason_len, keep in ((300, None), (120, None), (60, None), (40, 12), (0, 6)):
+            cands = self.candidates if keep is None else _keep(self.candidates, self.winner, keep)
+            doc = {"metric": self.metric, "winner": self.winner, "report": self.report,
+                   "published": self.published.model_dump(by_alias=True, exclude_none=True) if self.published else None,
+                   "baseline": small(self.baseline, reason_len),
+                   "candidates": [small(c, reason_len) for c in cands],
+                   "truncated": len(cands) < len(self.candidates)}
+            text = json.dumps(doc, separators=(",", ":"))
+            if len(text.encode()) < TERMINATION_LIMIT:
+                return text
+        raise ValueError("worker summary does not fit the termination message")
+
+
+def _keep(cands: list[CandidateResult], winner: str | None, n: int) -> list[CandidateResult]:
+    first = [c for c in cands if c.name == winner]
+    return first + [c for c in cands if c.name != winner][: n - len(first)]
+
+
+class JobState(Model):
+    name: str | None = None
+    attempt: int = 0
+    generation: int | None = Field(None, description="The spec generation this Job works on.")
+    started: str | None = None
+    finished: str | None = None
+    exit_code: int | None = None
+    log_tail: str | None = None
+    next_retry: str | None = None
+
+
+class RolloutStepStatus(Model):
+    step: int
+    weight: int
+    requests: dict[str, float] = Field(default_factory=dict)
+    error_rate: dict[str, float] = Field(default_factory=dict)
+    latency_ms: dict[str, float] = Field(default_factory=dict)
+    decision: str = ""
+    reason: str = ""
+    time: str | None = None
+
+
+class RolloutStatus(Model):
+    state: str = Field("Pending", pattern=r"^(Pending|Progressing|Promoted|RolledBack|Failed)$")
+    stable_version: int | None = None
+    canary_version: int | None = None
+    step: int = 0
+    weights: dict[str, int] = Field(default_factory=dict)
+    history: list[RolloutStepStatus] = Field(default_factory=list)
+    reason: str = ""
+
+
+class ModelOptimizationStatus(Model):
+    observed_generation: int | None = None
+    phase: Phase = Phase.pending
+    stage: str = ""
+    message: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+    job: JobState | None = None
+    metric: str | None = None
+    baseline: CandidateResult | None = None
+    candidates: list[CandidateResult] = Field(default_factory=list)
+    winner: str | None = None
+    speedup: str | None = Field(None, description="Winner's speedup, formatted for the printer column.")
+    accuracy_drop: str | None = Field(None, description="Winner's accuracy drop, formatted for the printer column.")
+    report: str | None = None
+    published: Published | None = None
+    rollout: RolloutStatus | None = None

@@ -1,0 +1,308 @@
+"""The reconcile state machine, as a pure function: what the world looks like -> the status to
+write and the actions to take. No Kubernetes client here; handlers.py observes and applies.
+
+The machine is level-based: it looks at the spec generation, the status it wrote before and the
+Jobs that exist now, so an operator restart resumes from status without repeating finished work,
+and a spec change supersedes the Jobs of older generations."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from lathe.api.spec import ModelOptimizationSpec
+from lathe.api.status import (
+    CandidateResult,
+    Condition,
+    JobState,
+    ModelOptimizationStatus,
+    Phase,
+    Published,
+    RolloutStatus,
+)
+
+EXIT_BAD_INPUT = 2  # lathe worker: the model or data is wrong; retrying cannot help
+LOG_TAIL = 1500
+
+
+@dataclass(frozen=True)
+class ObservedJob:
+    name: str
+    generation: int
+    attempt: int
+    state: str  # active | succeeded | failed
+    exit_code: int | None = None
+    message: str | None = None  # the worker's termination message
+    log_tail: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    reason: str | None = None  # the Job's failure reason (DeadlineExceeded, …)
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_attempts: int = 3
+    backoff_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class World:
+    generation: int
+    spec: ModelOptimizationSpec | None
+    problems: list[str]
+    status: ModelOptimizationStatus
+    jobs: list[ObservedJob]
+    now: datetime
+    policy: Policy = Policy()
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    attempt: int
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Requeue:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RolloutTick:
+    """Advance the canary one step (side effects: Triton metrics and model control)."""
+
+
+Action = CreateJob | DeleteJob | Event | Requeue | RolloutTick
+
+
+@dataclass
+class Plan:
+    status: ModelOptimizationStatus
+    actions: list[Action] = field(default_factory=list)
+
+
+def _ts(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(status: ModelOptimizationStatus, type_: str, ok: bool | None, reason: str, message: str,
+                  now: datetime, generation: int) -> None:
+    value = "Unknown" if ok is None else ("True" if ok else "False")
+    for c in status.conditions:
+        if c.type == type_:
+            if c.status != value:
+                c.last_transition_time = _ts(now)
+            c.status, c.reason, c.message, c.observed_generation = value, reason, message, generation
+            return
+    status.conditions.append(Condition(type=type_, status=value, reason=reason, message=message,
+                                       last_transition_time=_ts(now), observed_generation=generation))
+
+
+def condition(status: ModelOptimizationStatus, type_: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def _fmt_speedup(c: CandidateResult | None) -> str | None:
+    return f"{c.speedup:.2f}x" if c and c.speedup is not None else None
+
+
+def _fmt_drop(c: CandidateResult | None) -> str | None:
+    return f"{c.accuracy_drop:.4f}" if c and c.accuracy_drop is not None else None
+
+
+def parse_result(message: str) -> dict:
+    doc = json.loads(message)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+def plan(world: World) -> Plan:
+    st = world.status.model_copy(deep=True)
+    gen, now = world.generation, world.now
+    actions: list[Action] = []
+    out = Plan(st, actions)
+
+    def transition(phase: Phase, stage: str, message: str, event: tuple[str, str] | None = None) -> None:
+        if st.phase != phase or st.stage != stage:
+            if event:
+                actions.append(Event(event[0], event[1], message))
+        st.phase, st.stage, st.message = phase, stage, message
+
+    # A new generation supersedes everything the old one was doing.
+    if st.observed_generation != gen:
+        stale = [j for j in world.jobs if j.generation != gen and j.state == "active"]
+        for j in stale:
+            actions.append(DeleteJob(j.name, f"superseded by generation {gen}"))
+        if st.observed_generation is not None:
+            actions.append(Event("Normal", "SpecChanged",
+                                 f"spec generation {gen} supersedes {st.observed_generation}"
+                                 + (f"; stopped {', '.join(j.name for j in stale)}" if stale else "")))
+        published, rollout = st.published, st.rollout
+        st = ModelOptimizationStatus(observed_generation=gen, conditions=st.conditions, published=published,
+                                     rollout=rollout if rollout and rollout.state == "Progressing" else None)
+        out.status = st
+    else:
+        # Jobs of older generations that are still around get cleaned up quietly.
+        for j in world.jobs:
+            if j.generation != gen and j.state == "active":
+                actions.append(DeleteJob(j.name, f"superseded by generation {gen}"))
+
+    if world.problems or world.spec is None:
+        msg = "; ".join(world.problems) or "spec could not be read"
+        set_condition(st, "Validated", False, "InvalidSpec", msg, now, gen)
+        set_condition(st, "Ready", False, "InvalidSpec", msg, now, gen)
+        transition(Phase.failed, "validate", msg, ("Warning", "InvalidSpec"))
+        return out
+
+    if st.phase in (Phase.succeeded, Phase.rejected, Phase.rolled_back) or (
+            st.phase == Phase.failed and st.stage != "validate" and st.observed_generation == gen
+            and st.job and st.job.generation == gen and st.job.finished):
+        return out  # terminal for this generation: nothing to redo after a restart
+
+    if st.phase == Phase.rolling_out:
+        actions.append(RolloutTick())
+        return out
+
+    mine = sorted((j for j in world.jobs if j.generation == gen), key=lambda j: j.attempt)
+    current = mine[-1] if mine else None
+
+    recorded = st.job if st.job and st.job.generation == gen and st.job.attempt else None
+    if current is None or (recorded and recorded.attempt > current.attempt):
+        # Nothing observed yet for this generation (or the newest attempt is not visible yet):
+        # (re)issue the create, which is idempotent because the Job name carries the attempt.
+        attempt = recorded.attempt if recorded else 1
+        if not recorded:
+            st.job = JobState(attempt=attempt, generation=gen, started=_ts(now))
+        actions.append(CreateJob(attempt))
+        set_condition(st, "Validated", None, "Optimizing", "worker Job created", now, gen)
+        set_condition(st, "Ready", False, "Optimizing", "optimization in progress", now, gen)
+        transition(Phase.optimizing, "worker",
+                   f"worker Job attempt {attempt}/{world.policy.max_attempts} created",
+                   ("Normal", "JobCreated"))
+        return out
+
+    job = JobState(name=current.name, attempt=current.attempt, generation=gen,
+                   started=current.started or (recorded.started if recorded else None), finished=current.finished)
+    st.job = job
+
+    if current.state == "active":
+        transition(Phase.optimizing, "worker", f"worker Job {current.name} running (attempt {current.attempt})",
+                   ("Normal", "JobRunning"))
+        return out
+
+    if current.state == "succeeded":
+        try:
+            doc = parse_result(current.message or "")
+            baseline = CandidateResult.model_validate(doc["baseline"])
+            candidates = [CandidateResult.model_validate(c) for c in doc.get("candidates", [])]
+        except (ValueError, KeyError, TypeError) as e:
+            job.exit_code = current.exit_code
+            job.log_tail = (current.message or "")[-LOG_TAIL:]
+            set_condition(st, "Validated", False, "BadWorkerResult", f"unreadable worker result: {e}", now, gen)
+            set_condition(st, "Ready", False, "BadWorkerResult", "worker result unreadable", now, gen)
+            transition(Phase.failed, "collect", f"worker {current.name} finished but its result is unreadable: {e}",
+                       ("Warning", "BadWorkerResult"))
+            return out
+        st.metric = doc.get("metric")
+        st.baseline, st.candidates = baseline, candidates
+        st.report = doc.get("report")
+        st.winner = doc.get("winner")
+        win = next((c for c in candidates if c.name == st.winner), None)
+        st.speedup, st.accuracy_drop = _fmt_speedup(win), _fmt_drop(win)
+        passed = sum(c.verdict == "passed" for c in candidates)
+        summary = f"{passed}/{len(candidates)} candidates within budget"
+        if win is None:
+            reasons = "; ".join(f"{c.name}: {c.reason}" for c in candidates)[:900]
+            set_condition(st, "Validated", False, "NoCandidateInBudget", f"{summary}: {reasons}", now, gen)
+            set_condition(st, "Ready", False, "NoCandidateInBudget", "nothing published", now, gen)
+            transition(Phase.rejected, "select", f"{summary}; nothing published", ("Warning", "NoCandidateInBudget"))
+            return out
+        set_condition(st, "Validated", True, "CandidateSelected",
+                      f"{summary}; winner {win.name} ({_fmt_speedup(win) or '?'} faster, drop {_fmt_drop(win)})",
+                      now, gen)
+        pub = doc.get("published")
+        if pub:
+            st.published = Published.model_validate(pub)
+            set_condition(st, "Published", True, "VersionPublished",
+                          f"{st.published.model_name} version {st.published.version} ({st.published.flavour})",
+                          now, gen)
+            actions.append(Event("Normal", "Published",
+                                 f"{win.name} published as {st.published.model_name} v{st.published.version}"))
+        spec = world.spec
+        if pub and spec.publish and spec.publish.triton_url and spec.publish.rollout:
+            st.rollout = RolloutStatus(state="Pending", canary_version=st.published.version)
+            set_condition(st, "RolledOut", None, "Progressing", "canary starting", now, gen)
+            set_condition(st, "Ready", False, "RollingOut", "canary in progress", now, gen)
+            transition(Phase.rolling_out, "rollout", f"winner {win.name}: canary of version {st.published.version}",
+                       ("Normal", "RolloutStarted"))
+            actions.append(RolloutTick())
+            return out
+        set_condition(st, "Ready", True, "Succeeded", f"winner {win.name}", now, gen)
+        transition(Phase.succeeded, "done", f"winner {win.name}: {summary}", ("Normal", "Succeeded"))
+        return out
+
+    # Failed attempt.
+    job.exit_code = current.exit_code
+    job.log_tail = (current.log_tail or current.message or "")[-LOG_TAIL:] or None
+    detail = _failure_detail(current)
+    if current.exit_code == EXIT_BAD_INPUT:
+        set_condition(st, "Validated", False, "InvalidInput", detail, now, gen)
+        set_condition(st, "Ready", False, "InvalidInput", detail, now, gen)
+        transition(Phase.failed, "worker", detail, ("Warning", "InvalidInput"))
+        return out
+    if current.attempt < world.policy.max_attempts:
+        due_at = recorded.next_retry if recorded and recorded.attempt == current.attempt else None
+        if due_at is None:
+            delay = world.policy.backoff_seconds * (2 ** (current.attempt - 1))
+            job.next_retry = _ts(now + timedelta(seconds=delay))
+            transition(Phase.optimizing, "retry",
+                       f"attempt {current.attempt}/{world.policy.max_attempts} failed ({detail}); "
+                       f"retrying in {delay:.0f}s", ("Warning", "JobFailed"))
+            actions.append(Requeue(delay))
+            return out
+        due = datetime.fromisoformat(due_at.replace("Z", "+00:00"))
+        if now < due:
+            job.next_retry = due_at
+            actions.append(Requeue((due - now).total_seconds()))
+            return out
+        attempt = current.attempt + 1
+        st.job = JobState(attempt=attempt, generation=gen, started=_ts(now))
+        actions.append(CreateJob(attempt))
+        transition(Phase.optimizing, "worker", f"worker Job attempt {attempt}/{world.policy.max_attempts} created",
+                   ("Normal", "JobCreated"))
+        return out
+    set_condition(st, "Validated", False, "WorkerFailed", detail, now, gen)
+    set_condition(st, "Ready", False, "WorkerFailed", detail, now, gen)
+    transition(Phase.failed, "worker", f"gave up after {current.attempt} attempts: {detail}",
+               ("Warning", "WorkerFailed"))
+    return out
+
+
+def _failure_detail(job: ObservedJob) -> str:
+    parts = [f"Job {job.name}"]
+    if job.exit_code is not None:
+        parts.append(f"exit code {job.exit_code}")
+    if job.reason:
+        parts.append(job.reason)
+    try:
+        doc = parse_result(job.message or "")
+        if "error" in doc:
+            parts.append(f"{doc.get('stage', 'worker')}: {doc['error']}")
+    except ValueError:
+        if job.message:
+            parts.append(job.message.strip().splitlines()[-1][:300])
+    return ", ".join(parts)

@@ -1,0 +1,198 @@
+"""One reconcile pass: observe -> plan (pure) -> apply. The only writer of status.
+
+Every pass re-reads the resource, so it can be triggered from anywhere (the resource's own
+handlers, a Job event, a timer) and by several threads: a per-resource lock serialises them,
+and status is replaced with the resourceVersion that was read, so a stale write gets 409 and
+the pass runs again on fresh data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from lathe.api.spec import GROUP, KIND, PLURAL, VERSION
+from lathe.api.status import ModelOptimizationStatus
+from lathe.storage.uri import parse_uri
+
+from . import metrics
+from .config import OperatorConfig
+from .jobs import job_manifest
+from .observe import observe_jobs
+from .plan import CreateJob, DeleteJob, Event, Plan, Policy, Requeue, RolloutTick, World, plan
+from .validate import parse, problems
+
+log = logging.getLogger("lathe.reconcile")
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(key: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
+def forget(namespace: str, name: str) -> None:
+    with _locks_guard:
+        _locks.pop(f"{namespace}/{name}", None)
+    metrics.record_phase(f"{namespace}/{name}", None)
+
+
+def reachability(namespace: str):
+    """uri -> None when reachable from the cluster's point of view, else why not."""
+    core = client.CoreV1Api()
+
+    def check(uri: str) -> str | None:
+        scheme, authority, _ = parse_uri(uri)
+        if scheme == "pvc":
+            try:
+                core.read_namespaced_persistent_volume_claim(authority, namespace)
+            except ApiException as e:
+                if e.status == 404:
+                    return f"PersistentVolumeClaim {authority!r} not found in namespace {namespace}"
+                return f"PersistentVolumeClaim {authority!r}: {e.status} {e.reason}"
+        elif scheme == "https":
+            try:
+                req = urllib.request.Request(uri, method="HEAD")
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    if resp.status >= 400:
+                        return f"HTTP {resp.status}"
+            except (OSError, ValueError) as e:
+                return str(getattr(e, "reason", e))
+        return None
+
+    return check
+
+
+def reconcile(namespace: str, name: str, config: OperatorConfig) -> float | None:
+    """Run one pass; returns seconds after which another pass is wanted, if any."""
+    key = f"{namespace}/{name}"
+    with _lock(key), metrics.RECONCILE_SECONDS.time():
+        metrics.RECONCILES.inc()
+        for _ in range(5):
+            try:
+                return _once(namespace, name, config)
+            except ApiException as e:
+                if e.status == 409:
+                    continue  # someone wrote in between: read again
+                metrics.RECONCILE_ERRORS.labels("api").inc()
+                raise
+            except Exception:
+                metrics.RECONCILE_ERRORS.labels("internal").inc()
+                raise
+        metrics.RECONCILE_ERRORS.labels("conflict").inc()
+        return 1.0
+
+
+def _once(namespace: str, name: str, config: OperatorConfig) -> float | None:
+    api = client.CustomObjectsApi()
+    try:
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as e:
+        if e.status == 404:
+            forget(namespace, name)
+            return None
+        raise
+    if obj["metadata"].get("deletionTimestamp"):
+        return None
+    generation = int(obj["metadata"].get("generation") or 1)
+    spec, found = parse(obj.get("spec") or {})
+    if spec is not None:
+        found = problems(spec, reachability(namespace))
+    raw_status = obj.get("status") or {}
+    try:
+        status = ModelOptimizationStatus.model_validate(raw_status)
+    except Exception:  # noqa: BLE001 - a status someone edited by hand: start over, keep nothing wrong
+        log.warning("%s: unreadable status, starting from scratch", name)
+        status = ModelOptimizationStatus()
+    jobs = observe_jobs(namespace, name) if spec is not None and not found else []
+    world = World(generation=generation, spec=spec, problems=found, status=status, jobs=jobs,
+                  now=datetime.now(UTC), policy=Policy(config.max_attempts, config.backoff_seconds))
+    result = plan(world)
+    requeue = _apply(obj, result, world, config)
+    _write_status(api, obj, result.status)
+    metrics.record_phase(f"{namespace}/{name}", result.status.phase)
+    return requeue
+
+
+def _write_status(api: client.CustomObjectsApi, obj: dict[str, Any], status: ModelOptimizationStatus) -> None:
+    new = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    if new == (obj.get("status") or {}):
+        return
+    body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+            "metadata": {"name": obj["metadata"]["name"], "namespace": obj["metadata"]["namespace"],
+                         "resourceVersion": obj["metadata"]["resourceVersion"]},
+            "spec": obj.get("spec"), "status": new}
+    api.replace_namespaced_custom_object_status(GROUP, VERSION, obj["metadata"]["namespace"], PLURAL,
+                                                obj["metadata"]["name"], body)
+
+
+def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConfig) -> float | None:
+    ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    requeue: float | None = None
+    for action in result.actions:
+        if isinstance(action, CreateJob):
+            spec_json = json.dumps(obj["spec"], separators=(",", ":"))
+            manifest = job_manifest(obj, world.spec, spec_json, action.attempt, config)
+            try:
+                client.BatchV1Api().create_namespaced_job(ns, manifest)
+                metrics.JOBS_CREATED.inc()
+                log.info("%s/%s: created Job %s", ns, name, manifest["metadata"]["name"])
+            except ApiException as e:
+                if e.status != 409:  # 409: created by an earlier pass, the name carries the attempt
+                    raise
+        elif isinstance(action, DeleteJob):
+            try:
+                client.BatchV1Api().delete_namespaced_job(action.name, ns, propagation_policy="Background")
+                log.info("%s/%s: deleted Job %s (%s)", ns, name, action.name, action.why)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        elif isinstance(action, Event):
+            post_event(obj, action.type, action.reason, action.message)
+        elif isinstance(action, Requeue):
+            requeue = action.seconds if requeue is None else min(requeue, action.seconds)
+        elif isinstance(action, RolloutTick):
+            from .rollout_tick import tick  # Triton client only loaded when a rollout runs
+
+            wait = tick(obj, world, result, config)
+            requeue = wait if requeue is None else min(requeue, wait)
+    if world.status.phase != result.status.phase and result.status.phase in ("Succeeded", "Rejected", "Failed",
+                                                                                "RolledBack"):
+        for c in result.status.candidates:
+            metrics.CANDIDATES.labels(c.verdict, c.runtime or "?").inc()
+        if result.status.job and result.status.job.started:
+            started = datetime.fromisoformat(result.status.job.started.replace("Z", "+00:00"))
+            metrics.STAGE_SECONDS.labels(result.status.stage or "worker").observe(
+                (world.now - started).total_seconds())
+    return requeue
+
+
+_HOST = socket.gethostname()
+
+
+def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    meta = obj["metadata"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    body = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta["uid"],
+                           "resourceVersion": meta.get("resourceVersion")},
+        "reason": reason, "message": message[:1024], "type": type_,
+        "source": {"component": "lathe-operator", "host": _HOST},
+        "reportingComponent": "lathe.dev/operator", "reportingInstance": _HOST,
+        "firstTimestamp": now, "lastTimestamp": now, "eventTime": now, "action": reason, "count": 1,
+    }
+    try:
+        client.CoreV1Api().create_namespaced_event(meta["namespace"], body)
+    except ApiException as e:  # events are best effort; the status carries the same facts
+        log.warning("could not post event %s on %s: %s %s", reason, meta["name"], e.status, e.reason)
+

@@ -1,0 +1,42 @@
+"""Parsing of model/data/repository locations (pure; resolving them is storage.resolve's job).
+
+Forms: a plain path, file:///path, pvc://claim/path (a PersistentVolumeClaim mounted into the
+Job at $LATHE_PVC_ROOT/claim), https://host/path (read-only, needs a sha256 for models) and
+s3://bucket/key."""
+
+from __future__ import annotations
+
+import re
+
+SCHEMES = ("file", "pvc", "https", "s3")
+_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def parse_uri(uri: str) -> tuple[str, str, str]:
+    """-> (scheme, authority, path). authority is the claim for pvc://, the bucket for s3://."""
+    if "://" not in uri:
+        if not uri.strip():
+            raise ValueError("empty location")
+        return "file", "", uri
+    scheme, rest = uri.split("://", 1)
+    if scheme not in SCHEMES:
+        raise ValueError(f"unsupported scheme {scheme}:// (supported: path, {', '.join(s + '://' for s in SCHEMES)})")
+    if scheme == "file":
+        return "file", "", rest
+    authority, _, path = rest.partition("/")
+    if not authority:
+        raise ValueError(f"{uri}: {scheme}:// needs a {'claim' if scheme == 'pvc' else 'host or bucket'} name")
+    if scheme == "pvc" and not _CLAIM.match(authority):
+        raise ValueError(f"{uri}: {authority!r} is not a valid PersistentVolumeClaim name")
+    return scheme, authority, path
+
+
+def pvc_claims(*uris: str | None) -> list[str]:
+    """The claims a set of locations needs mounted, in first-seen order."""
+    out: list[str] = []
+    for uri in uris:
+        if uri and uri.startswith("pvc://"):
+            claim = parse_uri(uri)[1]
+            if claim not in out:
+                out.append(claim)
+    return out
