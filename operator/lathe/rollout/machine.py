@@ -1,0 +1,253 @@
+"""Canary rollout as a PURE state machine.
+
+    status = start(stable_version, canary_version)
+    status, actions = advance(rollout_spec, status, observation, now)
+
+`advance` reads nothing but its arguments and returns the next `RolloutStatus` plus declarative,
+idempotent actions (`Serve(versions)`, `Route(weights)`) for the executor. Everything needed to
+resume after an operator restart is in the status:
+
+- `state`: Pending → Progressing → Promoted | RolledBack (Failed is set by the executor when an
+  action cannot be applied);
+- `step`: index of the step being measured; `weights`: the weights routed now;
+- `history[-1]` while Progressing is the step in measurement: `decision == "Measuring"`, `time` =
+  when the step started, and `requests` holds the Triton counters at step start under keys
+  `"start:<version>:<counter>"`, so that analysis uses deltas since the step started even after a
+  restart. When the step is judged the entry is replaced by the verdict (`Passed`/`Failed`) with
+  per-version requests, error rate and mean latency (keys: the version as a string).
+
+Because actions are declarative, repeating a transition (status not persisted after the actions
+ran) is harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from lathe.api.spec import Rollout
+from lathe.api.status import RolloutStatus, RolloutStepStatus
+
+MEASURING = "Measuring"
+PASSED = "Passed"
+FAILED = "Failed"
+COUNTERS = ("success", "failure", "request_us", "compute_us")
+
+
+# ----------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class Counters:
+    """Cumulative Triton counters of one model version (Prometheus counters)."""
+    success: float = 0.0
+    failure: float = 0.0
+    request_us: float = 0.0     # nv_inference_request_duration_us
+    compute_us: float = 0.0     # nv_inference_compute_infer_duration_us
+    p99_ms: float | None = None  # from nv_inference_request_summary_us{quantile="0.99"} when enabled
+
+
+@dataclass(frozen=True)
+class Observation:
+    counters: dict[int, Counters] = field(default_factory=dict)
+    error: str | None = None   # metrics could not be read: the machine waits
+
+
+# ---------------------------------------------------------------------------------------- actions
+@dataclass(frozen=True)
+class Serve:
+    """Exactly these versions of the model are loaded (Triton version_policy specific)."""
+    versions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Traffic split: {version: percent}."""
+    weights: tuple[tuple[int, int], ...]
+
+    @property
+    def as_dict(self) -> dict[int, int]:
+        return dict(self.weights)
+
+
+Action = Serve | Route
+
+
+def _route(weights: dict[int, int]) -> Route:
+    return Route(tuple(sorted(weights.items())))
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse(s: str | None) -> datetime | None:
+    if not s:
+        return None
+    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def start(stable_version: int | None, canary_version: int) -> RolloutStatus:
+    """Initial status for rolling out `canary_version` beside `stable_version` (None: nothing served yet)."""
+    return RolloutStatus(state="Pending", stable_version=stable_version, canary_version=canary_version, step=0)
+
+
+def _snapshot(obs: Observation | None, versions: list[int]) -> dict[str, float]:
+    snap: dict[str, float] = {}
+    if obs is None or obs.error:
+        return snap
+    for v in versions:
+        c = obs.counters.get(v, Counters())
+        for k in COUNTERS:
+            snap[f"start:{v}:{k}"] = float(getattr(c, k))
+    return snap
+
+
+def _delta(obs: Observation, snap: dict[str, float], v: int) -> Counters:
+    c = obs.counters.get(v, Counters())
+    vals = {}
+    for k in COUNTERS:
+        now, was = float(getattr(c, k)), snap.get(f"start:{v}:{k}", 0.0)
+        # counters only go down when Triton restarted or the version was reloaded: count from zero
+        vals[k] = now - was if now >= was else now
+    return Counters(**vals, p99_ms=c.p99_ms)
+
+
+@dataclass(frozen=True)
+class Stats:
+    requests: float
+    error_rate: float
+    mean_ms: float | None
+    compute_ms: float | None
+    p99_ms: float | None
+
+
+def stats(d: Counters) -> Stats:
+    n = d.success + d.failure
+    return Stats(requests=n, error_rate=(d.failure / n) if n else 0.0,
+                 mean_ms=(d.request_us / n / 1000.0) if n else None,
+                 compute_ms=(d.compute_us / n / 1000.0) if n else None, p99_ms=d.p99_ms)
+
+
+def _measuring(step: int, weight: int, now: datetime, snap: dict[str, float], reason: str = "") -> RolloutStepStatus:
+    return RolloutStepStatus(step=step, weight=weight, requests=snap, decision=MEASURING, reason=reason, time=_iso(now))
+
+
+def _stable_latency(status: RolloutStatus, stable: int) -> float | None:
+    for h in reversed(status.history):
+        if h.decision == PASSED and str(stable) in h.latency_ms:
+            return h.latency_ms[str(stable)]
+    return None
+
+
+# --------------------------------------------------------------------------------------------- core
+def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: datetime, *,
+            max_step_seconds: float | None = None) -> tuple[RolloutStatus, list[Action]]:
+    """One decision. `max_step_seconds`: roll back when a step has not seen min_requests by then
+    (None: wait for traffic forever)."""
+    s = status.model_copy(deep=True)
+    if s.state in ("Promoted", "RolledBack", "Failed"):
+        return s, []
+    canary, stable = s.canary_version, s.stable_version
+    if canary is None:
+        s.state, s.reason = "Failed", "no canary version to roll out"
+        return s, []
+    steps = spec.steps
+
+    if s.state == "Pending":
+        if stable is None or stable == canary or not steps:
+            w = {canary: 100}
+            s.state, s.stable_version, s.canary_version, s.weights = "Promoted", canary, None, {str(canary): 100}
+            s.reason = "nothing served before: promoted directly" if stable is None else "no steps: promoted"
+            s.history.append(RolloutStepStatus(step=0, weight=100, decision=PASSED, reason=s.reason, time=_iso(now)))
+            return s, [Serve((canary,)), _route(w)]
+        w0 = steps[0].weight
+        w = {stable: 100 - w0, canary: w0}
+        s.state, s.step, s.weights = "Progressing", 0, {str(k): v for k, v in w.items()}
+        s.history.append(_measuring(0, w0, now, _snapshot(obs, [stable, canary])))
+        s.reason = f"step 1/{len(steps)}: {w0}% to version {canary}"
+        return s, [Serve((stable, canary)), _route(w)]
+
+    # Progressing
+    if not s.history or s.history[-1].decision != MEASURING:  # defensive: rebuild the step in measurement
+        st = steps[min(s.step, len(steps) - 1)]
+        s.history.append(_measuring(s.step, st.weight, now, _snapshot(obs, [stable, canary]),
+                                    "measurement restarted"))
+        return s, []
+    cur = s.history[-1]
+    step = steps[min(s.step, len(steps) - 1)]
+    if obs is None or obs.error:
+        s.reason = f"step {s.step + 1}: waiting, metrics unavailable: {obs.error if obs else 'no observation'}"
+        return s, []
+    started = _parse(cur.time) or now
+    elapsed = (now - started).total_seconds()
+    snap = cur.requests
+    if not snap:  # step started without metrics: take the baseline now
+        cur.requests = _snapshot(obs, [stable, canary])
+        cur.time = _iso(now)
+        s.reason = f"step {s.step + 1}: baseline counters taken"
+        return s, []
+    dc, ds = stats(_delta(obs, snap, canary)), stats(_delta(obs, snap, stable))
+    a = spec.analysis
+    measured = RolloutStepStatus(
+        step=s.step, weight=step.weight,
+        requests={str(canary): dc.requests, str(stable): ds.requests},
+        error_rate={str(canary): round(dc.error_rate, 6), str(stable): round(ds.error_rate, 6)},
+        latency_ms={str(v): round(x.mean_ms, 4) for v, x in ((canary, dc), (stable, ds)) if x.mean_ms is not None},
+        time=_iso(now))
+
+    def fail(why: str):
+        measured.decision, measured.reason = FAILED, why
+        s.history[-1] = measured
+        s.state, s.reason = "RolledBack", f"step {s.step + 1} ({step.weight}%): {why}"
+        s.canary_version, s.weights = None, {str(stable): 100}
+        return s, [_route({stable: 100}), Serve((stable,))]
+
+    enough = dc.requests >= max(step.min_requests, 1)
+    # fail fast on errors once the step has its minimum sample, even before the pause is over
+    if enough and dc.error_rate > a.max_error_rate:
+        return fail(f"canary error rate {dc.error_rate:.4f} > {a.max_error_rate} over {dc.requests:.0f} requests")
+    if elapsed < step.pause_seconds or not enough:
+        if max_step_seconds is not None and elapsed >= max_step_seconds and not enough:
+            return fail(f"not enough traffic: {dc.requests:.0f}/{step.min_requests} canary requests "
+                        f"after {elapsed:.0f}s")
+        s.reason = (f"step {s.step + 1}/{len(steps)} ({step.weight}%): measuring {elapsed:.0f}/{step.pause_seconds}s, "
+                    f"{dc.requests:.0f}/{step.min_requests} canary requests")
+        return s, []
+    # latency against stable: this step's stable traffic, else the last step where stable had some
+    base = ds.mean_ms if ds.requests > 0 else _stable_latency(s, stable)
+    notes = []
+    if dc.mean_ms is not None and base:
+        ratio = dc.mean_ms / base
+        measured.latency_ms["ratio"] = round(ratio, 4)
+        if ratio > a.max_latency_ratio:
+            return fail(f"canary mean latency {dc.mean_ms:.2f} ms is {ratio:.2f}x stable {base:.2f} ms "
+                        f"(max {a.max_latency_ratio}x)")
+    else:
+        notes.append("latency ratio not measurable (no stable traffic)")
+    if a.max_p99_latency_ms is not None:
+        if dc.p99_ms is None:
+            notes.append("p99 not measurable (Triton summaries off)")
+        elif dc.p99_ms > a.max_p99_latency_ms:
+            return fail(f"canary p99 {dc.p99_ms:.2f} ms > {a.max_p99_latency_ms} ms")
+        else:
+            measured.latency_ms["p99"] = round(dc.p99_ms, 4)
+    measured.decision = PASSED
+    measured.reason = "; ".join([f"error rate {dc.error_rate:.4f}, mean {dc.mean_ms or 0:.2f} ms"
+                                 + (f" vs stable {base:.2f} ms" if base else "")] + notes)
+    s.history[-1] = measured
+    if s.step + 1 >= len(steps):
+        s.state, s.stable_version, s.canary_version = "Promoted", canary, None
+        s.weights = {str(canary): 100}
+        s.reason = f"promoted version {canary} after {len(steps)} steps; version {stable} unloaded"
+        return s, [_route({canary: 100}), Serve((canary,))]
+    s.step += 1
+    nxt = steps[s.step]
+    w = {stable: 100 - nxt.weight, canary: nxt.weight}
+    s.weights = {str(k): v for k, v in w.items()}
+    s.history.append(_measuring(s.step, nxt.weight, now, _snapshot(obs, [stable, canary])))
+    s.reason = f"step {s.step + 1}/{len(steps)}: {nxt.weight}% to version {canary}"
+    return s, [_route(w)]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

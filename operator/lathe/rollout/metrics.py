@@ -1,0 +1,41 @@
+"""Triton's Prometheus metrics → per-version counters for the rollout analysis."""
+
+from __future__ import annotations
+
+import re
+
+from .machine import Counters, Observation
+
+_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+([-+0-9.eEinfNa]+)')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+_FIELDS = {"nv_inference_request_success": "success", "nv_inference_request_failure": "failure",
+           "nv_inference_request_duration_us": "request_us",
+           "nv_inference_compute_infer_duration_us": "compute_us"}
+
+
+def parse(text: str) -> list[tuple[str, dict[str, str], float]]:
+    out = []
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        m = _LINE.match(line)
+        if m:
+            out.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return out
+
+
+def observe(text: str, model: str) -> Observation:
+    """Counters per version of `model` (failures summed over Triton's `reason` label)."""
+    acc: dict[int, dict[str, float]] = {}
+    p99: dict[int, float] = {}
+    for name, labels, value in parse(text):
+        if labels.get("model") != model or not labels.get("version", "").isdigit():
+            continue
+        v = int(labels["version"])
+        if name in _FIELDS:
+            d = acc.setdefault(v, {})
+            d[_FIELDS[name]] = d.get(_FIELDS[name], 0.0) + value
+        elif name == "nv_inference_request_summary_us" and labels.get("quantile") == "0.99" and value == value:
+            p99[v] = value / 1000.0
+    return Observation({v: Counters(**d, p99_ms=p99.get(v)) for v, d in acc.items()})

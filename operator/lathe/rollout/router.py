@@ -1,0 +1,117 @@
+"""Traffic routers: how a `Route(weights)` action becomes a real split.
+
+- `TritonRouter`: a python-backend model `<model>_router` inside the same Triton (BLS forwarding,
+  see router_model.py); weights live in its config parameters, and the router is reloaded at each
+  step. Clients send inference to `<model>_router`; Triton's per-version metrics of `<model>` see
+  the split. Works with Triton alone.
+- `GatewayRouter`: renders a Gateway API HTTPRoute (rollout.gateway) and hands it to `apply`
+  (the operator's Kubernetes client); for clusters with a gateway.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from lathe.serving.config import check_config, parse_config
+from lathe.serving.repository import rename_noreplace, write_atomic
+from lathe.serving.triton import TritonControl, TritonLoadError
+
+
+def router_name(model: str) -> str:
+    return f"{model}_router"
+
+
+def weights_param(weights: dict[int, int]) -> str:
+    return ",".join(f"{v}:{w}" for v, w in sorted(weights.items()))
+
+
+def router_config(model: str, model_config_text: str, weights: dict[int, int], instances: int = 1) -> str:
+    """Router config: the real model's IO and batch size, python backend, weights as parameters."""
+    src = parse_config(model_config_text)
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = model_config_pb2.ModelConfig()
+    cfg.name = router_name(model)
+    cfg.backend = "python"
+    cfg.max_batch_size = src.max_batch_size
+    cfg.input.extend(src.input)
+    cfg.output.extend(src.output)
+    if src.max_batch_size > 0:
+        cfg.dynamic_batching.SetInParent()  # groups concurrent requests into one async execute
+    g = cfg.instance_group.add()
+    g.kind, g.count = model_config_pb2.ModelInstanceGroup.KIND_CPU, instances
+    cfg.parameters["target_model"].string_value = model
+    cfg.parameters["weights"].string_value = weights_param(weights)
+    text = text_format.MessageToString(cfg)
+    check_config(text, name=cfg.name)
+    return text
+
+
+class TritonRouter:
+    def __init__(self, triton: TritonControl, model: str, instances: int = 1):
+        self.triton, self.model, self.instances = triton, model, instances
+        self.name = router_name(model)
+        self.dir = triton.repository / self.name
+
+    def current(self) -> dict[int, int] | None:
+        try:
+            p = parse_config((self.dir / "config.pbtxt").read_text()).parameters["weights"].string_value
+        except (OSError, KeyError):
+            return None
+        return {int(v): int(w) for v, w in (x.split(":") for x in p.split(",") if x)}
+
+    def set_weights(self, weights: dict[int, int]) -> None:
+        """Write the router config with `weights` and (re)load it; Triton keeps the old router serving until
+        the new one is ready. A failed reload restores the previous config."""
+        model_cfg = (self.triton.repository / self.model / "config.pbtxt").read_text()
+        text = router_config(self.model, model_cfg, weights, self.instances)
+        code = (Path(__file__).parent / "router_model.py").read_bytes()
+        old = None
+        if not self.dir.exists():
+            stage = Path(tempfile.mkdtemp(prefix=f".lathe-{self.name}-", dir=self.triton.repository))
+            try:
+                (stage / "1").mkdir()
+                (stage / "1" / "model.py").write_bytes(code)
+                (stage / "config.pbtxt").write_text(text)
+                try:
+                    rename_noreplace(stage, self.dir)
+                except FileExistsError:
+                    pass
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+        if (self.dir / "1" / "model.py").read_bytes() != code:
+            write_atomic(self.dir / "1" / "model.py", code)
+        cfg_path = self.dir / "config.pbtxt"
+        old = cfg_path.read_text()
+        if old != text:
+            write_atomic(cfg_path, text.encode())
+        try:
+            self.triton.load(self.name)
+        except TritonLoadError:
+            if old != text:
+                write_atomic(cfg_path, old.encode())
+            raise
+
+    def remove(self) -> None:
+        self.triton.unload(self.name)
+
+
+class GatewayRouter:
+    def __init__(self, model: str, apply: Callable[[dict], None], **route_opts):
+        """apply: called with the HTTPRoute manifest (the operator server-side-applies it).
+        route_opts: see rollout.gateway.httproute (namespace, service, port, parent_refs, ...)."""
+        self.model, self.apply, self.opts = model, apply, route_opts
+        self.last: dict | None = None
+
+    def set_weights(self, weights: dict[int, int]) -> None:
+        from .gateway import httproute, validate_httproute
+
+        m = httproute(self.model, weights, **self.opts)
+        validate_httproute(m)
+        self.apply(m)
+        self.last = m

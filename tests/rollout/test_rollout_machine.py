@@ -1,0 +1,160 @@
+"""The pure canary state machine: promote, roll back on errors / latency / p99, waiting, restart-resume."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from lathe.api.spec import Analysis, Rollout, RolloutStep
+from lathe.api.status import RolloutStatus
+from lathe.rollout.machine import Counters, Observation, Route, Serve, advance, start
+from lathe.rollout.metrics import observe
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+SPEC = Rollout(steps=[RolloutStep(weight=10, pause_seconds=30, min_requests=10),
+                      RolloutStep(weight=50, pause_seconds=30, min_requests=10),
+                      RolloutStep(weight=100, pause_seconds=30, min_requests=10)],
+               analysis=Analysis(max_error_rate=0.05, max_latency_ratio=1.5, max_p99_latency_ms=50))
+
+
+class Traffic:
+    """Cumulative counters that grow like Triton's: per version n requests, f failures, ms mean latency."""
+    def __init__(self):
+        self.c = {1: Counters(), 2: Counters()}
+
+    def add(self, v, n, ms, f=0, p99=None):
+        c = self.c[v]
+        self.c[v] = Counters(c.success + n - f, c.failure + f, c.request_us + n * ms * 1000,
+                             c.compute_us + n * ms * 800, p99)
+        return self.obs()
+
+    def obs(self):
+        return Observation(dict(self.c))
+
+
+def run_step(s, tr, t, canary_ms=1.0, stable_ms=1.0, f=0, p99=None):
+    tr.add(1, 100, stable_ms)
+    obs = tr.add(2, 20, canary_ms, f, p99)
+    return advance(SPEC, s, obs, t)
+
+
+def test_promote_through_all_steps():
+    tr = Traffic()
+    s, acts = advance(SPEC, start(1, 2), tr.obs(), T0)
+    assert s.state == "Progressing" and acts == [Serve((1, 2)), Route(((1, 90), (2, 10)))]
+    assert s.history[-1].decision == "Measuring"
+    s2, acts = advance(SPEC, s, tr.add(2, 20, 1.0), T0 + timedelta(seconds=10))  # pause not over
+    assert acts == [] and s2.state == "Progressing" and "measuring" in s2.reason
+    s, acts = run_step(s2, tr, T0 + timedelta(seconds=31))
+    assert acts == [Route(((1, 50), (2, 50)))] and s.step == 1 and s.history[0].decision == "Passed"
+    s, acts = run_step(s, tr, T0 + timedelta(seconds=62))
+    assert acts == [Route(((1, 0), (2, 100)))] and s.step == 2
+    tr.add(2, 50, 1.0)  # at 100% stable has no traffic: ratio against the last stable latency
+    s, acts = advance(SPEC, s, tr.obs(), T0 + timedelta(seconds=93))
+    assert s.state == "Promoted" and acts == [Route(((2, 100),)), Serve((2,))]
+    assert s.stable_version == 2 and s.canary_version is None and s.weights == {"2": 100}
+    assert [h.decision for h in s.history] == ["Passed"] * 3
+    assert advance(SPEC, s, tr.obs(), T0 + timedelta(days=1)) == (s, [])  # terminal
+
+
+def test_rollback_on_error_rate_fails_fast():
+    tr = Traffic()
+    s, _ = advance(SPEC, start(1, 2), tr.obs(), T0)
+    s, acts = run_step(s, tr, T0 + timedelta(seconds=5), f=5)  # before the pause: errors already decide
+    assert s.state == "RolledBack" and acts == [Route(((1, 100),)), Serve((1,))]
+    assert "error rate 0.25" in s.reason and s.history[-1].decision == "Failed"
+    assert s.stable_version == 1 and s.weights == {"1": 100}
+
+
+def test_rollback_on_latency_ratio():
+    tr = Traffic()
+    s, _ = advance(SPEC, start(1, 2), tr.obs(), T0)
+    s, acts = run_step(s, tr, T0 + timedelta(seconds=31), canary_ms=4.0, stable_ms=1.0)
+    assert s.state == "RolledBack" and "4.00x" in s.reason and acts[0] == Route(((1, 100),))
+    assert s.history[-1].latency_ms["2"] == 4.0 and s.history[-1].latency_ms["1"] == 1.0
+
+
+def test_rollback_on_p99_and_p99_optional():
+    tr = Traffic()
+    s, _ = advance(SPEC, start(1, 2), tr.obs(), T0)
+    bad, _ = run_step(s, tr, T0 + timedelta(seconds=31), p99=80.0)
+    assert bad.state == "RolledBack" and "p99" in bad.reason
+    ok, _ = run_step(s, Traffic(), T0 + timedelta(seconds=31))  # no summaries: not measurable, noted
+    assert ok.state == "Progressing" and "p99 not measurable" in ok.history[0].reason
+
+
+def test_deltas_since_step_start_not_lifetime():
+    """Old failures of the canary from before the step (e.g. an earlier attempt) do not count."""
+    tr = Traffic()
+    tr.add(2, 100, 1.0, f=100)
+    s, _ = advance(SPEC, start(1, 2), tr.obs(), T0)
+    s, _ = run_step(s, tr, T0 + timedelta(seconds=31))
+    assert s.state == "Progressing" and s.history[0].error_rate["2"] == 0.0 and s.history[0].requests["2"] == 20
+
+
+def test_waits_for_min_requests_and_metrics():
+    tr = Traffic()
+    s, _ = advance(SPEC, start(1, 2), tr.obs(), T0)
+    s2, acts = advance(SPEC, s, tr.add(2, 3, 1.0), T0 + timedelta(seconds=300))
+    assert acts == [] and "3/10" in s2.reason
+    s3, acts = advance(SPEC, s, Observation(error="connection refused"), T0 + timedelta(seconds=300))
+    assert acts == [] and s3.state == "Progressing" and "metrics unavailable" in s3.reason
+    s4, acts = advance(SPEC, s, tr.obs(), T0 + timedelta(seconds=301), max_step_seconds=120)
+    assert s4.state == "RolledBack" and "not enough traffic" in s4.reason
+
+
+def test_resume_from_persisted_status_alone():
+    """Operator restart: the status round-trips through JSON (the resource status) and decisions continue."""
+    tr = Traffic()
+    s, _ = advance(SPEC, start(1, 2), tr.obs(), T0)
+    persisted = s.model_dump(by_alias=True, mode="json")
+    restored = RolloutStatus.model_validate(persisted)
+    a = run_step(s, tr, T0 + timedelta(seconds=31))
+    tr2 = Traffic()
+    tr2.c = dict(tr.c)
+    b = advance(SPEC, restored, tr.obs(), T0 + timedelta(seconds=31))
+    assert a[0] == b[0] and a[1] == b[1]
+
+
+def test_repeating_a_transition_is_idempotent():
+    """Status lost after actions ran: the same transition repeats with the same declarative actions."""
+    tr = Traffic()
+    s1, a1 = advance(SPEC, start(1, 2), tr.obs(), T0)
+    s2, a2 = advance(SPEC, start(1, 2), tr.obs(), T0)
+    assert a1 == a2 and s1 == s2
+
+
+def test_first_publish_promotes_directly():
+    s, acts = advance(SPEC, start(None, 1), Observation(), T0)
+    assert s.state == "Promoted" and acts == [Serve((1,)), Route(((1, 100),))] and s.stable_version == 1
+
+
+def test_counter_reset_counts_from_zero():
+    tr = Traffic()
+    tr.add(2, 1000, 1.0)
+    s, _ = advance(SPEC, start(1, 2), tr.obs(), T0)
+    tr.c = {1: Counters(), 2: Counters()}  # Triton restarted
+    s, _ = run_step(s, tr, T0 + timedelta(seconds=31))
+    assert s.history[0].requests["2"] == 20
+
+
+METRICS = """# HELP nv_inference_request_success Number of successful inference requests
+# TYPE nv_inference_request_success counter
+nv_inference_request_success{model="digits",version="1"} 90
+nv_inference_request_success{model="digits",version="2"} 8
+nv_inference_request_success{model="digits_router",version="1"} 98
+nv_inference_request_failure{model="digits",reason="BACKEND",version="2"} 2
+nv_inference_request_failure{model="digits",reason="OTHER",version="2"} 1
+nv_inference_request_duration_us{model="digits",version="1"} 90000
+nv_inference_request_duration_us{model="digits",version="2"} 22000
+nv_inference_compute_infer_duration_us{model="digits",version="2"} 11000
+nv_inference_request_summary_us{model="digits",version="2",quantile="0.99"} 4200
+nv_inference_request_summary_us{model="digits",version="1",quantile="0.99"} NaN
+"""
+
+
+def test_parse_triton_metrics():
+    o = observe(METRICS, "digits")
+    assert set(o.counters) == {1, 2}
+    c = o.counters[2]
+    assert (c.success, c.failure, c.request_us, c.compute_us, c.p99_ms) == (8, 3, 22000, 11000, 4.2)
+    assert o.counters[1].p99_ms is None
