@@ -277,6 +277,7 @@ class Publish(Model):
     model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     flavour: str = Field("auto", pattern=r"^(auto|onnxruntime|python|tensorrt|openvino)$", description="Triton backend; auto picks from the winner's runtime.")
     triton_url: str | None = Field(None, description="Triton HTTP endpoint (host:port); without it nothing is loaded or rolled out.")
+    metrics_url: str | None = Field(None, description="Triton's Prometheus endpoint; default http://<tritonUrl host>:8002/metrics.")
     max_batch_size: int = Field(8, ge=0)
     dynamic_batching: bool = True
     instances: int = Field(1, ge=1)

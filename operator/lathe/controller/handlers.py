@@ -31,6 +31,8 @@ def _client_config() -> None:
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_):
+    global CONFIG
+    CONFIG = OperatorConfig.from_env()  # re-read: an embedding process may set env after import
     _client_config()
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -42,7 +44,7 @@ def startup(settings: kopf.OperatorSettings, **_):
     settings.networking.error_backoffs = [0.5, 1, 2, 5]
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    metrics.serve(int(os.environ.get("LATHE_METRICS_PORT", CONFIG.metrics_port)))
+    metrics.serve(CONFIG.metrics_port)
 
 
 @kopf.on.probe(id="now")
@@ -81,7 +83,7 @@ def on_job(event, namespace, labels, **_):
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def on_delete(namespace, name, status, **_):
+def on_delete(namespace, name, spec, status, **_):
     batch = kubernetes.client.BatchV1Api()
     for job in batch.list_namespaced_job(namespace, label_selector=f"{NAME_LABEL}={name}").items:
         try:
@@ -92,5 +94,5 @@ def on_delete(namespace, name, status, **_):
     if (status.get("rollout") or {}).get("state") == "Progressing":
         from .rollout_tick import abandon
 
-        abandon(namespace, name, dict(status))
+        abandon(namespace, name, dict(spec), dict(status))
     forget(namespace, name)

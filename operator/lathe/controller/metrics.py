@@ -34,6 +34,11 @@ def record_phase(key: str, phase: str | None) -> None:
             RESOURCES.labels(p).set(n)
 
 
+_serving: set[int] = set()
+
+
 def serve(port: int) -> None:
-    if port:
+    """Start the metrics endpoint once per process (an operator restarted in-process keeps it)."""
+    if port and port not in _serving:
         start_http_server(port)
+        _serving.add(port)
