@@ -26,12 +26,11 @@ ROOT = Path(__file__).resolve().parents[2]
 for p in (ROOT / "operator", ROOT):
     sys.path.insert(0, str(p))
 
+from e2e.triton.server import TritonServer  # noqa: E402
 from lathe.api.spec import Publish, Rollout, RolloutStep  # noqa: E402
 from lathe.rollout import RolloutExecutor, advance, start  # noqa: E402
 from lathe.rollout.router import router_name  # noqa: E402
 from lathe.serving import TritonControl, publish  # noqa: E402
-
-from e2e.triton.server import TritonServer  # noqa: E402
 from tests.serving.models import build  # noqa: E402
 
 

@@ -145,8 +145,11 @@ class Resources:
         return [e for e in self.core.list_namespaced_event(self.ns).items if e.involved_object.name == name]
 
     def wait_phase(self, name: str, *phases: str, timeout: float = 60.0) -> dict:
-        return wait_for(lambda: (s := self.status(name)).get("phase") in phases and s, timeout=timeout,
-                        what=f"{name} phase in {phases}")
+        try:
+            return wait_for(lambda: (s := self.status(name)).get("phase") in phases and s, timeout=timeout,
+                            what=f"{name} phase in {phases}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nstatus: {json.dumps(self.status(name), indent=1)}") from None
 
 
 @pytest.fixture()

@@ -11,8 +11,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from lathe.api.status import CandidateResult, WorkerResult
-
-from .conftest import wait_for
+from tests.operator.conftest import wait_for
 
 
 def _result(winner: bool = True) -> str:

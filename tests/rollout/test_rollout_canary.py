@@ -12,13 +12,13 @@ import json
 import time
 
 import pytest
+
+from e2e.triton.load import Load
 from lathe.api.spec import Analysis, Publish, Rollout, RolloutStep
 from lathe.api.status import RolloutStatus
 from lathe.rollout import RolloutExecutor, observe, start
 from lathe.rollout.router import router_name
 from lathe.serving import TritonControl, publish
-
-from e2e.triton.load import Load
 
 SPEC = Rollout(steps=[RolloutStep(weight=20, pause_seconds=1, min_requests=8),
                       RolloutStep(weight=50, pause_seconds=1, min_requests=10),

@@ -1,5 +1,6 @@
 import pytest
 import yaml
+
 from lathe.rollout.gateway import httproute, to_yaml, validate_httproute
 from lathe.rollout.router import router_config, weights_param
 from lathe.serving.config import check_config

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import onnx
 import pytest
+from onnx import TensorProto, helper
+
 from lathe.api.spec import Publish
 from lathe.serving import ConfigError, PublishError, check_config, onnx_signature, publish, verify, versions
 from lathe.serving.config import (
@@ -23,7 +25,6 @@ from lathe.serving.config import (
     set_version_policy,
 )
 from lathe.serving.repository import rename_noreplace, resolve_repository
-from onnx import TensorProto, helper
 
 
 def spec(repo, **kw):

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import tritonclient.http as http
-from lathe.api.spec import Publish
-from lathe.serving import TritonControl, TritonLoadError, TritonUnavailable, publish
-from lathe.serving.config import config_versions
 from tritonclient.utils import InferenceServerException
 
 from e2e.triton.server import free_port
+from lathe.api.spec import Publish
+from lathe.serving import TritonControl, TritonLoadError, TritonUnavailable, publish
+from lathe.serving.config import config_versions
 
 
 def infer(url, model, x, version=""):

@@ -47,6 +47,15 @@ def startup(settings: kopf.OperatorSettings, **_):
     metrics.serve(CONFIG.metrics_port)
 
 
+@kopf.on.login()
+def login(**kwargs):
+    # kopf's default piggybacks on the kubernetes client, which fixes its kubeconfig path at import
+    # time; read the environment at login instead (in-cluster first, then $KUBECONFIG).
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return kopf.login_with_service_account(**kwargs)
+    return kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.probe(id="now")
 def probe(**_):
     return datetime.datetime.now(datetime.UTC).isoformat()

@@ -14,7 +14,8 @@ NAME_LABEL = f"{GROUP}/name"
 GENERATION_LABEL = f"{GROUP}/generation"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
 COMPONENT_LABEL = "app.kubernetes.io/component"
-WORKDIR = "/work"
+WORKDIR = "/lathe/work"
+SCRATCH = "/lathe/tmp"  # TMPDIR and HOME: the root filesystem is read-only
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -53,7 +54,7 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
                         spec.data.calibration.uri if spec.data.calibration else None,
                         spec.publish.repository if spec.publish else None, spec.artifacts)
     volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORKDIR}, {"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORKDIR}, {"name": "tmp", "mountPath": SCRATCH}]
     for i, claim in enumerate(claims):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}})
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{config.pvc_root}/{claim}"})
@@ -69,7 +70,8 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
             {"name": "LATHE_PVC_ROOT", "value": config.pvc_root},
             {"name": "LATHE_RESOURCE", "value": f"{namespace}/{name}"},
             {"name": "LATHE_GENERATION", "value": str(generation)},
-            {"name": "HOME", "value": "/tmp"},
+            {"name": "HOME", "value": SCRATCH},
+            {"name": "TMPDIR", "value": SCRATCH},
         ],
         "resources": resources,
         "volumeMounts": mounts,
