@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
 e2e/setup.sh
+# Reuse finished control-plane builds across clones on the same machine (CI clones afresh).
+export LATHE_CONTROLPLANE_CACHE="${LATHE_CONTROLPLANE_CACHE:-$HOME/.cache/lathe/controlplane}"
 bash e2e/controlplane/build.sh >/dev/null
 echo "test.sh: set-up took $(( $(date +%s) - t0 ))s"
 .venv/bin/ruff check operator tests e2e

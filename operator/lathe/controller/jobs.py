@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from lathe.api.spec import GROUP, Device, ModelOptimizationSpec
@@ -68,6 +69,8 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
         "env": [
             {"name": "LATHE_SPEC", "value": spec_json},
             {"name": "LATHE_PVC_ROOT", "value": config.pvc_root},
+            # Explicit claim -> mount map (what lathe.storage.uri.pvc_path reads first).
+            {"name": "LATHE_PVC_MOUNTS", "value": json.dumps({c: f"{config.pvc_root}/{c}" for c in claims})},
             {"name": "LATHE_RESOURCE", "value": f"{namespace}/{name}"},
             {"name": "LATHE_GENERATION", "value": str(generation)},
             {"name": "HOME", "value": SCRATCH},

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from lathe.api.spec import Publish
 from lathe.api.status import Published
+from lathe.storage.uri import pvc_path
 
 from .config import (
     ConfigError,
@@ -47,13 +48,14 @@ class PublishError(RuntimeError):
 
 
 def resolve_repository(uri: str | os.PathLike) -> Path:
-    """A local path, or `pvc://claim/path` -> `$LATHE_PVC_ROOT/claim/path` (default root /mnt/pvc)."""
+    """A local path, or `pvc://claim/path` -> where the claim is mounted (lathe.storage.uri.pvc_path)."""
     s = str(uri)
     if s.startswith("pvc://"):
         rest = s[len("pvc://"):].strip("/")
         if not rest or ".." in rest.split("/"):
             raise PublishError(f"bad pvc uri {s!r}: want pvc://claim/path")
-        return Path(os.environ.get("LATHE_PVC_ROOT", "/mnt/pvc")) / rest
+        claim, _, sub = rest.partition("/")
+        return pvc_path(claim, sub)
     if "://" in s:
         raise PublishError(f"unsupported model repository {s!r}: a path or pvc://claim/path")
     return Path(s)

@@ -6,7 +6,10 @@ s3://bucket/key."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from pathlib import Path
 
 SCHEMES = ("file", "pvc", "https", "s3")
 _CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -40,3 +43,11 @@ def pvc_claims(*uris: str | None) -> list[str]:
             if claim not in out:
                 out.append(claim)
     return out
+
+
+def pvc_path(claim: str, sub: str = "") -> Path:
+    """Where a claim is mounted in this process: $LATHE_PVC_MOUNTS (JSON {claim: path}, what the
+    operator's Job sets) first, then $LATHE_PVC_ROOT/<claim> (default /mnt/pvc)."""
+    mounts = json.loads(os.environ.get("LATHE_PVC_MOUNTS") or "{}")
+    base = Path(mounts[claim]) if claim in mounts else Path(os.environ.get("LATHE_PVC_ROOT", "/mnt/pvc")) / claim
+    return base / sub if sub else base

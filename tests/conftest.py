@@ -1,0 +1,29 @@
+"""Shared pytest setup.
+
+The Kubernetes control-plane fixtures live in e2e/controlplane/fixture.py (build the binaries once
+with `bash e2e/controlplane/build.sh`):
+
+* ``control_plane`` (session): a started ControlPlane (etcd + kube-apiserver + kube-controller-manager)
+  with ``.kubeconfig``, ``.url``, ``.api_client()``, ``.token_client(token)``, ``.apply_yaml(...)``;
+  the repo's crds/*.yaml are installed and Established;
+* ``kubeconfig`` (session): the admin kubeconfig path, exported as KUBECONFIG (kopf logs in with it);
+* ``k8s_client`` (session): a configured ``kubernetes.client.ApiClient``;
+* ``node_agent`` (session): e2e/nodeagent/agent.py running pods as local processes.
+
+A failing test gets the tails of the component logs appended to its report.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from e2e.controlplane.fixture import (  # noqa: E402,F401
+    control_plane,
+    k8s_client,
+    kubeconfig,
+    node_agent,
+    pytest_runtest_makereport,
+)

@@ -1,0 +1,179 @@
+"""The local node agent (e2e/nodeagent/agent.py) runs Job pods as processes and reports back."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from e2e.nodeagent.agent import MANAGED_BY, pod_log
+
+SCRIPT = (
+    "import os, sys\n"
+    "open(sys.argv[1], 'w').write(os.environ['GREETING'] + ' from ' + os.environ['POD_NAME'])\n"
+    "open('/data/out.txt', 'w').write('written')\n"
+    "print('stdout line', flush=True)\n"
+    "print('stderr line', file=sys.stderr)\n"
+    "sys.exit(int(sys.argv[2]))\n"
+)
+
+
+def wait_for(predicate, timeout=60.0, interval=0.2, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def namespace(k8s_client):
+    core = client.CoreV1Api(k8s_client)
+    name = f"agent-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+
+
+def job_body(name: str, exit_code: int, managed_by: str | None) -> dict:
+    spec = {
+        "backoffLimit": 0,
+        "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main",
+                "image": "ignored:latest",
+                "command": ["python", "-c", SCRIPT],
+                "args": ["/dev/termination-log", str(exit_code)],
+                "env": [
+                    {"name": "GREETING", "value": "hello"},
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                ],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+        }},
+    }
+    if managed_by:
+        spec["managedBy"] = managed_by
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec}
+
+
+def job_condition(job, typ):
+    for c in (job.status.conditions or []) if job.status else []:
+        if c.type == typ and c.status == "True":
+            return c
+    return None
+
+
+@pytest.mark.parametrize("controller", ["kube-controller-manager", "nodeagent"])
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_job_runs_as_local_process(control_plane, k8s_client, node_agent, namespace, controller, exit_code):
+    """A Job's container writes its termination log and exits; pod, container and Job status follow."""
+    # Without kube-controller-manager (LATHE_CONTROLPLANE_KCM=0) the agent mirrors every Job ("all").
+    batch, core = client.BatchV1Api(k8s_client), client.CoreV1Api(k8s_client)
+    name = f"{'kcm' if controller != 'nodeagent' else 'agent'}-exit{exit_code}"
+    batch.create_namespaced_job(namespace, job_body(name, exit_code,
+                                                    MANAGED_BY if controller == "nodeagent" else None))
+
+    final = "Complete" if exit_code == 0 else "Failed"
+    job = wait_for(lambda: (lambda j: j if job_condition(j, final) else None)(
+        batch.read_namespaced_job(name, namespace)), what=f"Job {name} {final}")
+
+    pods = core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={name}").items
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod.metadata.labels["job-name"] == name
+    assert pod.metadata.labels["batch.kubernetes.io/controller-uid"] == job.metadata.uid
+    owner = pod.metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.uid, owner.controller) == ("Job", name, job.metadata.uid, True)
+    assert pod.spec.node_name == "lathe-node"
+    assert pod.status.phase == ("Succeeded" if exit_code == 0 else "Failed")
+    term = pod.status.container_statuses[0].state.terminated
+    assert term.exit_code == exit_code
+    assert term.reason == ("Completed" if exit_code == 0 else "Error")
+    assert term.message == f"hello from {pod.metadata.name}"
+
+    if exit_code == 0:
+        assert job.status.succeeded == 1 and not job.status.failed
+        assert job.status.completion_time is not None
+        assert job_condition(job, "SuccessCriteriaMet")
+    else:
+        assert job.status.failed == 1 and not job.status.succeeded
+        assert job_condition(job, "Failed").reason == "BackoffLimitExceeded"
+    assert job.status.start_time is not None
+    assert not job.status.active
+
+    logs = pod_log(pod)
+    assert "stdout line" in logs and "stderr line" in logs, logs
+    out = os.path.join(pod.metadata.annotations["nodeagent.lathe.dev/dir"], "volumes", "data", "out.txt")
+    assert open(out).read() == "written"
+
+
+def test_deleting_a_running_pod_kills_its_process(k8s_client, node_agent, namespace):
+    core = client.CoreV1Api(k8s_client)
+    core.create_namespaced_pod(namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper"},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5, "containers": [{
+            "name": "main", "image": "ignored", "command": ["python", "-c", "import time; time.sleep(300)"]}]},
+    })
+
+    def running():
+        p = core.read_namespaced_pod("sleeper", namespace)
+        st = (p.status.container_statuses or [None])[0] if p.status else None
+        return p if p.status.phase == "Running" and st and st.state.running else None
+    pod = wait_for(running, what="sleeper Running")
+    assert [c.type for c in pod.status.conditions if c.status == "True"].count("Ready") == 1
+    pid = int(pod.status.container_statuses[0].container_id.split("://")[1])
+    os.kill(pid, 0)  # alive
+
+    core.delete_namespaced_pod("sleeper", namespace)
+
+    def gone():
+        try:
+            core.read_namespaced_pod("sleeper", namespace)
+            return False
+        except ApiException as e:
+            return e.status == 404
+    wait_for(gone, timeout=30, what="sleeper deleted")
+    with pytest.raises(ProcessLookupError):
+        wait_for(lambda: os.kill(pid, 0) or False, timeout=5, what="process to exit")
+
+
+SA_SCRIPT = (
+    "from kubernetes import client, config\n"
+    "config.load_kube_config()\n"
+    "ns = open('/var/run/secrets/kubernetes.io/serviceaccount/namespace').read()\n"
+    "try:\n"
+    "    client.CoreV1Api().list_namespaced_pod(ns)\n"
+    "    msg = 'allowed'\n"
+    "except client.exceptions.ApiException as e:\n"
+    "    msg = f'status {e.status}'\n"
+    "open('/dev/termination-log', 'w').write(msg)\n"
+)
+
+
+def test_pod_acts_as_its_service_account(control_plane, k8s_client, node_agent, namespace):
+    """The pod's process talks to the API server as system:serviceaccount:<ns>:default (no rights: 403)."""
+    if not control_plane.has_controller_manager:
+        pytest.skip("needs kube-controller-manager (ServiceAccounts and their token volume)")
+    core = client.CoreV1Api(k8s_client)
+    core.create_namespaced_pod(namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sa-user"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "main", "image": "ignored", "command": ["python", "-c", SA_SCRIPT]}]},
+    })
+
+    def finished():
+        p = core.read_namespaced_pod("sa-user", namespace)
+        return p if p.status.phase in ("Succeeded", "Failed") else None
+    pod = wait_for(finished, what="sa-user to finish")
+    term = pod.status.container_statuses[0].state.terminated
+    assert (pod.status.phase, term.exit_code, term.message) == ("Succeeded", 0, "status 403"), pod_log(pod)
