@@ -1,0 +1,230 @@
+"""The whole chain, with nothing stubbed: `kubectl apply` a ModelOptimization -> the operator (its
+own process, `lathe operator`) -> a worker Job -> the real `lathe worker` in a pod run by the node
+agent (real torch/ONNX Runtime on a CNN trained here) -> version N published into a Triton model
+repository on a "PVC" -> the real Triton server -> a judged canary of version N+1 under live
+traffic -> promoted. A corrupt model ends Failed/InvalidInput through the same path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from kubernetes import client
+
+from e2e.controlplane.fixture import free_port
+from e2e.triton.server import TritonServer
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / ".venv" / "bin"
+
+
+def wait_for(cond, timeout, what, interval=0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Cluster:
+    def __init__(self, api_client, kubeconfig, ns):
+        self.api = client.CustomObjectsApi(api_client)
+        self.kubeconfig, self.ns = str(kubeconfig), ns
+
+    def kubectl(self, *args, stdin: str | None = None) -> str:
+        out = subprocess.run([str(BIN / "kubectl"), "--kubeconfig", self.kubeconfig, "-n", self.ns, *args],
+                             input=stdin, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"kubectl {' '.join(args)} failed: {out.stderr}"
+        return out.stdout
+
+    def apply(self, doc: dict) -> None:
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc))
+
+    def status(self, name: str) -> dict:
+        return self.api.get_namespaced_custom_object("lathe.dev", "v1alpha1", self.ns, "modeloptimizations",
+                                                     name).get("status") or {}
+
+    def wait(self, name: str, cond, timeout: float, what: str) -> dict:
+        try:
+            return wait_for(lambda: (s := self.status(name)) and cond(s) and s, timeout, what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; status: {json.dumps(self.status(name), indent=1)[:6000]}") from None
+
+
+class Load(threading.Thread):
+    """Steady requests to the router model; records every outcome."""
+
+    def __init__(self, url: str, model: str, x: np.ndarray):
+        super().__init__(daemon=True)
+        import tritonclient.http as http
+
+        self.http, self.client = http, http.InferenceServerClient(url)
+        self.model, self.x = model, x
+        self.ok = self.failed = 0
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        i = 0
+        while not self.stop.is_set():
+            x = self.x[i % len(self.x)][None]
+            inp = self.http.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            try:
+                self.client.infer(self.model, [inp])
+                self.ok += 1
+            except Exception as e:  # noqa: BLE001 - counted and reported by the test
+                self.failed += 1
+                self.errors.append(str(e)[:200])
+            i += 1
+            time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
+    from lathe.worker.samples import make_digits
+
+    ns = f"e2e-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(k8s_client)
+    core.create_namespace({"metadata": {"name": ns}})
+    for claim in ("models", "triton-models"):
+        core.create_namespaced_persistent_volume_claim(ns, {
+            "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+    pvc = Path(node_agent.root) / "pvc" / ns
+    sample = make_digits(pvc / "models" / "digits")
+    (pvc / "models" / "digits" / "corrupt.onnx").write_bytes(b"this is not an ONNX model" * 10)
+    repo = pvc / "triton-models"
+    repo.mkdir(parents=True)
+    work = tmp_path_factory.mktemp("e2e")
+    triton = TritonServer(repo, workdir=work / "triton")
+    triton.start()
+    metrics_port = free_port()
+    env = dict(os.environ, KUBECONFIG=str(control_plane.kubeconfig),
+               LATHE_WORKER_COMMAND=f"{BIN / 'lathe'} worker",
+               LATHE_PVC_MOUNTS=json.dumps({"triton-models": str(repo)}),
+               LATHE_METRICS_PORT=str(metrics_port), LATHE_ROLLOUT_INTERVAL="1", LATHE_MAX_ATTEMPTS="1")
+    log = open(work / "operator.log", "w")
+    op = subprocess.Popen([str(BIN / "lathe"), "operator", "--namespace", ns,
+                           "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield {"ns": ns, "cluster": Cluster(k8s_client, control_plane.kubeconfig, ns), "sample": sample,
+               "triton": triton, "repo": repo, "operator_log": work / "operator.log", "metrics_port": metrics_port}
+    finally:
+        op.terminate()
+        try:
+            op.wait(30)
+        except subprocess.TimeoutExpired:
+            op.kill()
+        triton.stop()
+        print("operator log tail:\n" + (work / "operator.log").read_text()[-4000:])
+
+
+def resource(name: str, e2e: dict, *, model: str = "pvc://models/digits/digits_cnn.pt", fmt="torchscript",
+             candidates=None, budget=0.02, rollout=None) -> dict:
+    triton = e2e["triton"]
+    publish = {"repository": "pvc://triton-models/", "modelName": "digits", "flavour": "python",
+               "tritonUrl": f"127.0.0.1:{triton.http_port}",
+               "metricsUrl": f"http://127.0.0.1:{triton.metrics_port}/metrics",
+               "rollout": rollout or {"steps": [{"weight": 30, "pauseSeconds": 4, "minRequests": 20},
+                                                {"weight": 100, "pauseSeconds": 0, "minRequests": 0}],
+                                      "analysis": {"maxErrorRate": 0.0, "maxLatencyRatio": 5.0}}}
+    return {"apiVersion": "lathe.dev/v1alpha1", "kind": "ModelOptimization", "metadata": {"name": name},
+            "spec": {
+                "model": {"uri": model, "format": fmt,
+                          "inputs": [{"name": "input", "shape": ["batch", 1, 8, 8], "dtype": "float32"}]},
+                "task": {"type": "classification"},
+                "data": {"calibration": {"uri": "pvc://models/digits/digits_calibration.npz"},
+                         "validation": {"uri": "pvc://models/digits/digits_validation.npz"}},
+                "target": {"runtimes": ["onnxruntime"], "batchSizes": [1]},
+                "candidates": candidates or [
+                    {"name": "optimized", "passes": [{"type": "graph-optimize", "level": "all"}]},
+                    {"name": "int8-static", "passes": [{"type": "quantize", "precision": "int8", "mode": "static"}]}],
+                "budget": {"maxAccuracyDrop": budget, "minSpeedup": 0.0},
+                "publish": publish}}
+
+
+def triton_top1(triton: TritonServer, model: str, sample: dict) -> float:
+    import tritonclient.http as http
+
+    data = np.load(sample["validation"])
+    x, y = data["input"].astype(np.float32), data["labels"]
+    c = http.InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+    name = c.get_model_metadata(model)["outputs"][0]["name"]
+    outs = []
+    for i in range(0, len(x), 8):  # the published config's max_batch_size
+        inp = http.InferInput("input", list(x[i:i + 8].shape), "FP32")
+        inp.set_data_from_numpy(x[i:i + 8])
+        outs.append(c.infer(model, [inp]).as_numpy(name))
+    return float((np.concatenate(outs).argmax(1) == y).mean())
+
+
+def test_apply_optimize_publish_serve_then_canary(e2e):
+    k, triton, sample = e2e["cluster"], e2e["triton"], e2e["sample"]
+    # 1. First resource: nothing served yet, so version 1 is promoted directly.
+    k.apply(resource("digits", e2e))
+    st = k.wait("digits", lambda s: s.get("phase") in ("Succeeded", "Failed", "Rejected", "RolledBack"), 600,
+                "digits v1 done")
+    assert st["phase"] == "Succeeded", st.get("message")
+    win = next(c for c in st["candidates"] if c["name"] == st["winner"])
+    assert win["verdict"] == "passed" and win["accuracyDrop"] <= 0.02
+    assert st["published"]["version"] == 1 and st["published"]["modelName"] == "digits"
+    assert st["rollout"]["state"] == "Promoted"
+    assert (e2e["repo"] / "digits" / "1").is_dir()
+    # Triton really serves what the worker measured: same top-1 on the same validation data.
+    assert triton_top1(triton, "digits", sample) == pytest.approx(win["accuracy"], abs=1e-6)
+    table = k.kubectl("get", "mopt")
+    assert "digits" in table and "Succeeded" in table and st["winner"] in table and st["speedup"] in table
+
+    # 2. A spec change (generation 2) publishes version 2 and rolls it out as a canary under traffic.
+    load = Load(f"127.0.0.1:{triton.http_port}", "digits_router", np.load(sample["validation"])["input"])
+    load.start()
+    try:
+        time.sleep(2)
+        assert load.ok > 0, load.errors[:3]
+        k.apply(resource("digits", e2e, candidates=[
+            {"name": "int8-dynamic", "passes": [{"type": "quantize", "precision": "int8", "mode": "dynamic"}]},
+            {"name": "optimized", "passes": [{"type": "graph-optimize", "level": "all"}]}]))
+        k.wait("digits", lambda s: s.get("observedGeneration") == 2 and s.get("phase") == "RollingOut", 600,
+               "canary of version 2 started")
+        st = k.wait("digits", lambda s: s.get("observedGeneration") == 2 and s.get("phase") != "RollingOut"
+                    and s.get("phase") not in ("Optimizing", "Pending"), 300, "canary decided")
+    finally:
+        load.stop.set()
+        load.join(10)
+    assert st["phase"] == "Succeeded", st.get("message")
+    ro = st["rollout"]
+    assert ro["state"] == "Promoted" and ro["stableVersion"] == 2
+    steps = [h for h in ro["history"] if h["decision"] == "Passed"]
+    assert steps and steps[0]["weight"] == 30 and steps[0]["requests"]["2"] >= 20, ro["history"]
+    assert load.failed == 0, load.errors[:5]
+    from tritonclient.http import InferenceServerClient
+
+    c = InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+    assert c.is_model_ready("digits", "2") and not c.is_model_ready("digits", "1")
+    reasons = {e["reason"] for e in json.loads(k.kubectl("get", "events", "-o", "json"))["items"]}
+    assert {"JobCreated", "Published", "RolloutStarted", "Promoted", "SpecChanged"} <= reasons
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{e2e['metrics_port']}/metrics").read().decode()
+    assert "lathe_jobs_created_total 2.0" in metrics
+
+
+def test_corrupt_model_is_refused_with_a_clear_reason(e2e):
+    k = e2e["cluster"]
+    k.apply(resource("corrupt", e2e, model="pvc://models/digits/corrupt.onnx", fmt="onnx"))
+    st = k.wait("corrupt", lambda s: s.get("phase") in ("Failed", "Succeeded"), 300, "corrupt model refused")
+    assert st["phase"] == "Failed" and st["job"]["exitCode"] == 2
+    cond = {c["type"]: c for c in st["conditions"]}["Validated"]
+    assert cond["reason"] == "InvalidInput" and "corrupt.onnx" in cond["message"]
+    assert not (e2e["repo"] / "digits" / "3").exists()
