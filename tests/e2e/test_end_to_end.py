@@ -214,8 +214,9 @@ def test_apply_optimize_publish_serve_then_canary(e2e):
 
     c = InferenceServerClient(f"127.0.0.1:{triton.http_port}")
     assert c.is_model_ready("digits", "2") and not c.is_model_ready("digits", "1")
-    reasons = {e["reason"] for e in json.loads(k.kubectl("get", "events", "-o", "json"))["items"]}
-    assert {"JobCreated", "Published", "RolloutStarted", "Promoted", "SpecChanged"} <= reasons
+    wanted = {"JobCreated", "Published", "RolloutStarted", "Promoted", "SpecChanged"}
+    wait_for(lambda: wanted <= {e["reason"] for e in json.loads(k.kubectl("get", "events", "-o", "json"))["items"]},
+             30, f"events {wanted}")
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{e2e['metrics_port']}/metrics").read().decode()
     assert "lathe_jobs_created_total 2.0" in metrics
 

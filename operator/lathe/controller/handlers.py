@@ -12,7 +12,7 @@ from kubernetes.client.rest import ApiException
 
 from lathe.api.spec import GROUP, PLURAL, VERSION
 
-from . import metrics
+from . import kube, metrics
 from .config import OperatorConfig
 from .jobs import NAME_LABEL
 from .reconcile import forget, reconcile
@@ -41,6 +41,7 @@ def startup(settings: kopf.OperatorSettings, **_):
     settings.posting.enabled = True
     settings.posting.loggers = False  # our Events are posted explicitly, one per transition
     settings.execution.max_workers = int(os.environ.get("LATHE_MAX_WORKERS", "16"))
+    kube.configure(pool_size=settings.execution.max_workers)
     settings.networking.error_backoffs = [0.5, 1, 2, 5]
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -61,9 +62,9 @@ def probe(**_):
     return datetime.datetime.now(datetime.UTC).isoformat()
 
 
-def _run(namespace: str, name: str) -> None:
+def _run(namespace: str, name: str, body=None) -> None:
     try:
-        reconcile(namespace, name, CONFIG)
+        reconcile(namespace, name, CONFIG, dict(body) if body is not None else None)
     except ApiException as e:
         raise kopf.TemporaryError(f"API error {e.status} {e.reason}", delay=2) from e
 
@@ -71,8 +72,10 @@ def _run(namespace: str, name: str) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL)
-def on_resource(namespace, name, **_):
-    _run(namespace, name)
+def on_resource(namespace, name, body, status, **_):
+    # A resource we never wrote status for can be planned from the event's body (saves a read in
+    # bursts of new resources); otherwise read it fresh, so no newer status is planned over.
+    _run(namespace, name, body if not status else None)
 
 
 def _wants_timer(status, **_) -> bool:
@@ -85,18 +88,26 @@ def on_timer(namespace, name, **_):
     _run(namespace, name)
 
 
+def _finished(status) -> bool:
+    return any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
+               for c in status.get("conditions") or [])
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={NAME_LABEL: kopf.PRESENT})
-def on_job(event, namespace, labels, **_):
-    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+def on_job(event, namespace, labels, status, **_):
+    # Only a finished or vanished Job changes what the plan decides; skipping the rest keeps
+    # bursts cheap (every created Job would otherwise trigger several passes).
+    if event.get("type") == "DELETED" or _finished(status):
         _run(namespace, labels[NAME_LABEL])
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 def on_delete(namespace, name, spec, status, **_):
-    batch = kubernetes.client.BatchV1Api()
-    for job in batch.list_namespaced_job(namespace, label_selector=f"{NAME_LABEL}={name}").items:
+    batch = kube.batch()
+    jobs = kube.call(batch.list_namespaced_job, namespace, label_selector=f"{NAME_LABEL}={name}")["items"]
+    for job in jobs:
         try:
-            batch.delete_namespaced_job(job.metadata.name, namespace, propagation_policy="Background")
+            kube.call(batch.delete_namespaced_job, job["metadata"]["name"], namespace, propagation_policy="Background")
         except ApiException as e:
             if e.status != 404:
                 raise

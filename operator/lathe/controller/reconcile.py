@@ -1,14 +1,14 @@
 """One reconcile pass: observe -> plan (pure) -> apply. The only writer of status.
 
 Every pass re-reads the resource, so it can be triggered from anywhere (the resource's own
-handlers, a Job event, a timer) and by several threads: a per-resource lock serialises them,
-and status is replaced with the resourceVersion that was read, so a stale write gets 409 and
-the pass runs again on fresh data."""
+handlers, a Job event, a timer) and by several threads: a per-resource lock serialises them, and
+status is written as a merge patch of what changed (this operator is its only writer)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import socket
 import threading
 import urllib.request
@@ -22,7 +22,7 @@ from lathe.api.spec import GROUP, KIND, PLURAL, VERSION
 from lathe.api.status import ModelOptimizationStatus
 from lathe.storage.uri import parse_uri
 
-from . import metrics
+from . import kube, metrics
 from .config import OperatorConfig
 from .jobs import job_manifest
 from .observe import observe_jobs
@@ -47,7 +47,7 @@ def forget(namespace: str, name: str) -> None:
 
 def reachability(namespace: str):
     """uri -> None when reachable from the cluster's point of view, else why not."""
-    core = client.CoreV1Api()
+    core = kube.core()
 
     def check(uri: str) -> str | None:
         scheme, authority, _ = parse_uri(uri)
@@ -71,14 +71,16 @@ def reachability(namespace: str):
     return check
 
 
-def reconcile(namespace: str, name: str, config: OperatorConfig) -> float | None:
-    """Run one pass; returns seconds after which another pass is wanted, if any."""
+def reconcile(namespace: str, name: str, config: OperatorConfig, body: dict[str, Any] | None = None
+              ) -> float | None:
+    """Run one pass; returns seconds after which another pass is wanted, if any. `body`: the
+    resource as the triggering event delivered it, saving a read (only for the first try)."""
     key = f"{namespace}/{name}"
     with _lock(key), metrics.RECONCILE_SECONDS.time():
         metrics.RECONCILES.inc()
-        for _ in range(5):
+        for attempt in range(5):
             try:
-                return _once(namespace, name, config)
+                return _once(namespace, name, config, body if attempt == 0 else None)
             except ApiException as e:
                 if e.status == 409:
                     continue  # someone wrote in between: read again
@@ -91,10 +93,10 @@ def reconcile(namespace: str, name: str, config: OperatorConfig) -> float | None
         return 1.0
 
 
-def _once(namespace: str, name: str, config: OperatorConfig) -> float | None:
-    api = client.CustomObjectsApi()
+def _once(namespace: str, name: str, config: OperatorConfig, body: dict[str, Any] | None) -> float | None:
+    api = kube.custom()
     try:
-        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        obj = body or kube.call(api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
     except ApiException as e:
         if e.status == 404:
             forget(namespace, name)
@@ -112,7 +114,10 @@ def _once(namespace: str, name: str, config: OperatorConfig) -> float | None:
     except Exception:  # noqa: BLE001 - a status someone edited by hand: start over, keep nothing wrong
         log.warning("%s: unreadable status, starting from scratch", name)
         status = ModelOptimizationStatus()
-    jobs = observe_jobs(namespace, name) if spec is not None and not found else []
+    # A resource with no Job on record has none to observe (a create is idempotent anyway):
+    # skipping the list keeps the first pass of a burst of new resources to one write.
+    known = status.job is not None or status.observed_generation is not None
+    jobs = observe_jobs(namespace, name) if spec is not None and not found and known else []
     world = World(generation=generation, spec=spec, problems=found, status=status, jobs=jobs,
                   now=datetime.now(UTC), policy=Policy(config.max_attempts, config.backoff_seconds))
     result = plan(world)
@@ -122,16 +127,29 @@ def _once(namespace: str, name: str, config: OperatorConfig) -> float | None:
     return requeue
 
 
+def merge_patch(old: Any, new: Any) -> Any:
+    """RFC 7386 merge patch turning `old` into `new` (removed keys become null)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch = {k: None for k in old.keys() - new.keys()}
+    for k, v in new.items():
+        if k not in old:
+            patch[k] = v
+        elif old[k] != v:
+            patch[k] = merge_patch(old[k], v)
+    return patch
+
+
 def _write_status(api: client.CustomObjectsApi, obj: dict[str, Any], status: ModelOptimizationStatus) -> None:
+    # A merge patch of what changed: this operator is the only writer of status (and one pass per
+    # resource runs at a time), so no resourceVersion round trip is needed.
+    old = obj.get("status") or {}
     new = status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    if new == (obj.get("status") or {}):
+    if new == old:
         return
-    body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
-            "metadata": {"name": obj["metadata"]["name"], "namespace": obj["metadata"]["namespace"],
-                         "resourceVersion": obj["metadata"]["resourceVersion"]},
-            "spec": obj.get("spec"), "status": new}
-    api.replace_namespaced_custom_object_status(GROUP, VERSION, obj["metadata"]["namespace"], PLURAL,
-                                                obj["metadata"]["name"], body)
+    kube.call(api.patch_namespaced_custom_object_status, GROUP, VERSION, obj["metadata"]["namespace"], PLURAL,
+              obj["metadata"]["name"], {"status": merge_patch(old, new)},
+              _content_type="application/merge-patch+json")
 
 
 def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConfig) -> float | None:
@@ -142,7 +160,7 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
             spec_json = json.dumps(obj["spec"], separators=(",", ":"))
             manifest = job_manifest(obj, world.spec, spec_json, action.attempt, config)
             try:
-                client.BatchV1Api().create_namespaced_job(ns, manifest)
+                kube.call(kube.batch().create_namespaced_job, ns, manifest)
                 metrics.JOBS_CREATED.inc()
                 log.info("%s/%s: created Job %s", ns, name, manifest["metadata"]["name"])
             except ApiException as e:
@@ -150,7 +168,7 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
                     raise
         elif isinstance(action, DeleteJob):
             try:
-                client.BatchV1Api().delete_namespaced_job(action.name, ns, propagation_policy="Background")
+                kube.call(kube.batch().delete_namespaced_job, action.name, ns, propagation_policy="Background")
                 log.info("%s/%s: deleted Job %s (%s)", ns, name, action.name, action.why)
             except ApiException as e:
                 if e.status != 404:
@@ -176,9 +194,30 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
 
 
 _HOST = socket.gethostname()
+_events: queue.Queue = queue.Queue(maxsize=10000)
+
+
+def _post_events() -> None:
+    while True:
+        ns, body = _events.get()
+        try:
+            kube.call(kube.core().create_namespaced_event, ns, body)
+        except ApiException as e:  # events are best effort; the status carries the same facts
+            log.warning("could not post event %s on %s: %s %s", body["reason"],
+                        body["involvedObject"]["name"], e.status, e.reason)
+        except Exception:  # noqa: BLE001 - never let the poster die
+            log.exception("could not post event")
+
+
+_poster: threading.Thread | None = None
 
 
 def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """Queue a Kubernetes Event; a background thread posts it, off the reconcile's critical path."""
+    global _poster
+    if _poster is None or not _poster.is_alive():
+        _poster = threading.Thread(target=_post_events, name="lathe-events", daemon=True)
+        _poster.start()
     meta = obj["metadata"]
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     body = {
@@ -192,7 +231,6 @@ def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> No
         "firstTimestamp": now, "lastTimestamp": now, "eventTime": now, "action": reason, "count": 1,
     }
     try:
-        client.CoreV1Api().create_namespaced_event(meta["namespace"], body)
-    except ApiException as e:  # events are best effort; the status carries the same facts
-        log.warning("could not post event %s on %s: %s %s", reason, meta["name"], e.status, e.reason)
-
+        _events.put_nowait((meta["namespace"], body))
+    except queue.Full:
+        log.warning("event queue full; dropped %s on %s", reason, meta["name"])

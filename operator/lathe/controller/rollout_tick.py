@@ -22,10 +22,11 @@ log = logging.getLogger("lathe.rollout")
 
 def _apply_manifest(namespace: str):
     def apply(manifest: dict[str, Any]) -> None:
-        from kubernetes import client
         from kubernetes.client.rest import ApiException
 
-        api = client.CustomObjectsApi()
+        from . import kube
+
+        api = kube.custom()
         group, version = manifest["apiVersion"].split("/")
         name = manifest["metadata"]["name"]
         try:
