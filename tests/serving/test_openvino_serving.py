@@ -94,4 +94,54 @@ def test_native_openvino_flavour_config_matches_triton_schema(ov_winner, tmp_pat
     assert {p.name for p in vdir.iterdir()} == {"model.xml", "model.bin", "lathe.json"}
     cfg = check_config((vdir.parent / "config.pbtxt").read_text(), name="digits_ov_native")
     assert cfg.backend == "openvino" and not cfg.platform
-    assert [o.name for o in cfg.output] and cfg.input[0].data_type == cfg.input[0].TYPE_FP32
+    from tritonclient.grpc import model_config_pb2
+
+    assert [o.name for o in cfg.output] and cfg.input[0].data_type == model_config_pb2.TYPE_FP32
+
+
+@pytest.fixture(scope="module")
+def minilm_ov(tmp_path_factory, triton_repo):
+    """MiniLM (seq 32) quantized by NNCF with the transformer scheme, published with the python flavour."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lathe.worker.samples import make_minilm
+
+    sample = make_minilm(tmp_path_factory.mktemp("ovminilm"), seq=32, n_calibration=32, n_validation=16)
+    cal = dict(np.load(sample["calibration"]))
+    be = OpenVINOBackend()
+    art = be.build(Path(sample["model"]), tmp_path_factory.mktemp("ovminilm-build"),
+                   {"quantize": {"model_type": "transformer"}, "calibration": cal})
+    pub = publish(triton_repo, "minilm_openvino", art.files, "openvino", None, "ov-int8-transformer",
+                  flavour="python")
+    return {"sample": sample, "artifact": art, "published": pub}
+
+
+def test_minilm_int8_openvino_served_by_triton(triton, triton_repo, minilm_ov):
+    import tritonclient.http as http
+
+    pub, art = minilm_ov["published"], minilm_ov["artifact"]
+    assert pub.flavour == "python:openvino"
+    cfg = check_config((Path(pub.path).parent / "config.pbtxt").read_text(), name="minilm_openvino")
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [("input_ids", [-1]), ("attention_mask", [-1])]
+    val = dict(np.load(minilm_ov["sample"]["validation"]))
+    ctl = TritonControl(triton.http_url, triton_repo, metrics_url=triton.metrics_url)
+    ctl.serve("minilm_openvino", [pub.version])
+    c = http.InferenceServerClient(triton.http_url)
+    try:
+        got = []
+        for i in range(0, 16, 4):
+            inputs = []
+            for name in ("input_ids", "attention_mask"):
+                x = np.ascontiguousarray(val[name][i:i + 4])
+                inp = http.InferInput(name, list(x.shape), "INT64")
+                inp.set_data_from_numpy(x)
+                inputs.append(inp)
+            got.append(c.infer("minilm_openvino", inputs).as_numpy(cfg.output[0].name))
+        got = np.concatenate(got)
+    finally:
+        c.close()
+        ctl.unload("minilm_openvino")
+    run = OpenVINOBackend().load(art, 1)
+    want = np.concatenate([run({k: v[i:i + 4] for k, v in val.items()})[0] for i in range(0, 16, 4)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,73 @@
+"""The budget gate: a verdict and a reason with numbers for every candidate."""
+
+from __future__ import annotations
+
+from ..api.status import CandidateResult
+from .metrics import HIGHER_IS_BETTER, LABEL
+
+# Used when the spec gives no accuracy limit at all (reported as a warning).
+DEFAULT_MAX_DROP = {"top1": 0.01, "cosine": 0.01, "agreement": 0.01}
+DEFAULT_MAX_RELATIVE = {"mse": 0.05, "mae": 0.05}
+
+
+def effective_budget(budget, metric: str, objective: str = "latency") -> tuple[dict, list[str]]:
+    b = {"max_accuracy_drop": budget.max_accuracy_drop, "max_relative_drop": budget.max_relative_drop,
+         "max_p99_latency_ms": budget.max_p99_latency_ms, "min_speedup": budget.min_speedup,
+         "max_size_mb": budget.max_size_mb}
+    notes = []
+    if b["max_accuracy_drop"] is None and b["max_relative_drop"] is None:
+        if metric in DEFAULT_MAX_DROP:
+            b["max_accuracy_drop"] = DEFAULT_MAX_DROP[metric]
+            notes.append(f"no accuracy budget given: using maxAccuracyDrop={DEFAULT_MAX_DROP[metric]}")
+        else:
+            b["max_relative_drop"] = DEFAULT_MAX_RELATIVE[metric]
+            notes.append(f"no accuracy budget given: using maxRelativeDrop={DEFAULT_MAX_RELATIVE[metric]}")
+    if b["min_speedup"] is None and objective == "latency":
+        b["min_speedup"] = 1.0
+        b["_default_speedup"] = True
+    return b, notes
+
+
+def accuracy_failures(c: CandidateResult, base: CandidateResult, metric: str, b: dict) -> list[str]:
+    out = []
+    if c.accuracy is None or base.accuracy is None:
+        return ["no accuracy measured"]
+    label = LABEL[metric]
+    hib = HIGHER_IS_BETTER[metric]
+    word = "drop" if hib else "increase"
+    d = c.accuracy_drop if c.accuracy_drop is not None else 0.0
+    if b.get("max_accuracy_drop") is not None and d > b["max_accuracy_drop"] + 1e-12:
+        allowed = base.accuracy - b["max_accuracy_drop"] if hib else base.accuracy + b["max_accuracy_drop"]
+        out.append(f"{label} {c.accuracy:.3f} {'<' if hib else '>'} {allowed:.3f} allowed "
+                   f"({word} {d:.3f} > {b['max_accuracy_drop']:.3f})")
+    if b.get("max_relative_drop") is not None and c.relative_drop is not None \
+            and c.relative_drop > b["max_relative_drop"] + 1e-12:
+        out.append(f"{label} {c.accuracy:.4g}: relative {word} {c.relative_drop:.2%} > "
+                   f"{b['max_relative_drop']:.2%} allowed (baseline {base.accuracy:.4g})")
+    return out
+
+
+def performance_failures(c: CandidateResult, b: dict) -> list[str]:
+    out = []
+    if b.get("max_p99_latency_ms") is not None and c.p99_ms is not None and c.p99_ms > b["max_p99_latency_ms"]:
+        out.append(f"p99 latency {c.p99_ms:.2f} ms > {b['max_p99_latency_ms']:.2f} ms allowed")
+    if b.get("min_speedup") is not None and c.speedup is not None and c.speedup < b["min_speedup"]:
+        why = " (no faster than the baseline)" if b.get("_default_speedup") else " required"
+        out.append(f"speedup {c.speedup:.2f}x < {b['min_speedup']:.2f}x{why}")
+    if b.get("max_size_mb") is not None and c.size_bytes is not None and c.size_bytes / 1e6 > b["max_size_mb"]:
+        out.append(f"size {c.size_bytes / 1e6:.2f} MB > {b['max_size_mb']:.2f} MB allowed")
+    return out
+
+
+def passed_reason(c: CandidateResult, metric: str, b: dict) -> str:
+    bits = [f"{LABEL[metric]} {c.accuracy:.4f}"]
+    if c.accuracy_drop is not None:
+        limit = b.get("max_accuracy_drop")
+        bits.append(f"drop {c.accuracy_drop:.4f}" + (f" <= {limit:.3f}" if limit is not None else ""))
+    if c.speedup is not None:
+        bits.append(f"speedup {c.speedup:.2f}x")
+    if c.p99_ms is not None:
+        bits.append(f"p99 {c.p99_ms:.2f} ms")
+    if c.size_ratio is not None:
+        bits.append(f"size {c.size_ratio:.2f}x of baseline")
+    return "within budget: " + ", ".join(bits)

@@ -1,0 +1,278 @@
+"""`quantize`: INT8 (dynamic, static QDQ), FP16 and weight-only INT4 through ONNX Runtime's tools.
+
+Defaults follow what was measured on MiniLM and a digits CNN (docs/worker.md):
+- dynamic int8: weight MatMuls and embedding Gathers, per-channel s8 weights (ConvInteger is very
+  slow on CPU, so convolutions are left out unless opTypes names them);
+- static int8 QDQ: u8 activations, s8 per-channel weights; on MatMul models only the weight MatMuls
+  are quantized and their outputs stay float; on convolutional models every op is quantized;
+- entropy/percentile calibration runs our own histogram calibrator (quantize_static would silently
+  fall back to MinMax bin sizes) and hands the ranges to ONNX Runtime through a calibration cache,
+  which automatic mixed precision reuses when it re-quantizes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from ...api.spec import CalibrationSettings, IntType, Precision, QuantMode
+from .base import ModelState, Pass, PassConfig, PassContext
+
+log = logging.getLogger("lathe.worker.quantize")
+
+FP16_BLOCK = ["Resize", "Range", "NonMaxSuppression", "TopK", "RoiAlign", "Upsample", "CumSum"]
+
+
+class _Quiet(logging.Filter):
+    """ONNX Runtime's quantization tools log a pre-processing hint and one line per node."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return "pre-process" not in msg
+
+
+def quiet_ort_logs() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(f, _Quiet) for f in root.filters):
+        root.addFilter(_Quiet())
+    for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class QuantizeConfig(PassConfig):
+    precision: Precision = Precision.int8
+    mode: QuantMode | None = None
+    calibration: CalibrationSettings | None = None
+    per_channel: bool | None = None
+    activation_type: IntType | None = None
+    weight_type: IntType | None = None
+    op_types: list[str] | None = None
+    exclude_nodes: list[str] = Field(default_factory=list)
+    keep_io_types: bool | None = None
+    block_size: int | None = None
+    preset: str | None = None
+    model_type: str | None = None
+
+
+class Quantize(Pass):
+    name = "quantize"
+    Config = QuantizeConfig
+    runtime_only: ClassVar[dict[str, tuple[str, ...]]] = {"preset": ("openvino",), "modelType": ("openvino",)}
+
+    @classmethod
+    def check(cls, c: QuantizeConfig, ctx: dict[str, Any]) -> list[tuple[str, str]]:
+        p: list[tuple[str, str]] = []
+        prec = c.precision
+        if prec == "int8":
+            if c.mode == "qat":
+                p.append(("mode", "quantization-aware training (qat) is not implemented on CPU yet; "
+                                  "use mode static or dynamic"))
+            if c.mode != "static":
+                for f in ("calibration", "activation_type"):
+                    if getattr(c, f) is not None:
+                        p.append((_camel(f), f"only used by mode static (mode is {c.mode or 'dynamic'})"))
+        else:
+            if c.mode is not None and c.mode != "dynamic":
+                p.append(("mode", f"mode {c.mode} needs precision int8 (precision is {prec})"))
+            for f in ("calibration", "per_channel", "activation_type", "weight_type"):
+                if getattr(c, f) is not None:
+                    p.append((_camel(f), f"not a setting of precision {prec} (int8 only)"))
+        if c.keep_io_types is not None and prec != "fp16":
+            p.append(("keepIoTypes", f"only used by precision fp16 (precision is {prec})"))
+        if c.block_size is not None:
+            if prec != "int4":
+                p.append(("blockSize", f"only used by precision int4 (precision is {prec})"))
+            elif c.block_size & (c.block_size - 1):
+                p.append(("blockSize", f"must be a power of two, got {c.block_size}"))
+        if c.op_types is not None and prec == "int4" and set(c.op_types) - {"MatMul", "Gather"}:
+            p.append(("opTypes", "int4 weight-only quantization handles MatMul (and Gather) only"))
+        if ctx.get("runtime") == "onnxruntime":
+            if c.activation_type == "int8" and c.mode == "static":
+                pass  # allowed (s8/s8), just slower and less accurate than u8/s8 on CPU
+        return p
+
+    def describe(self) -> str:
+        c = self.config
+        if c.precision == "int8":
+            mode = c.mode or "dynamic"
+            bits = [f"int8-{mode}"]
+            if mode == "static":
+                bits.append(c.calibration.method if c.calibration else "minmax")
+            bits.append("per-channel" if self._per_channel() else "per-tensor")
+            return "quantize(" + ",".join(bits) + ")"
+        if c.precision == "int4":
+            return f"quantize(int4,block {c.block_size or 32})"
+        return "quantize(fp16)"
+
+    def _per_channel(self) -> bool:
+        return True if self.config.per_channel is None else bool(self.config.per_channel)
+
+    # ------------------------------------------------------------------ run
+    def run(self, state: ModelState, ctx: PassContext) -> ModelState:
+        quiet_ort_logs()
+        src = state.onnx_path
+        dst = ctx.workdir / f"quantized-{self.config.precision}.onnx"
+        state.quantize_pass = self
+        state.quantize_input = src
+        if self.config.precision == "int8" and (self.config.mode or "dynamic") == "static" and ctx.coverage is not None:
+            ctx.coverage.raise_for_errors()
+            state.out_of_range = ctx.coverage.out_of_range
+            state.warnings.extend(w for w in ctx.coverage.warnings if w not in state.warnings)
+        self.apply(src, dst, ctx, list(state.float_nodes))
+        state.onnx_path = dst
+        state.quantized = True
+        return state
+
+    def quantizable_nodes(self, src: Path) -> list[str]:
+        """Names of the nodes this pass would quantize (what mixed precision may keep in float)."""
+        import onnx  # noqa: PLC0415
+
+        m = onnx.load(str(src), load_external_data=False)
+        inits = {i.name for i in m.graph.initializer}
+        ops = set(self._op_types(m))
+        out = []
+        for n in m.graph.node:
+            if n.op_type in ops and len(n.input) > 1 and n.input[1] in inits:
+                out.append(n.name)
+            elif n.op_type in ops and self.config.precision == "fp16":
+                out.append(n.name)
+        return out
+
+    def _op_types(self, m) -> list[str]:
+        c = self.config
+        if c.op_types:
+            return list(c.op_types)
+        if c.precision == "int4":
+            return ["MatMul"]
+        if c.precision == "fp16":
+            return sorted({n.op_type for n in m.graph.node})
+        if (c.mode or "dynamic") == "dynamic":
+            return ["MatMul", "Gather"]  # weight MatMuls and embedding tables (4x smaller MiniLM, same cosine)
+        return ["MatMul", "Gemm", "Conv"]
+
+    def apply(self, src: Path, dst: Path, ctx: PassContext, float_nodes: list[str]) -> None:
+        c = self.config
+        exclude = list(dict.fromkeys([*c.exclude_nodes, *float_nodes]))
+        if c.precision == "fp16":
+            self._fp16(src, dst, exclude)
+        elif c.precision == "int4":
+            self._int4(src, dst, exclude)
+        elif (c.mode or "dynamic") == "dynamic":
+            self._dynamic(src, dst, exclude)
+        else:
+            self._static(src, dst, ctx, exclude)
+
+    def _dynamic(self, src: Path, dst: Path, exclude: list[str]) -> None:
+        import onnx  # noqa: PLC0415
+        from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
+
+        c = self.config
+        m = onnx.load(str(src), load_external_data=False)
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=self._op_types(m), per_channel=self._per_channel(),
+                         weight_type=QuantType.QUInt8 if c.weight_type == "uint8" else QuantType.QInt8,
+                         nodes_to_exclude=exclude, extra_options={"MatMulConstBOnly": True})
+
+    def _static(self, src: Path, dst: Path, ctx: PassContext, exclude: list[str]) -> None:
+        import onnx  # noqa: PLC0415
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
+
+        c = self.config
+        cal = c.calibration or CalibrationSettings()
+        m = onnx.load(str(src), load_external_data=False)
+        family = getattr(ctx.model, "family", "other")
+        inits = {i.name for i in m.graph.initializer}
+        matmul_model = family == "transformer" or (c.op_types is not None and set(c.op_types) <= {"MatMul", "Gemm"})
+        if matmul_model:
+            # only the weight MatMuls (MatMulConstBOnly is ignored by static), outputs left in float
+            ops = self._op_types(m)
+            nodes = [n.name for n in m.graph.node if n.op_type in ops and len(n.input) > 1 and n.input[1] in inits]
+            extra = {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
+            op_types = list(ops)
+        else:
+            nodes = None
+            extra = {}
+            op_types = c.op_types
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[cal.method]
+        cache = ctx.workdir / f"calibration-{cal.method}.json"
+        if not cache.exists():
+            self._calibrate(src, cache, ctx, method, cal, op_types)
+        quantize_static(str(src), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=op_types, per_channel=self._per_channel(),
+                        activation_type=QuantType.QInt8 if c.activation_type == "int8" else QuantType.QUInt8,
+                        weight_type=QuantType.QUInt8 if c.weight_type == "uint8" else QuantType.QInt8,
+                        nodes_to_quantize=nodes, nodes_to_exclude=exclude, calibrate_method=method,
+                        extra_options=extra, calibration_cache_path=str(cache))
+
+    def _calibrate(self, src: Path, cache: Path, ctx: PassContext, method, cal: CalibrationSettings,
+                   op_types) -> None:
+        import tempfile  # noqa: PLC0415
+
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data  # noqa: PLC0415
+        from onnxruntime.quantization.quant_utils import load_model_with_shape_infer  # noqa: PLC0415
+
+        data = ctx.calibration.head(cal.samples)
+        options: dict[str, Any] = {}
+        if cal.method == "entropy":
+            options = {"num_bins": 2048, "num_quantized_bins": 128, "symmetric": False}
+        elif cal.method == "percentile":
+            options = {"num_bins": 2048, "percentile": cal.percentile, "symmetric": True}
+        ctx.report("calibrate", 0.0, f"{cal.method} on {len(data)} samples")
+        with tempfile.TemporaryDirectory(prefix="lathe-calib-") as tmp:
+            model = load_model_with_shape_infer(Path(src))
+            shaped = Path(tmp) / "model.onnx"
+            import onnx  # noqa: PLC0415
+
+            onnx.save(model, str(shaped))
+            calibrator = create_calibrator(shaped, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                           calibrate_method=method, extra_options=options)
+            batch = 8
+            total = max(1, (len(data) + batch - 1) // batch)
+            for i, feeds in enumerate(data.batches(batch)):
+                calibrator.collect_data(_Reader([feeds]))
+                ctx.report("calibrate", (i + 1) / total)
+            ranges = calibrator.compute_data()
+            del calibrator
+        save_tensors_data(ranges, cache)
+
+    def _fp16(self, src: Path, dst: Path, exclude: list[str]) -> None:
+        import onnx  # noqa: PLC0415
+        from onnxruntime.transformers.float16 import convert_float_to_float16  # noqa: PLC0415
+
+        c = self.config
+        m = onnx.load(str(src))
+        block = list(dict.fromkeys([*FP16_BLOCK, *(c.op_types or [])]))
+        out = convert_float_to_float16(m, keep_io_types=True if c.keep_io_types is None else c.keep_io_types,
+                                       op_block_list=block, node_block_list=exclude or None)
+        onnx.save(out, str(dst))
+
+    def _int4(self, src: Path, dst: Path, exclude: list[str]) -> None:
+        import onnx  # noqa: PLC0415
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # noqa: PLC0415
+
+        c = self.config
+        m = onnx.load(str(src))
+        q = MatMulNBitsQuantizer(m, bits=4, block_size=c.block_size or 32, is_symmetric=True,
+                                 accuracy_level=4, nodes_to_exclude=exclude,
+                                 op_types_to_quantize=tuple(c.op_types or ["MatMul"]))
+        q.process()
+        q.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+class _Reader:
+    def __init__(self, batches: list[dict]):
+        self._it = iter(batches)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - not used by collect_data
+        pass
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(r.title() for r in rest)

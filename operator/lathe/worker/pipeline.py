@@ -1,0 +1,381 @@
+"""The worker pipeline: intake -> data checks -> baseline -> candidates (passes, build, validate,
+mixed precision) -> benchmark -> budget gate -> selection -> result.json, report.html.
+
+    result = run(spec, Path("/work"), progress=None)
+
+Everything a candidate produces lives under workdir/candidates/<name>/ (the artifact is
+model.onnx there; intermediate files under work/)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..api.spec import Candidate, ModelOptimizationSpec, metric_of, runtimes_of
+from ..api.status import CandidateResult, Latency, Verdict, WorkerResult
+from ..evaluate import budget as gate
+from ..evaluate.benchmark import benchmark
+from ..evaluate.metrics import drop, finite, score
+from ..evaluate.select import pareto, select
+from ..storage import sha256_file
+from . import data as datamod
+from .backends import get_backend, unavailable_reason
+from .errors import InvalidInput, WorkerError
+from .fallback import sensitivity, steps
+from .intake import ModelInfo, fetch, intake, load_torch
+from .passes import ModelState, PassContext, default_candidates, make_pass, validate_candidates
+from .progress import Progress, ProgressFn
+
+log = logging.getLogger("lathe.worker")
+
+BENCH_SECONDS = float(os.environ.get("LATHE_BENCH_SECONDS", "30"))
+BENCH_ROUNDS = int(os.environ.get("LATHE_BENCH_ROUNDS", "5"))
+FALLBACK_PROBE = 32  # samples a mixed-precision step is tried on before the full validation set
+
+
+@dataclass
+class Built:
+    result: CandidateResult
+    artifact: Any = None
+    runner: Any = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:
+        return 0.0
+
+
+def _eval_batch(info: ModelInfo) -> int:
+    d0 = info.inputs[0].shape[0] if info.inputs and info.inputs[0].shape else None
+    return d0 if isinstance(d0, int) and d0 > 0 else 32
+
+
+def infer(runner, ds: datamod.Dataset, batch: int) -> list[np.ndarray]:
+    outs: list[list[np.ndarray]] = []
+    for feeds in ds.batches(batch):
+        outs.append([np.asarray(o) for o in runner(feeds)])
+    return [np.concatenate([b[k] for b in outs]) for k in range(len(outs[0]))]
+
+
+class Pipeline:
+    def __init__(self, spec: ModelOptimizationSpec, workdir: Path, progress: ProgressFn | None = None,
+                 bench_seconds: float | None = None, bench_rounds: int | None = None):
+        self.spec = spec
+        self.workdir = Path(workdir)
+        self.progress = Progress(progress)
+        self.threads = spec.target.threads or (os.cpu_count() or 1)
+        self.metric = str(metric_of(spec))
+        self.bench_seconds = BENCH_SECONDS if bench_seconds is None else bench_seconds
+        self.bench_rounds = bench_rounds or BENCH_ROUNDS
+        self.warnings: list[str] = []
+        self.details: dict[str, Any] = {"candidates": {}}
+
+    # ------------------------------------------------------------------ stages
+    def load(self) -> None:
+        spec = self.spec
+        self.progress("intake", 0.0, spec.model.uri)
+        val_path = fetch(spec.data.validation.uri, None, "validation data")
+        cal_path = fetch(spec.data.calibration.uri, None, "calibration data") if spec.data.calibration else None
+        val_arrays = datamod.read_npz(val_path, "validation")
+        self.info, self.module = intake(spec, self.workdir, val_arrays, val_path)
+        self.val = datamod.load(val_path, self.info.inputs, "validation", spec.data.validation.max_samples,
+                                arrays=val_arrays)
+        if cal_path is not None:
+            self.cal = datamod.load(cal_path, self.info.inputs, "calibration", spec.data.calibration.max_samples)
+        else:
+            self.cal = self.val
+        self.coverage = datamod.coverage(self.cal, self.val, spec.data.coverage, same_set=cal_path is None)
+        self.out_index = 0
+        if spec.task.output:
+            if spec.task.output not in self.info.outputs:
+                raise InvalidInput("intake", f"spec.task.output '{spec.task.output}' is not a model output "
+                                             f"{self.info.outputs}")
+            self.out_index = self.info.outputs.index(spec.task.output)
+        self.progress("intake", 1.0, f"{self.info.family} model, {len(self.val)} validation / "
+                                     f"{len(self.cal)} calibration samples")
+
+    def candidates(self) -> list[Candidate]:
+        problems = validate_candidates(self.spec)
+        if problems:
+            raise InvalidInput("spec", "; ".join(problems))
+        if self.spec.candidates:
+            return list(self.spec.candidates)
+        cands = []
+        for rt in runtimes_of(self.spec):
+            cands += default_candidates(self.spec, self.info.family, str(rt))
+        return cands
+
+    def baseline(self) -> Built:
+        self.progress("baseline", 0.0)
+        backend = get_backend("onnxruntime")
+        art = backend.build(self.info.onnx_path, self.workdir / "baseline", {})
+        rss = _rss_mb()
+        runner = backend.load(art, self.threads)
+        self.batch = _eval_batch(self.info)
+        outs = infer(runner, self.val, self.batch)
+        if not finite(outs):
+            raise InvalidInput("baseline", f"the model itself outputs NaN/Inf on the validation data ({self.info.source})")
+        self.base_out = outs
+        s = score(outs[self.out_index], outs[self.out_index], self.val.labels, self.metric)
+        res = CandidateResult(name="baseline", runtime="onnxruntime", passes="fp32", verdict=Verdict.baseline,
+                              reason="reference: the unmodified model on ONNX Runtime", metric=self.metric,
+                              accuracy=s["value"], accuracy_drop=0.0, relative_drop=0.0, min_cosine=1.0,
+                              size_bytes=art.size_bytes(), size_ratio=1.0, peak_memory_mb=round(_rss_mb() - rss, 1),
+                              artifact=str(art.path), sha256=sha256_file(art.path))
+        try:
+            from .backends.onnxruntime import precision_counts  # noqa: PLC0415
+
+            res.precision = precision_counts(backend.precision(art))
+        except Exception as e:  # precision audit is informative only
+            log.warning("precision audit of baseline failed: %s", e)
+        self.base = res
+        probe = self.val.head(FALLBACK_PROBE)
+        ps = score(outs[self.out_index][:len(probe)], outs[self.out_index][:len(probe)], probe.labels, self.metric)
+        self.base_probe = CandidateResult(name="baseline", metric=self.metric, accuracy=ps["value"])
+        self.progress("baseline", 1.0, f"{self.metric} {s['value']:.4f}")
+        return Built(res, art, runner)
+
+    def _apply_passes(self, cand: Candidate, ctx: PassContext, float_nodes: list[str],
+                      start: ModelState | None = None, from_index: int = 0) -> ModelState:
+        state = start or ModelState(onnx_path=self.info.onnx_path)
+        state.float_nodes = list(float_nodes)
+        if from_index == 0 and self.info.torch_source and any(p.type == "prune" and p.method == "structured"
+                                                              for p in cand.passes):
+            state.torch_module = load_torch(self.info.source, self.info.format)
+        for j, p in enumerate(cand.passes[from_index:], start=from_index):
+            ps = make_pass(p, str(cand.runtime or runtimes_of(self.spec)[0]))
+            if p.type == "quantize":
+                state.info["quantize_index"] = j
+                state.info["before_quantize"] = state.onnx_path
+            ctx.report(f"pass {j} {p.type}", 0.0, ps.describe())
+            try:
+                state = ps.run(state, ctx)
+            except WorkerError:
+                raise
+            except Exception as e:
+                raise WorkerError(f"pass:{p.type}", f"{ps.describe()} failed: {type(e).__name__}: {e}") from e
+            state.info.setdefault("descriptions", []).append(ps.describe())
+        return state
+
+    def _validate(self, runner, res: CandidateResult, val: datamod.Dataset | None = None,
+                  base: CandidateResult | None = None) -> list[str]:
+        """Accuracy of a candidate on the validation set (or a probe subset with its own baseline)."""
+        val = val or self.val
+        base_res = base or self.base
+        outs = infer(runner, val, self.batch)
+        if not finite(outs):
+            bad = [self.info.outputs[k] for k, o in enumerate(outs) if o.dtype.kind == "f" and not np.isfinite(o).all()]
+            res.verdict = Verdict.failed
+            res.reason = f"outputs {bad} contain NaN/Inf"
+            return [res.reason]
+        base = self.base_out[self.out_index][: len(val)]
+        s = score(outs[self.out_index], base, val.labels, self.metric)
+        res.metric = self.metric
+        res.accuracy = s["value"]
+        res.min_cosine = s["min_cosine"]
+        res.accuracy_drop, res.relative_drop = drop(base_res.accuracy, s["value"], self.metric)
+        return gate.accuracy_failures(res, base_res, self.metric, self.budget)
+
+    def build(self, cand: Candidate) -> Built:
+        runtime = str(cand.runtime or runtimes_of(self.spec)[0])
+        res = CandidateResult(name=cand.name, runtime=runtime, metric=self.metric)
+        cdir = self.workdir / "candidates" / cand.name
+        if cdir.exists():
+            shutil.rmtree(cdir)
+        work = cdir / "work"
+        work.mkdir(parents=True)
+        ctx = PassContext(workdir=work, spec=self.spec, model=self.info, calibration=self.cal, validation=self.val,
+                          coverage=self.coverage, threads=self.threads, progress=self.progress, candidate=cand.name)
+        details: dict[str, Any] = {}
+        backend = get_backend(runtime)
+        if backend is None or backend.available():
+            res.verdict = Verdict.failed
+            res.reason = unavailable_reason(runtime)
+            return Built(res)
+        state = self._apply_passes(cand, ctx, [])
+        res.passes = " > ".join(state.info.get("descriptions", [])) or "plain build"
+        if state.notes:
+            res.passes += " [" + "; ".join(state.notes) + "]"
+        res.warnings = list(state.warnings)
+        res.out_of_range = state.out_of_range
+        art = backend.build(state.onnx_path, cdir, backend.build_options(ctx, state) if hasattr(backend, "build_options") else {})
+        rss = _rss_mb()
+        runner = backend.load(art, self.threads)
+        res.verdict = Verdict.passed  # provisional: the budget gate decides after the benchmark
+        failures = self._validate(runner, res)
+        if res.verdict == Verdict.failed:
+            return Built(res, art, None, details)
+        fb = cand.fallback
+        if failures and state.quantized and fb is not None and fb.enabled and fb.max_float_nodes > 0:
+            art, runner, failures = self._mixed_precision(cand, ctx, state, backend, cdir, res, failures, details)
+        res.peak_memory_mb = round(max(_rss_mb() - rss, 0.0), 1)
+        res.size_bytes = art.size_bytes()
+        res.size_ratio = res.size_bytes / self.base.size_bytes if self.base.size_bytes else None
+        try:
+            if hasattr(backend, "precision"):
+                from collections import Counter  # noqa: PLC0415
+
+                res.precision = dict(Counter(backend.precision(art).values()))
+        except Exception as e:
+            log.warning("precision audit of %s failed: %s", cand.name, e)
+        res.artifact = str(art.path)
+        res.sha256 = sha256_file(art.path)
+        details["accuracy_failures"] = failures
+        shutil.rmtree(work, ignore_errors=True)
+        return Built(res, art, runner, details)
+
+    def _mixed_precision(self, cand, ctx, state, backend, cdir, res, failures, details):
+        qpass = state.quantize_pass
+        qi = state.info.get("quantize_index", 0)
+        src = state.info.get("before_quantize", state.quantize_input)
+        nodes = qpass.quantizable_nodes(src)
+        ctx.report("mixed-precision", 0.0, f"ranking {len(nodes)} quantized nodes")
+        ranked = (qpass.sensitivity(src, ctx, nodes, self.threads) if hasattr(qpass, "sensitivity")
+                  else sensitivity(src, state.onnx_path, nodes, self.cal, self.threads))
+        details["sensitivity"] = [(n, round(s, 6)) for n, s in ranked[:64]]
+        art = runner = None
+        tries = steps(cand.fallback.max_float_nodes, len(ranked))
+        for t, k in enumerate(tries):
+            keep = [n for n, _ in ranked[:k]]
+            ctx.report("mixed-precision", t / len(tries), f"{k} node(s) in float")
+            start = ModelState(onnx_path=src, quantized=False)
+            st = self._apply_passes(cand, ctx, keep, start=start, from_index=qi)
+            art = backend.build(st.onnx_path, cdir, backend.build_options(ctx, st) if hasattr(backend, "build_options") else {})
+            runner = backend.load(art, self.threads)
+            res.float_nodes = keep
+            if len(self.val) > 2 * FALLBACK_PROBE and k != tries[-1]:
+                probe = CandidateResult(name=res.name, metric=self.metric, verdict=Verdict.passed)
+                if self._validate(runner, probe, self.val.head(FALLBACK_PROBE), self.base_probe):
+                    continue  # clearly still out of budget on the first samples: next step
+            failures = self._validate(runner, res)
+            if res.verdict == Verdict.failed or not failures:
+                break
+        ctx.report("mixed-precision", 1.0, f"{len(res.float_nodes)} node(s) in float, "
+                                           f"{'meets' if not failures else 'still breaks'} the accuracy budget")
+        res.warnings.append(f"mixed precision kept {len(res.float_nodes)} node(s) in float"
+                            + ("" if not failures else " and the accuracy budget still breaks"))
+        return art, runner, failures
+
+    def run(self) -> WorkerResult:
+        t0 = time.time()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.load()
+        cands = self.candidates()
+        self.budget, notes = gate.effective_budget(self.spec.budget, self.metric, str(self.spec.objective))
+        self.warnings += notes + self.coverage.warnings
+        base = self.baseline()
+        built: list[Built] = []
+        for i, cand in enumerate(cands):
+            self.progress("candidates", i / len(cands), f"building {cand.name}")
+            try:
+                b = self.build(cand)
+            except WorkerError as e:
+                b = Built(CandidateResult(name=cand.name, runtime=str(cand.runtime or runtimes_of(self.spec)[0]),
+                                          verdict=Verdict.failed, reason=f"{e.stage}: {e.message}", metric=self.metric))
+                log.warning("candidate %s failed: %s", cand.name, e)
+                if e.stage == "calibration":
+                    b.result.warnings.append(e.message)
+            except Exception as e:  # one broken candidate must not sink the others
+                log.error("candidate %s crashed:\n%s", cand.name, traceback.format_exc())
+                b = Built(CandidateResult(name=cand.name, verdict=Verdict.failed, metric=self.metric,
+                                          reason=f"crash: {type(e).__name__}: {str(e)[:200]}"))
+            built.append(b)
+            self.details["candidates"][cand.name] = b.details
+        self.progress("candidates", 1.0)
+        self._benchmark(base, built)
+        for b in built:
+            self._verdict(b)
+        results = [b.result for b in built]
+        winner = select(results, str(self.spec.objective))
+        front = pareto([base.result] + results, self.metric)
+        wr = WorkerResult(metric=self.metric, baseline=base.result, candidates=results, winner=winner, pareto=front,
+                          warnings=list(dict.fromkeys(self.warnings)), environment=self._environment(),
+                          report=str(self.workdir / "result.json"), html_report=str(self.workdir / "report.html"))
+        wr.seconds = round(time.time() - t0, 1)
+        self._write(wr)
+        return wr
+
+    def _benchmark(self, base: Built, built: list[Built]) -> None:
+        runners = {"baseline": base.runner}
+        for b in built:
+            if b.runner is not None and b.result.verdict != Verdict.failed:
+                runners[b.result.name] = b.runner
+        feeds = {bs: self.val.batch_of(bs) for bs in self.spec.target.batch_sizes}
+        rss0 = _rss_mb()
+        bench = benchmark(runners, feeds, "baseline", rounds=self.bench_rounds, seconds=self.bench_seconds,
+                          progress=self.progress)
+        self.details["benchmark"] = {n: {"ratios": [round(x, 4) for x in r.ratios]} for n, r in bench.items()}
+        self.details["rss_after_benchmark_mb"] = round(_rss_mb() - rss0, 1)
+        for b in [base, *built]:
+            r = bench.get(b.result.name)
+            if r is None:
+                continue
+            c = b.result
+            c.latency = [Latency(batch=bs, p50_ms=round(t.p50, 4), p95_ms=round(t.pct(95), 4),
+                                 p99_ms=round(t.pct(99), 4), throughput=round(t.throughput, 2))
+                         for bs, t in r.timings.items()]
+            c.p50_ms = c.latency[0].p50_ms
+            c.p99_ms = c.latency[0].p99_ms
+            c.speedup = round(r.speedup, 4) if r.speedup is not None else None
+
+    def _verdict(self, b: Built) -> None:
+        c = b.result
+        if c.verdict == Verdict.failed:
+            return
+        fails = gate.accuracy_failures(c, self.base, self.metric, self.budget) + gate.performance_failures(c, self.budget)
+        if fails:
+            c.verdict = Verdict.rejected
+            c.reason = "; ".join(fails)
+            if c.float_nodes:
+                c.reason += f" (with {len(c.float_nodes)} node(s) kept in float)"
+        else:
+            c.verdict = Verdict.passed
+            c.reason = gate.passed_reason(c, self.metric, self.budget)
+
+    def _environment(self) -> dict[str, str]:
+        env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": str(os.cpu_count()),
+               "threads": str(self.threads), "numpy": np.__version__, "family": self.info.family}
+        try:
+            import onnxruntime  # noqa: PLC0415
+
+            env["onnxruntime"] = onnxruntime.__version__
+        except ImportError:
+            pass
+        if self.info.torch_source:
+            import torch  # noqa: PLC0415
+
+            env["torch"] = torch.__version__
+        return env
+
+    def _write(self, wr: WorkerResult) -> None:
+        from ..evaluate.report import html_report  # noqa: PLC0415
+
+        self.progress("report", 0.0)
+        (self.workdir / "result.json").write_text(wr.model_dump_json(by_alias=True, indent=2))
+        self.details["coverage"] = {"samples": self.coverage.samples, "out_of_range": self.coverage.out_of_range,
+                                    "per_input": self.coverage.per_input, "warnings": self.coverage.warnings,
+                                    "errors": self.coverage.errors}
+        (self.workdir / "details.json").write_text(json.dumps(self.details, indent=2, default=str))
+        (self.workdir / "report.html").write_text(html_report(wr, self.spec, self.budget, self.details))
+        self.progress("report", 1.0, str(self.workdir / "report.html"))
+
+
+def run(spec: ModelOptimizationSpec, workdir: Path, progress: ProgressFn | None = None, *,
+        bench_seconds: float | None = None, bench_rounds: int | None = None) -> WorkerResult:
+    """Run the whole worker; writes result.json, details.json, report.html and the candidates'
+    artifacts under `workdir`. Raises InvalidInput for bad model/data/spec, WorkerError otherwise."""
+    return Pipeline(spec, workdir, progress, bench_seconds, bench_rounds).run()

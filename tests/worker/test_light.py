@@ -1,0 +1,208 @@
+"""Spec validation of passes (no heavy imports), defaults, storage, data checks, budget and selection."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lathe.api.spec import parse_spec
+from lathe.api.status import CandidateResult, Latency, Verdict, WorkerResult
+from lathe.evaluate import budget as gate
+from lathe.evaluate.benchmark import benchmark
+from lathe.evaluate.select import pareto, select
+from lathe.storage import StorageError, resolve
+from lathe.worker import data
+from lathe.worker.errors import CoverageError, InvalidInput
+from lathe.worker.passes import default_candidates, validate_candidates
+
+
+def _spec(candidates=None, fmt="onnx", **kw):
+    return parse_spec({"model": {"uri": "m.onnx", "format": fmt}, "data": {"validation": {"uri": "v.npz"}},
+                       "candidates": candidates or [], **kw})
+
+
+def test_passes_import_without_heavy_modules():
+    code = ("import sys, lathe.worker.passes, lathe.worker.errors, lathe.evaluate.select;"
+            "print([m for m in ('torch','onnxruntime','openvino','onnx') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_validate_candidates_names_field_paths():
+    spec = _spec([
+        {"name": "a", "passes": [{"type": "quantize", "precision": "int8", "mode": "dynamic"},
+                                 {"type": "graph-optimize", "level": "all"}, {"type": "foo"}]},
+        {"name": "b", "passes": [{"type": "quantize", "sparsity": 0.5}]},
+        {"name": "c", "passes": [{"type": "quantize", "precision": "int8", "mode": "qat"}]},
+        {"name": "d", "passes": [{"type": "prune", "method": "2:4"}]},
+        {"name": "e", "passes": [{"type": "prune", "method": "structured", "sparsity": 0.3}]},
+        {"name": "f", "passes": [{"type": "quantize", "precision": "fp16", "blockSize": 32}]},
+    ])
+    problems = validate_candidates(spec)
+    text = "\n".join(problems)
+    unknown = next(p for p in problems if p.startswith("spec.candidates[0].passes[2].type: unknown pass 'foo' (known: "))
+    assert all(name in unknown for name in ("graph-optimize", "prune", "quantize"))
+    assert "spec.candidates[1].passes[0].sparsity: not a setting of pass 'quantize'" in problems
+    assert "spec.candidates[2].passes[0].mode: quantization-aware training (qat) is not implemented on CPU yet" in text
+    assert "spec.candidates[3].passes[0].method: 2:4 structured sparsity needs a GPU runtime" in text
+    assert "spec.candidates[4].passes[0].method: structured pruning needs a PyTorch source" in text
+    assert "spec.candidates[5].passes[0].blockSize: only used by precision int4" in text
+    assert not any(p.startswith("spec.candidates[0].passes[0]") for p in problems)
+
+
+def test_valid_candidates_have_no_problems():
+    spec = _spec([{"name": "q", "passes": [{"type": "quantize", "precision": "int8", "mode": "static",
+                                            "calibration": {"method": "entropy"}, "perChannel": True}]},
+                  {"name": "p", "passes": [{"type": "prune", "method": "structured", "sparsity": 0.25,
+                                            "fineTune": {"epochs": 2}}, {"type": "quantize"}]}],
+                 fmt="torchscript")
+    assert validate_candidates(spec) == []
+
+
+def test_default_candidates_follow_the_model():
+    tr = default_candidates(_spec(), family="transformer", runtime="onnxruntime")
+    names = [c.name for c in tr]
+    assert {"int8-dynamic", "int8-static", "int4-weights", "ort-optimized"} <= set(names)
+    conv = default_candidates(_spec(fmt="torchscript"), family="conv", runtime="onnxruntime")
+    assert "pruned-25" in [c.name for c in conv]
+    assert "int8-dynamic" not in [c.name for c in conv]  # ConvInteger is the slowest choice on CPU
+    assert validate_candidates(_spec([c.model_dump(by_alias=True, exclude_none=True) for c in conv],
+                                     fmt="torchscript")) == []
+
+
+def test_storage_local_sha_pvc_https_s3(tmp_path, monkeypatch):
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"hello")
+    good = hashlib.sha256(b"hello").hexdigest()
+    assert resolve(str(f), good) == f
+    with pytest.raises(StorageError, match="sha256 mismatch"):
+        resolve(str(f), "0" * 64)
+    monkeypatch.setenv("LATHE_PVC_ROOT", str(tmp_path))
+    (tmp_path / "claim" / "dir").mkdir(parents=True)
+    (tmp_path / "claim" / "dir" / "m.onnx").write_bytes(b"m")
+    assert resolve("pvc://claim/dir/m.onnx") == tmp_path / "claim" / "dir" / "m.onnx"
+    with pytest.raises(StorageError, match="needs a sha256"):
+        resolve("https://example.com/m.onnx")
+    with pytest.raises(StorageError, match="no such file"):
+        resolve(str(tmp_path / "missing.onnx"))
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        with pytest.raises(StorageError, match="boto3"):
+            resolve("s3://bucket/key")
+
+
+IMG = [data.InputMeta("input", ["batch", 1, 8, 8], "float32")]
+
+
+def _npz(tmp_path, name="v.npz", **arrays):
+    p = tmp_path / name
+    np.savez(p, **arrays)
+    return p
+
+
+def test_data_errors_name_the_array(tmp_path):
+    x = np.random.rand(20, 1, 8, 8).astype(np.float32)
+    with pytest.raises(InvalidInput, match=r"no array for model input\(s\) \['input'\].*'pixels'"):
+        data.load(_npz(tmp_path, pixels=x), IMG)
+    with pytest.raises(InvalidInput, match=r"array 'input' has shape \[20, 1, 4, 16\]"):
+        data.load(_npz(tmp_path, input=x.reshape(20, 1, 4, 16)), IMG)
+    with pytest.raises(InvalidInput, match=r"array 'input' has dtype int64"):
+        data.load(_npz(tmp_path, input=x.astype(np.int64)), IMG)
+    bad = x.copy()
+    bad[3, 0, 0, 0] = np.nan
+    with pytest.raises(InvalidInput, match=r"array 'input' contains 1 NaN"):
+        data.load(_npz(tmp_path, input=bad), IMG)
+    with pytest.raises(InvalidInput, match=r"array\(s\) \['extra'\] are not model inputs"):
+        data.load(_npz(tmp_path, input=x, extra=x), IMG)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(InvalidInput, match="junk.npz: not a readable .npz"):
+        data.load(junk, IMG)
+    ds = data.load(_npz(tmp_path, input=x.astype(np.float64), labels=np.arange(20) % 3), IMG, max_samples=7)
+    assert len(ds) == 7 and ds.feeds["input"].dtype == np.float32
+
+
+def test_coverage_checks(tmp_path):
+    cov = parse_spec({"model": {"uri": "m"}, "data": {"validation": {"uri": "v"},
+                                                       "coverage": {"minSamples": 10, "warnSamples": 50}}}).data.coverage
+    rng = np.random.default_rng(0)
+    val = data.Dataset(tmp_path, {"input": rng.random((60, 1, 8, 8), dtype=np.float32)}, np.arange(60) % 10)
+    cal = data.Dataset(tmp_path, {"input": rng.random((30, 1, 8, 8), dtype=np.float32) * 0.5},
+                       np.array([c for c in range(10) if c != 7] * 3 + [0, 1, 2])[:30])
+    rep = data.coverage(cal, val, cov)
+    assert rep.missing_classes == [7]
+    with pytest.raises(CoverageError, match=r"misses class\(es\) \[7\]") as e:
+        rep.raise_for_errors()
+    assert e.value.missing_classes == [7]
+    assert any("only 30 samples" in w for w in rep.warnings)
+    assert rep.out_of_range is not None and rep.out_of_range > 0.4  # calibrated on [0, .5), validation [0, 1)
+    assert any("outside the calibrated range" in m for m in rep.errors)
+    few = data.coverage(cal.take(slice(0, 5)), val, cov)
+    assert any("fewer than coverage.minSamples=10" in m for m in few.errors)
+
+
+def _res(name, acc, p50, verdict=Verdict.passed, size=1000, speedup=None):
+    return CandidateResult(name=name, accuracy=acc, p50_ms=p50, p99_ms=p50 * 1.2, verdict=verdict, size_bytes=size,
+                           speedup=speedup, latency=[Latency(batch=1, p50_ms=p50, p95_ms=p50, p99_ms=p50,
+                                                             throughput=1000 / p50)])
+
+
+def test_budget_reason_has_numbers():
+    base = CandidateResult(name="baseline", accuracy=1.0)
+    c = CandidateResult(name="x", accuracy=0.156, accuracy_drop=0.844, relative_drop=0.844, p99_ms=12.0,
+                        speedup=0.8, size_bytes=5_000_000)
+    b, notes = gate.effective_budget(parse_spec({"model": {"uri": "m"}, "data": {"validation": {"uri": "v"}},
+                                                 "budget": {"maxAccuracyDrop": 0.01, "maxP99LatencyMs": 10,
+                                                            "maxSizeMb": 4}}).budget, "cosine")
+    fails = gate.accuracy_failures(c, base, "cosine", b) + gate.performance_failures(c, b)
+    assert fails[0] == "mean cosine 0.156 < 0.990 allowed (drop 0.844 > 0.010)"
+    assert "p99 latency 12.00 ms > 10.00 ms allowed" in fails
+    assert "speedup 0.80x < 1.00x (no faster than the baseline)" in fails
+    assert "size 5.00 MB > 4.00 MB allowed" in fails
+    b2, notes2 = gate.effective_budget(parse_spec({"model": {"uri": "m"}, "data": {"validation": {"uri": "v"}}}).budget, "top1")
+    assert b2["max_accuracy_drop"] == 0.01 and notes2
+
+
+def test_select_and_pareto():
+    cands = [_res("slow-accurate", 0.99, 10.0), _res("fast", 0.97, 3.0), _res("dominated", 0.96, 5.0),
+             _res("fastest-rejected", 0.5, 1.0, Verdict.rejected, size=10)]
+    assert select(cands, "latency") == "fast"
+    assert select(cands, "size") == "fast" or select(cands, "size") == "slow-accurate"
+    assert pareto(cands, "top1") == ["fastest-rejected", "fast", "slow-accurate"]
+    assert select([_res("r", 0.1, 1.0, Verdict.rejected)], "latency") is None
+
+
+def test_benchmark_speedup_is_median_of_round_ratios():
+    def slow(_):
+        time.sleep(0.008)
+        return []
+
+    def fast(_):
+        time.sleep(0.002)
+        return []
+
+    res = benchmark({"baseline": slow, "fast": fast}, {1: {}}, "baseline", rounds=5, seconds=0.6)
+    assert res["baseline"].speedup == pytest.approx(1.0)
+    assert 1.5 < res["fast"].speedup < 8.0  # 4x nominal; sleeps overshoot on a loaded box
+    assert len(res["fast"].ratios) == 5
+    t = res["fast"].timings[1]
+    assert t.pct(50) <= t.pct(95) <= t.pct(99)
+
+
+def test_compact_fits_termination_message():
+    long = "x" * 2000
+    cands = [CandidateResult(name=f"candidate-{i:02d}", reason=long, accuracy=0.9, p50_ms=1.0, artifact="/w/" + "a" * 80,
+                             sha256="f" * 64, warnings=[long]) for i in range(40)]
+    wr = WorkerResult(metric="top1", baseline=CandidateResult(name="baseline"), candidates=cands, winner="candidate-33")
+    text = wr.compact()
+    assert len(text.encode()) < 4096
+    doc = json.loads(text)
+    assert doc["winner"] == "candidate-33" and doc["truncated"] is True
+    assert doc["candidates"][0]["name"] == "candidate-33"
