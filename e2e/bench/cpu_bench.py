@@ -175,6 +175,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=30.0, help="benchmark budget per comparison")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-minilm", action="store_true")
+    ap.add_argument("--digits-batches", default="1,64", help="batch sizes of the digits run; the first decides")
     ap.add_argument("--reuse", action="store_true", help="reuse samples and worker results already in --workdir")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -189,11 +190,13 @@ def main(argv=None) -> int:
            "Speedups are medians of per-round ratios against FP32 in interleaved rounds.", ""]
     sections = []
     d = _sample(root / "digits", "digits", args.reuse)
-    dres, dsec = worker(d, root / "digits-run", [1, 64], 20, args.reuse)
-    sections += [f"## Digits CNN (TorchScript, trained in-run, top-1 {d['top1']:.4f})", "",
+    dbatches = [int(b) for b in args.digits_batches.split(",")]
+    dres, dsec = worker(d, root / "digits-run", dbatches, 20, args.reuse)
+    sections += [f"## Digits CNN (TorchScript, trained in-run, top-1 {d['top1']:.4f}; batch sizes {dbatches}, "
+                 f"the first decides)", "",
                  f"Lathe worker run (default candidates, no hand tuning): {dsec:.0f}s, winner **{dres.winner}**.", ""]
     sections += candidates_table(dres)
-    sections += compare("Side by side (digits)", d, dres, "top1", [1, 64], threads, args.seconds, args.rounds)
+    sections += compare("Side by side (digits)", d, dres, "top1", dbatches, threads, args.seconds, args.rounds)
     if not args.skip_minilm:
         t0 = time.time()
         m = _sample(root / "minilm", "minilm", args.reuse)
