@@ -34,6 +34,12 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def metric(text: str, name: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -100,6 +106,9 @@ def main() -> int:
             custom.create_namespaced_custom_object("lathe.dev", "v1alpha1", ns, "modeloptimizations", body)
             created[name] = t
 
+        pids = {"operator": op.pid, "bench client": os.getpid(),
+                **{n: p.pid for n, p in cp.procs.items()}}
+        cpu0 = {n: cpu_s(pid) for n, pid in pids.items()}
         t0 = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(apply, range(args.count)))
@@ -108,6 +117,8 @@ def main() -> int:
         while len(seen) < args.count and time.monotonic() - t0 < 300:
             peak = max(peak, rss_mib(op.pid))
             time.sleep(0.1)
+        burst_s = time.monotonic() - t0
+        cpu = {n: cpu_s(pid) - cpu0[n] for n, pid in pids.items()}
         stop.set()
         time.sleep(3)
         peak = max(peak, rss_mib(op.pid))
@@ -139,6 +150,8 @@ def main() -> int:
             ("operator RSS idle / peak", f"{idle_rss:.0f} MiB / {peak:.0f} MiB"),
             ("reconcile errors", f"{errors:.0f}"),
             ("reconcile passes", f"{metric(text, 'lathe_reconciles_total'):.0f}"),
+            ("wall time, first apply -> last Job seen", f"{burst_s:.1f} s"),
+            ("CPU seconds in that time", ", ".join(f"{n} {v:.1f}" for n, v in cpu.items())),
             (f"floor: {args.count} Job creates straight from the client (no operator)", f"{floor_s:.1f} s"),
         ]
         md = ["# Operator load benchmark", "",

@@ -55,6 +55,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     import lathe.controller.handlers  # noqa: F401 - registers the handlers
 
+    logging.getLogger().handlers.clear()  # kopf.configure installs its own: one line per record, not two
     kopf.configure(verbose=args.verbose)
     kopf.run(standalone=True, namespaces=args.namespace or [], clusterwide=not args.namespace,
              liveness_endpoint=args.liveness)

@@ -4,8 +4,19 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from lathe.api.spec import ModelOptimizationSpec
-from lathe.api.status import CandidateResult, ModelOptimizationStatus, WorkerResult
-from lathe.controller.plan import CreateJob, DeleteJob, Event, ObservedJob, Policy, Requeue, World, plan
+from lathe.api.status import CandidateResult, ModelOptimizationStatus, RolloutStatus, WorkerResult
+from lathe.controller.plan import (
+    AbandonRollout,
+    CreateJob,
+    DeleteJob,
+    Event,
+    ObservedJob,
+    Policy,
+    Requeue,
+    World,
+    job_create_refused,
+    plan,
+)
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SPEC = ModelOptimizationSpec.model_validate({"model": {"uri": "pvc://m/model.onnx"},
@@ -124,3 +135,34 @@ def test_unreadable_result_fails_clearly():
     job = ObservedJob("x-g1-a1", 1, 1, "succeeded", exit_code=0, message="not json")
     p = plan(world(status=st, jobs=[job]))
     assert p.status.phase == "Failed" and "unreadable" in p.status.message
+
+
+def test_refused_create_keeps_the_attempt_and_is_reissued():
+    p = plan(world())
+    [create] = kinds(p.actions, CreateJob)
+    events = job_create_refused(p.status, create.attempt, "403 exceeded quota", NOW, 1)
+    assert p.status.phase == "Pending" and p.status.stage == "retry" and "exceeded quota" in p.status.message
+    assert [e.reason for e in events] == ["JobCreateRefused"]
+    # The same refusal again: no second event; the next pass issues the same attempt again.
+    assert job_create_refused(p.status, create.attempt, "403 exceeded quota", NOW, 1) == []
+    again = plan(world(status=p.status, now=NOW + timedelta(seconds=5)))
+    assert [a.attempt for a in kinds(again.actions, CreateJob)] == [1]
+    assert again.status.phase == "Optimizing"
+
+
+def test_spec_change_mid_canary_abandons_it():
+    canary = RolloutStatus(state="Progressing", stable_version=2, canary_version=3, step=0,
+                           weights={"2": 70, "3": 30})
+    st = ModelOptimizationStatus(observed_generation=1, phase="RollingOut", stage="rollout", rollout=canary)
+    p = plan(world(status=st, generation=2))
+    [abandon] = kinds(p.actions, AbandonRollout)
+    assert abandon.rollout.canary_version == 3 and abandon.rollout.stable_version == 2
+    assert p.status.rollout.state == "RolledBack" and "generation 2" in p.status.rollout.reason
+    assert "back to version 2" in p.status.rollout.reason
+    assert "RolloutAbandoned" in [e.reason for e in kinds(p.actions, Event)]
+    assert kinds(p.actions, CreateJob) and p.status.phase == "Optimizing"
+    # A finished rollout is history, not something to undo.
+    done = ModelOptimizationStatus(observed_generation=1, phase="Succeeded", stage="done",
+                                   rollout=canary.model_copy(update={"state": "Promoted"}))
+    p = plan(world(status=done, generation=2))
+    assert not kinds(p.actions, AbandonRollout) and p.status.rollout is None

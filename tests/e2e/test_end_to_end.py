@@ -59,7 +59,9 @@ class Cluster:
         try:
             return wait_for(lambda: (s := self.status(name)) and cond(s) and s, timeout, what)
         except AssertionError as e:
-            raise AssertionError(f"{e}; status: {json.dumps(self.status(name), indent=1)[:6000]}") from None
+            st = self.status(name)
+            head = {k: st.get(k) for k in ("observedGeneration", "phase", "stage", "message", "winner", "rollout")}
+            raise AssertionError(f"{e}; status: {json.dumps(head, indent=1)[:6000]}") from None
 
 
 class Load(threading.Thread):
@@ -183,8 +185,9 @@ def test_apply_optimize_publish_serve_then_canary(e2e):
     assert st["published"]["version"] == 1 and st["published"]["modelName"] == "digits"
     assert st["rollout"]["state"] == "Promoted"
     assert (e2e["repo"] / "digits" / "1").is_dir()
-    # Triton really serves what the worker measured: same top-1 on the same validation data.
-    assert triton_top1(triton, "digits", sample) == pytest.approx(win["accuracy"], abs=1e-6)
+    # Triton really serves what the worker measured: same top-1 on the same validation data. Status
+    # rounds to 5 decimals; one sample of the validation set (hundreds) moves top-1 far more than that.
+    assert triton_top1(triton, "digits", sample) == pytest.approx(win["accuracy"], abs=1e-5)
     table = k.kubectl("get", "mopt")
     assert "digits" in table and "Succeeded" in table and st["winner"] in table and st["speedup"] in table
 
@@ -221,11 +224,52 @@ def test_apply_optimize_publish_serve_then_canary(e2e):
     assert "lathe_jobs_created_total 2.0" in metrics
 
 
+def test_spec_change_mid_canary_sends_traffic_back_to_stable(e2e):
+    # Continues from the test above: version 2 is stable. Generation 3 publishes a canary and holds
+    # it at 30% (long pause); generation 4 supersedes it before the analysis ends. (The canary may
+    # be version 1 again: generation 3's winner is the same artifact, and the publisher reuses an
+    # identical version instead of adding a duplicate.)
+    k, triton, sample = e2e["cluster"], e2e["triton"], e2e["sample"]
+    from tritonclient.http import InferenceServerClient
+
+    c = InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+    assert c.is_model_ready("digits", "2")
+    held = {"steps": [{"weight": 30, "pauseSeconds": 600, "minRequests": 1}, {"weight": 100}],
+            "analysis": {"maxErrorRate": 0.0, "maxLatencyRatio": 5.0}}
+    load = Load(f"127.0.0.1:{triton.http_port}", "digits_router", np.load(sample["validation"])["input"])
+    load.start()
+    try:
+        k.apply(resource("digits", e2e, rollout=held, candidates=[
+            {"name": "int8-static", "passes": [{"type": "quantize", "precision": "int8", "mode": "static"}]}]))
+        st = k.wait("digits", lambda s: s.get("observedGeneration") == 3
+                    and (s.get("rollout") or {}).get("state") == "Progressing"
+                    and (s["rollout"].get("weights") or {}).get(str(s["rollout"]["canaryVersion"])) == 30,
+                    300, "canary at 30%")
+        canary = st["rollout"]["canaryVersion"]
+        assert st["rollout"]["stableVersion"] == 2 and canary != 2 and c.is_model_ready("digits", str(canary))
+        k.apply(resource("digits", e2e, rollout=held, model="pvc://models/digits/corrupt.onnx", fmt="onnx"))
+        st = k.wait("digits", lambda s: s.get("observedGeneration") == 4
+                    and s.get("phase") in ("Failed", "Succeeded"), 300, "generation 4 done")
+        time.sleep(1)  # requests in flight during the swap are counted too
+    finally:
+        load.stop.set()
+        load.join(10)
+    ro = st["rollout"]
+    assert ro["state"] == "RolledBack" and "generation 4 supersedes" in ro["reason"], ro
+    assert f"canary of version {canary}" in ro["reason"] and "back to version 2" in ro["reason"]
+    assert c.is_model_ready("digits", "2") and not c.is_model_ready("digits", str(canary))
+    assert load.failed == 0 and load.ok > 0, load.errors[:5]
+    assert st["phase"] == "Failed" and st["job"]["exitCode"] == 2  # generation 4's corrupt model
+    events = json.loads(k.kubectl("get", "events", "-o", "json"))["items"]
+    assert any(e["reason"] == "RolloutAbandoned" and f"version {canary}" in e["message"] for e in events)
+
+
 def test_corrupt_model_is_refused_with_a_clear_reason(e2e):
     k = e2e["cluster"]
+    versions = sorted(p.name for p in (e2e["repo"] / "digits").iterdir())
     k.apply(resource("corrupt", e2e, model="pvc://models/digits/corrupt.onnx", fmt="onnx"))
     st = k.wait("corrupt", lambda s: s.get("phase") in ("Failed", "Succeeded"), 300, "corrupt model refused")
     assert st["phase"] == "Failed" and st["job"]["exitCode"] == 2
     cond = {c["type"]: c for c in st["conditions"]}["Validated"]
     assert cond["reason"] == "InvalidInput" and "corrupt.onnx" in cond["message"]
-    assert not (e2e["repo"] / "digits" / "3").exists()
+    assert sorted(p.name for p in (e2e["repo"] / "digits").iterdir()) == versions  # nothing published

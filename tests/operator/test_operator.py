@@ -99,6 +99,22 @@ def test_bad_input_fails_at_once(operator, mopt):
     assert {c["type"]: c["reason"] for c in st["conditions"]}["Validated"] == "InvalidInput"
 
 
+def test_refused_job_is_reported_and_retried(operator, mopt):
+    # A ResourceQuota that allows no Jobs: the real API server's quota admission refuses the create.
+    mopt.core.create_namespaced_resource_quota(mopt.ns, {"metadata": {"name": "no-jobs"},
+                                                         "spec": {"hard": {"count/jobs.batch": "0"}}})
+    mopt.create(mopt.body("quota", mopt.script("q", message=_result())))
+    st = mopt.wait_phase("quota", "Pending")
+    assert st["stage"] == "retry" and "could not create the worker Job" in st["message"]
+    assert "403" in st["message"] and "quota" in st["message"]
+    assert {c["type"]: c["reason"] for c in st["conditions"]}["Ready"] == "JobCreateRefused"
+    assert mopt.jobs("quota") == []
+    wait_for(lambda: any(e.reason == "JobCreateRefused" for e in mopt.events("quota")), what="event")
+    mopt.core.delete_namespaced_resource_quota("no-jobs", mopt.ns)
+    st = mopt.wait_phase("quota", "Succeeded")
+    assert st["job"]["attempt"] == 1 and len(mopt.jobs("quota")) == 1
+
+
 def test_invalid_spec_names_the_field_and_others_keep_going(operator, mopt):
     mopt.create(mopt.body("unknown-pass", mopt.script("x", message=_result()),
                           candidates=[{"name": "c", "passes": [{"type": "quantise"}]}]))
@@ -147,7 +163,10 @@ def test_restart_resumes_without_repeating_work(operator, mopt):
 def test_delete_cleans_up_through_the_finalizer(operator, mopt):
     mopt.create(mopt.body("gone", mopt.script("g", sleep=60)))
     wait_for(lambda: mopt.jobs("gone"), what="job")
-    assert "lathe.dev/finalizer" in mopt.get("gone")["metadata"]["finalizers"]
+    # The first pass creates the Job before kopf adds the finalizer (the Job's ownerReference
+    # covers that moment); the finalizer must follow.
+    wait_for(lambda: "lathe.dev/finalizer" in (mopt.get("gone")["metadata"].get("finalizers") or []),
+             what="finalizer")
     mopt.api.delete_namespaced_custom_object("lathe.dev", "v1alpha1", mopt.ns, "modeloptimizations", "gone")
 
     def gone():

@@ -21,6 +21,7 @@ class OperatorConfig:
     backoff_seconds: float = 10.0
     active_deadline_seconds: int = 6 * 3600
     rollout_interval: float = 5.0
+    resync_interval: float = 10.0  # retry of a pass that failed before it wrote status
     metrics_port: int = 9090
 
     @classmethod

@@ -29,6 +29,21 @@ def _client_config() -> None:
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """The reconcile is level-based (generation vs status.observedGeneration), so kopf's copy of
+    the last handled spec is never read: storing it would cost a PATCH per resource, and building
+    it a deep copy per event."""
+
+    def build(self, *, body, extra_fields=None):
+        return {}
+
+    def fetch(self, *, body):
+        return None
+
+    def store(self, *, body, patch, essence):
+        pass
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_):
     global CONFIG
@@ -36,8 +51,7 @@ def startup(settings: kopf.OperatorSettings, **_):
     _client_config()
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = _NoDiffBase()
     settings.posting.enabled = True
     settings.posting.loggers = False  # our Events are posted explicitly, one per transition
     settings.execution.max_workers = int(os.environ.get("LATHE_MAX_WORKERS", "16"))
@@ -69,13 +83,32 @@ def _run(namespace: str, name: str, body=None) -> None:
         raise kopf.TemporaryError(f"API error {e.status} {e.reason}", delay=2) from e
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-@kopf.on.resume(GROUP, VERSION, PLURAL)
+def _unobserved(meta, status, **_) -> bool:
+    return status.get("observedGeneration") != meta.get("generation")
+
+
+def _wants_pass(event, meta, status, **_) -> bool:
+    # Level-based, as controller-runtime does it: first sight of a resource (new, or listed again
+    # after a restart) and any spec generation not yet observed. Our own status writes and kopf's
+    # finalizer patch are not triggers.
+    if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+        return False
+    return event.get("type") in (None, "ADDED") or _unobserved(meta, status)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, when=_wants_pass)
 def on_resource(namespace, name, body, status, **_):
-    # A resource we never wrote status for can be planned from the event's body (saves a read in
-    # bursts of new resources); otherwise read it fresh, so no newer status is planned over.
+    # Raw events, not kopf's create/update handlers: the first pass runs on the first event, before
+    # kopf's finalizer round trip, and writes no progress annotations (half the writes in a burst).
+    # A resource we never wrote status for can be planned from the event's body; otherwise read it
+    # fresh, so no newer status is planned over. Failures are retried by the resync timer below.
     _run(namespace, name, body if not status else None)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=CONFIG.resync_interval,
+            initial_delay=CONFIG.resync_interval, when=_unobserved)
+def resync(namespace, name, **_):
+    _run(namespace, name)
 
 
 def _wants_timer(status, **_) -> bool:
@@ -88,17 +121,17 @@ def on_timer(namespace, name, **_):
     _run(namespace, name)
 
 
-def _finished(status) -> bool:
-    return any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
-               for c in status.get("conditions") or [])
+def _job_settled(event, status, **_) -> bool:
+    # Only a finished or vanished Job changes what the plan decides. Filtering here rather than in
+    # the handler keeps kopf from dispatching the many in-between Job events to the thread pool.
+    return event.get("type") == "DELETED" or any(
+        c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
+        for c in status.get("conditions") or [])
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={NAME_LABEL: kopf.PRESENT})
-def on_job(event, namespace, labels, status, **_):
-    # Only a finished or vanished Job changes what the plan decides; skipping the rest keeps
-    # bursts cheap (every created Job would otherwise trigger several passes).
-    if event.get("type") == "DELETED" or _finished(status):
-        _run(namespace, labels[NAME_LABEL])
+@kopf.on.event("batch", "v1", "jobs", labels={NAME_LABEL: kopf.PRESENT}, when=_job_settled)
+def on_job(namespace, labels, **_):
+    _run(namespace, labels[NAME_LABEL])
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -111,8 +144,11 @@ def on_delete(namespace, name, spec, status, **_):
         except ApiException as e:
             if e.status != 404:
                 raise
-    if (status.get("rollout") or {}).get("state") == "Progressing":
+    rollout = status.get("rollout") or {}
+    if rollout.get("state") in ("Pending", "Progressing"):
+        from lathe.api.status import RolloutStatus
+
         from .rollout_tick import abandon
 
-        abandon(namespace, name, dict(spec), dict(status))
+        abandon(namespace, name, dict(spec), RolloutStatus.model_validate(dict(rollout)))
     forget(namespace, name)

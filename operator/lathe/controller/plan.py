@@ -85,7 +85,13 @@ class RolloutTick:
     """Advance the canary one step (side effects: Triton metrics and model control)."""
 
 
-Action = CreateJob | DeleteJob | Event | Requeue | RolloutTick
+@dataclass(frozen=True)
+class AbandonRollout:
+    """Send all traffic back to the stable version and unload the canary (its spec is superseded)."""
+    rollout: RolloutStatus
+
+
+Action = CreateJob | DeleteJob | Event | Requeue | RolloutTick | AbandonRollout
 
 
 @dataclass
@@ -152,8 +158,18 @@ def plan(world: World) -> Plan:
                                  f"spec generation {gen} supersedes {st.observed_generation}"
                                  + (f"; stopped {', '.join(j.name for j in stale)}" if stale else "")))
         published, rollout = st.published, st.rollout
+        if rollout and rollout.state in ("Pending", "Progressing"):
+            # The canary came from the old spec: serving it on would judge a model nobody asked for.
+            why = f"abandoned: spec generation {gen} supersedes the canary of version {rollout.canary_version}"
+            if rollout.stable_version is not None:
+                why += f"; all traffic back to version {rollout.stable_version}"
+            actions.append(AbandonRollout(rollout))
+            actions.append(Event("Warning", "RolloutAbandoned", why))
+            rollout = rollout.model_copy(update={"state": "RolledBack", "reason": why})
+        else:
+            rollout = None
         st = ModelOptimizationStatus(observed_generation=gen, conditions=st.conditions, published=published,
-                                     rollout=rollout if rollout and rollout.state == "Progressing" else None)
+                                     rollout=rollout)
         out.status = st
     else:
         # Jobs of older generations that are still around get cleaned up quietly.
@@ -290,6 +306,18 @@ def plan(world: World) -> Plan:
     transition(Phase.failed, "worker", f"gave up after {current.attempt} attempts: {detail}",
                ("Warning", "WorkerFailed"))
     return out
+
+
+def job_create_refused(st: ModelOptimizationStatus, attempt: int, error: str, now: datetime, gen: int
+                       ) -> list[Action]:
+    """The API server refused the worker Job (a quota, an admission policy, a webhook): say so in
+    status and try again on the timer. The attempt is kept, not used up: no worker ran."""
+    message = f"could not create the worker Job (attempt {attempt}): {error}; retrying"
+    repeated = st.stage == "retry" and st.phase == Phase.pending and st.message == message
+    st.job = JobState(attempt=attempt, generation=gen)
+    st.phase, st.stage, st.message = Phase.pending, "retry", message
+    set_condition(st, "Ready", False, "JobCreateRefused", message, now, gen)
+    return [] if repeated else [Event("Warning", "JobCreateRefused", message)]
 
 
 def _failure_detail(job: ObservedJob) -> str:

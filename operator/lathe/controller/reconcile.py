@@ -26,7 +26,19 @@ from . import kube, metrics
 from .config import OperatorConfig
 from .jobs import job_manifest
 from .observe import observe_jobs
-from .plan import CreateJob, DeleteJob, Event, Plan, Policy, Requeue, RolloutTick, World, plan
+from .plan import (
+    AbandonRollout,
+    CreateJob,
+    DeleteJob,
+    Event,
+    Plan,
+    Policy,
+    Requeue,
+    RolloutTick,
+    World,
+    job_create_refused,
+    plan,
+)
 from .validate import parse, problems
 
 log = logging.getLogger("lathe.reconcile")
@@ -164,8 +176,16 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
                 metrics.JOBS_CREATED.inc()
                 log.info("%s/%s: created Job %s", ns, name, manifest["metadata"]["name"])
             except ApiException as e:
-                if e.status != 409:  # 409: created by an earlier pass, the name carries the attempt
-                    raise
+                if e.status == 409:  # created by an earlier pass: the name carries the attempt
+                    continue
+                if e.status in (401, 404, 429) or e.status >= 500:
+                    raise  # transient or ours to retry as a whole pass
+                why = f"{e.status} {_api_message(e)}"
+                log.warning("%s/%s: Job %s refused: %s", ns, name, manifest["metadata"]["name"], why)
+                for event in job_create_refused(result.status, action.attempt, why, world.now, world.generation):
+                    post_event(obj, event.type, event.reason, event.message)
+                requeue = config.rollout_interval
+                break  # the rest of the plan assumed the Job exists
         elif isinstance(action, DeleteJob):
             try:
                 kube.call(kube.batch().delete_namespaced_job, action.name, ns, propagation_policy="Background")
@@ -177,6 +197,10 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
             post_event(obj, action.type, action.reason, action.message)
         elif isinstance(action, Requeue):
             requeue = action.seconds if requeue is None else min(requeue, action.seconds)
+        elif isinstance(action, AbandonRollout):
+            from .rollout_tick import abandon
+
+            abandon(ns, name, obj["spec"], action.rollout)
         elif isinstance(action, RolloutTick):
             from .rollout_tick import tick  # Triton client only loaded when a rollout runs
 
@@ -191,6 +215,13 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
             metrics.STAGE_SECONDS.labels(result.status.stage or "worker").observe(
                 (world.now - started).total_seconds())
     return requeue
+
+
+def _api_message(e: ApiException) -> str:
+    try:
+        return json.loads(e.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return e.reason or "refused"
 
 
 _HOST = socket.gethostname()

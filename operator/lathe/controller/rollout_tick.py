@@ -79,20 +79,26 @@ def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig
     return config.rollout_interval
 
 
-def abandon(namespace: str, name: str, spec: dict[str, Any], status: dict[str, Any]) -> None:
-    """The resource is being deleted mid-canary: traffic back to the stable version."""
+def abandon(namespace: str, name: str, spec: dict[str, Any], rollout: RolloutStatus) -> None:
+    """The canary is over before its analysis (the resource was deleted, or its spec superseded):
+    all traffic back to the stable version, the canary unloaded. Uses the publish settings of
+    `spec`, the resource's current one. Best effort: a failure is logged, the status says what
+    was meant to happen."""
     from lathe.api.spec import ModelOptimizationSpec
     from lathe.rollout.machine import Route, Serve
 
+    if rollout.stable_version is None:
+        return  # no traffic was moved yet
     try:
         s = ModelOptimizationSpec.model_validate(spec)
-        rollout = RolloutStatus.model_validate(status.get("rollout") or {})
-        if not s.publish or not s.publish.triton_url or rollout.stable_version is None:
+        if not s.publish or not s.publish.triton_url:
             return
         triton = TritonControl(s.publish.triton_url, s.publish.repository, metrics_url=s.publish.metrics_url)
         ex = RolloutExecutor(triton, s.publish.model_name, router=s.publish.rollout.router,
                              apply_manifest=_apply_manifest(namespace))
         ex.apply([Route(((rollout.stable_version, 100),)), Serve((rollout.stable_version,))])
-        log.info("%s/%s deleted mid-canary: back on version %s", namespace, name, rollout.stable_version)
+        log.info("%s/%s: canary %s abandoned, back on version %s", namespace, name, rollout.canary_version,
+                 rollout.stable_version)
     except (TritonError, ValueError) as e:
-        log.warning("%s/%s deleted mid-canary; could not restore the stable version: %s", namespace, name, e)
+        log.warning("%s/%s: canary %s abandoned; could not restore version %s: %s", namespace, name,
+                    rollout.canary_version, rollout.stable_version, e)
