@@ -168,6 +168,17 @@ def _sample(outdir: Path, kind: str, reuse: bool) -> dict:
     return samples.make_minilm(outdir, seq=128)
 
 
+def _cpu_name() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{name} ({', '.join(isa) or 'no AVX2'})"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).with_name("cpu_results.md")))
@@ -184,9 +195,10 @@ def main(argv=None) -> int:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="lathe-cpu-bench-"))
     t_all = time.time()
     load = os.getloadavg()
-    out = ["# Lathe CPU benchmark (ONNX Runtime)", "",
-           f"Machine: {platform.machine()}, {threads} cores, ONNX Runtime threads={threads}; load average at start "
-           f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (other jobs share this machine: timings are noisy). "
+    busy = " (other work shares the cores: timings are noisy)" if load[0] > threads / 2 else ""
+    out = ["# Lathe CPU benchmark (ONNX Runtime, OpenVINO)", "",
+           f"Machine: {platform.machine()} {_cpu_name()}, {threads} cores, threads={threads}; load average at start "
+           f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}{busy}. "
            "Speedups are medians of per-round ratios against FP32 in interleaved rounds.", ""]
     sections = []
     d = _sample(root / "digits", "digits", args.reuse)

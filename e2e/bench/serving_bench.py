@@ -3,8 +3,10 @@
   PYTHONPATH=operator .venv/bin/python e2e/bench/serving_bench.py [--out e2e/bench/serving_results.md]
       [--requests 300] [--rounds 3] [--batch 1]
 
-1. INT8 (dynamic, onnxruntime.quantization) vs FP32 digits MLP, same Triton, versions side by side:
-   client-side p50/p99 over interleaved rounds, and the median of per-round p50 ratios.
+1. INT8 vs FP32, same Triton, versions side by side: client-side p50/p99 over interleaved rounds, and the
+   median of per-round p50 ratios. `--model digits` (default): a digits MLP trained in the run, INT8 by
+   `quantize_dynamic`; `--model minilm`: all-MiniLM-L6-v2 (sequence 128), FP32 and the INT8 candidate the
+   Lathe worker builds and validates (int8-dynamic), i.e. exactly what it would publish.
 2. Router overhead: `<model>_router` (BLS, 100% to v1) against a direct request to v1.
 3. Time to decide a rollout step: the pure `advance()` alone, and observe (scrape /metrics) + decide,
    and a full step that applies new weights (router reload).
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -33,20 +36,43 @@ from lathe.rollout.router import router_name  # noqa: E402
 from lathe.serving import TritonControl, publish  # noqa: E402
 from tests.serving.models import build  # noqa: E402
 
+_TRITON_DTYPE = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32"}
 
-def timed(client, model, x, version, n):
+
+def timed(client, model, feeds: dict[str, np.ndarray], version, n):
     import tritonclient.http as http
 
-    inp = http.InferInput("input", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
+    inputs = []
+    for name, x in feeds.items():
+        inp = http.InferInput(name, list(x.shape), _TRITON_DTYPE[x.dtype])
+        inp.set_data_from_numpy(x)
+        inputs.append(inp)
     for _ in range(20):
-        client.infer(model, [inp], model_version=version)
+        client.infer(model, inputs, model_version=version)
     ts = np.empty(n)
     for i in range(n):
         t = time.perf_counter()
-        client.infer(model, [inp], model_version=version)
+        client.infer(model, inputs, model_version=version)
         ts[i] = (time.perf_counter() - t) * 1e3
     return ts
+
+
+def minilm_models(work: Path) -> dict:
+    """FP32 MiniLM and the INT8 candidate the worker builds, validates and would publish."""
+    from lathe.api.spec import parse_spec
+    from lathe.worker.pipeline import Pipeline
+    from lathe.worker.samples import make_minilm, spec_for
+
+    sample = make_minilm(work / "sample")
+    spec = parse_spec(spec_for(sample, target={"batchSizes": [1], "runtimes": ["onnxruntime"]}, candidates=[
+        {"name": "int8-dynamic", "passes": [{"type": "quantize", "precision": "int8", "mode": "dynamic"}]}]))
+    res = Pipeline(spec, work / "run", bench_seconds=5, bench_rounds=2).run()
+    win = next(c for c in res.candidates if c.name == "int8-dynamic")
+    if win.verdict != "passed":
+        raise SystemExit(f"the worker rejected int8-dynamic: {win.reason}")
+    val = np.load(sample["validation"])
+    return {"fp32": res.baseline.artifact, "int8": win.artifact, "cosine": win.accuracy,
+            "feeds": {k: val[k] for k in ("input_ids", "attention_mask")}}
 
 
 def rounds(client, cases, x, n, r):
@@ -64,30 +90,40 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--hidden", type=int, default=256, help="MLP hidden width (bigger: INT8 matters more)")
+    ap.add_argument("--hidden", type=int, default=256, help="digits MLP hidden width")
+    ap.add_argument("--model", choices=["digits", "minilm"], default="digits")
     a = ap.parse_args(argv)
     import tritonclient.http as http
 
     work = Path(tempfile.mkdtemp(prefix="lathe-bench-"))
-    models = build(work / "models", hidden=a.hidden)
+    if a.model == "minilm":
+        models = minilm_models(work / "minilm")
+        feeds = {k: v[: a.batch].copy() for k, v in models["feeds"].items()}
+        about = (f"Model: all-MiniLM-L6-v2, sequence 128; INT8 = the worker's int8-dynamic candidate (validated: "
+                 f"mean cosine {models['cosine']:.4f})")
+    else:
+        models = build(work / "models", hidden=a.hidden)
+        feeds = {"input": models["x"][: a.batch].copy()}
+        about = f"Model: digits MLP 64→{a.hidden}→10 trained in the run; INT8 = `quantize_dynamic` (QInt8 weights)"
+    name = a.model
     repo = work / "repo"
-    sp = Publish(repository=str(repo), model_name="digits", flavour="python", max_batch_size=8)
-    publish(repo, "digits", [models["fp32"]], "onnxruntime", sp, "fp32")
-    publish(repo, "digits", [models["int8"]], "onnxruntime", sp, "int8-dynamic")
-    x = models["x"][: a.batch].copy()
+    sp = Publish(repository=str(repo), model_name=name, flavour="python", max_batch_size=8)
+    publish(repo, name, [models["fp32"]], "onnxruntime", sp, "fp32")
+    publish(repo, name, [models["int8"]], "onnxruntime", sp, "int8-dynamic")
+    x = feeds
     lines = []
     with TritonServer(repo) as srv:
         tc = TritonControl(srv.http_url, repo, metrics_url=srv.metrics_url)
         t = time.perf_counter()
-        tc.serve("digits", [1, 2])
+        tc.serve(name, [1, 2])
         load_s = time.perf_counter() - t
-        ex = RolloutExecutor(tc, "digits")
+        ex = RolloutExecutor(tc, name)
         t = time.perf_counter()
         ex.router.set_weights({1: 100})
         router_load_s = time.perf_counter() - t
         c = http.InferenceServerClient(srv.http_url)
-        res = rounds(c, {"FP32 (v1)": ("digits", "1"), "INT8 (v2)": ("digits", "2"),
-                         "router → v1": (router_name("digits"), "")}, x, a.requests, a.rounds)
+        res = rounds(c, {"FP32 (v1)": (name, "1"), "INT8 (v2)": (name, "2"),
+                         "router → v1": (router_name(name), "")}, x, a.requests, a.rounds)
         p50 = {k: [float(np.median(r)) for r in v] for k, v in res.items()}
         allv = {k: np.concatenate(v) for k, v in res.items()}
         ratio_q = float(np.median([f / q for f, q in zip(p50["FP32 (v1)"], p50["INT8 (v2)"], strict=True)]))
@@ -120,9 +156,9 @@ def main(argv=None) -> int:
         "# Serving benchmark (real Triton 2.51 from nvidia-pytriton, CPU, python backend + ONNX Runtime)",
         "",
         f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `e2e/bench/serving_bench.py` on "
-        f"{platform.machine()} ({__import__('os').cpu_count()} cores, shared with other builds: expect ±20–30% drift).",
-        f"Model: digits MLP 64→{a.hidden}→10 trained in the run; INT8 = `quantize_dynamic` (QInt8 weights). "
-        f"Batch {a.batch}; HTTP client, sequential requests; {a.rounds} interleaved rounds × {a.requests} requests.",
+        f"{platform.machine()} ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end).",
+        f"{about}. Batch {a.batch}; HTTP client, sequential requests; {a.rounds} interleaved rounds × "
+        f"{a.requests} requests.",
         "",
         "## INT8 vs FP32 through the same Triton",
         "",
@@ -134,8 +170,9 @@ def main(argv=None) -> int:
                      f"{', '.join(f'{v:.3f}' for v in p50[k])} |")
     lines += [
         "",
-        f"- INT8 speedup (median of per-round FP32 p50 / INT8 p50): **{ratio_q:.2f}×**. On a model this small the "
-        "end-to-end latency is dominated by HTTP + Triton + python-stub IPC, not the matmuls.",
+        f"- INT8 speedup (median of per-round FP32 p50 / INT8 p50): **{ratio_q:.2f}×**." + (
+            " On a model this small the end-to-end latency is dominated by HTTP + Triton + python-stub IPC, "
+            "not the matmuls." if a.model == "digits" else ""),
         f"- Router overhead (median of per-round p50 router − direct v1): **{overhead:.3f} ms** per request "
         "(one extra BLS hop through the python stub).",
         "",

@@ -125,6 +125,10 @@ def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
         yield {"ns": ns, "cluster": Cluster(k8s_client, control_plane.kubeconfig, ns), "sample": sample,
                "triton": triton, "repo": repo, "operator_log": work / "operator.log", "metrics_port": metrics_port}
     finally:
+        try:  # what a user would see at the end (also the README's example output)
+            print("kubectl get mopt:\n" + Cluster(k8s_client, control_plane.kubeconfig, ns).kubectl("get", "mopt"))
+        except AssertionError as e:
+            print(e)
         op.terminate()
         try:
             op.wait(30)
@@ -189,6 +193,7 @@ def test_apply_optimize_publish_serve_then_canary(e2e):
     # rounds to 5 decimals; one sample of the validation set (hundreds) moves top-1 far more than that.
     assert triton_top1(triton, "digits", sample) == pytest.approx(win["accuracy"], abs=1e-5)
     table = k.kubectl("get", "mopt")
+    print(f"kubectl get mopt after generation 1:\n{table}")
     assert "digits" in table and "Succeeded" in table and st["winner"] in table and st["speedup"] in table
 
     # 2. A spec change (generation 2) publishes version 2 and rolls it out as a canary under traffic.

@@ -232,3 +232,37 @@ def test_missing_artifact(tmp_path):
     with pytest.raises(PublishError, match="not found"):
         publish(tmp_path, "m", [tmp_path / "nope.onnx"], "onnxruntime", None, "c")
     assert not Path(tmp_path / "m").exists()
+
+
+def _matmul_model(path: Path, width: int, declared: int | str) -> Path:
+    """x[batch, 4] @ W[4, width]; the output's width declared as a number or left open (a dim_param)."""
+    import numpy as np
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, width], np.ones(4 * width, dtype=np.float32))
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", declared])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_an_open_dim_and_a_known_one_are_the_same_signature(tmp_path):
+    # One exporter leaves the embedding width open, the quantizer's shape inference knows it (384 in
+    # MiniLM): both must publish as versions of one model, under a config that admits both.
+    repo = tmp_path / "r"
+    known = _matmul_model(tmp_path / "known.onnx", 3, 3)
+    open_ = _matmul_model(tmp_path / "open.onnx", 3, "width")
+    publish(repo, "m", [known], "onnxruntime", spec(repo, flavour="python"), "a")
+    publish(repo, "m", [open_], "onnxruntime", spec(repo, flavour="python"), "b")
+    cfg = parse_config((repo / "m" / "config.pbtxt").read_text())
+    assert versions(repo / "m") == [1, 2] and list(cfg.output[0].dims) == [-1]
+    # and the other way round: the open dim stays open when a version that knows it follows
+    publish(repo, "n", [open_], "onnxruntime", spec(repo, flavour="python"), "a")
+    publish(repo, "n", [known], "onnxruntime", spec(repo, flavour="python"), "b")
+    assert list(parse_config((repo / "n" / "config.pbtxt").read_text()).output[0].dims) == [-1]
+    # two known, different widths are a different model
+    publish(repo, "m2", [known], "onnxruntime", spec(repo, flavour="python"), "a")
+    wide = _matmul_model(tmp_path / "wide.onnx", 5, 5)
+    with pytest.raises(PublishError, match="signature"):
+        publish(repo, "m2", [wide], "onnxruntime", spec(repo, flavour="python"), "b")
+    assert versions(repo / "m2") == [1]

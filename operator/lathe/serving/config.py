@@ -184,6 +184,36 @@ def io_of(text: str) -> tuple:
     return (cfg.platform, cfg.backend, cfg.max_batch_size, t(cfg.input), t(cfg.output))
 
 
+def widen(sig: Signature, served: str, max_batch_size: int) -> Signature:
+    """`sig` with every dim the served config leaves dynamic made dynamic too. One exporter infers
+    an output's width (384) where another leaves it open (-1): the same model to Triton, and the
+    config all versions share must admit both."""
+    cfg = parse_config(served)
+    old = {t.name: tuple(t.dims) for t in (*cfg.input, *cfg.output)}
+    batched = effective_batch(sig, max_batch_size) > 0
+
+    def w(t: TensorSig) -> TensorSig:
+        head, body = (t.dims[:1], t.dims[1:]) if batched else ((), t.dims)
+        o = old.get(t.name)
+        if o is None or len(o) != len(body):
+            return t  # a real difference: the signature check reports it
+        return TensorSig(t.name, t.data_type, head + tuple(-1 if a == -1 else b for a, b in zip(o, body, strict=True)))
+
+    return Signature(tuple(w(t) for t in sig.inputs), tuple(w(t) for t in sig.outputs))
+
+
+def io_compatible(served: tuple, new: tuple) -> bool:
+    """io_of() tuples equal but for dims the new config leaves dynamic (it is the one written)."""
+    if served[:3] != new[:3] or len(served[3]) != len(new[3]) or len(served[4]) != len(new[4]):
+        return False
+    for a, b in zip((*served[3], *served[4]), (*new[3], *new[4]), strict=True):
+        if a[:2] != b[:2] or len(a[2]) != len(b[2]):
+            return False
+        if any(x != y and y != -1 for x, y in zip(a[2], b[2], strict=True)):
+            return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------- flavours
 class Flavour:
     """How one kind of artifact becomes a Triton version directory and a config.

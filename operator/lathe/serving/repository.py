@@ -38,8 +38,10 @@ from .config import (
     check_config,
     config_versions,
     flavour_for,
+    io_compatible,
     io_of,
     set_version_policy,
+    widen,
 )
 
 
@@ -245,9 +247,9 @@ def publish(repository: str | os.PathLike, model_name: str, artifact_files: Sequ
             old = cfg_path.read_text() if cfg_path.exists() else None
             served = (config_versions(old) if old else None) or ([max(existing)] if existing else [])
             opts.versions = served or [version]
-            cfg = fl.config(model_name, sig, opts, files)
+            cfg = fl.config(model_name, widen(sig, old, opts.max_batch_size) if old else sig, opts, files)
             check_config(cfg, name=model_name)
-            if old is not None and io_of(old) != io_of(cfg):
+            if old is not None and not io_compatible(io_of(old), io_of(cfg)):
                 raise PublishError(
                     f"{model_name}: new version's signature/platform differs from the served config "
                     f"(all versions share config.pbtxt); publish under another model name.\n"
