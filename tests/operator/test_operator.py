@@ -39,6 +39,10 @@ def _result(winner: bool = True) -> str:
     ({"model": {"uri": "m.onnx"}, "data": {"validation": {"uri": "v.npz"}},
       "candidates": [{"name": "q", "passes": [{"type": "quantize", "precision": "fp16", "mode": "static"}]}]},
      "static and qat modes need precision int8"),
+    ({"model": {"uri": "m.onnx"}, "data": {"validation": {"uri": "v.npz"}},
+      "publish": {"repository": "/r", "modelName": "m",
+                  "rollout": {"router": "gateway", "gateway": {"hostnames": ["Not A Hostname"]}}}},
+     "spec.publish.rollout.gateway.hostnames[0]"),
 ])
 def test_schema_rejects_bad_resources_at_the_api_server(mopt, bad_spec, message):
     body = {"apiVersion": "lathe.dev/v1alpha1", "kind": "ModelOptimization", "metadata": {"name": "bad"},

@@ -265,11 +265,32 @@ class Analysis(Model):
     max_p99_latency_ms: float | None = Field(None, gt=0)
 
 
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+Hostname = Annotated[str, Field(pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+                                max_length=253)]
+
+
+class ParentRef(Model):
+    name: str = Field(min_length=1, max_length=253, description="The Gateway the HTTPRoute attaches to.")
+    namespace: str | None = Field(None, max_length=63, pattern=_DNS_LABEL,
+                                  description="The Gateway's namespace (default: the resource's).")
+    section_name: str | None = Field(None, max_length=253, pattern=_DNS_SUBDOMAIN, description="A listener of that Gateway.")
+
+
+class GatewayRoute(Model):
+    service: str = Field("triton", max_length=63, pattern=_DNS_LABEL, description="The Service in front of Triton's HTTP port.")
+    port: int = Field(8000, ge=1, le=65535)
+    parent_refs: list[ParentRef] = Field(default_factory=lambda: [ParentRef(name="gateway")], min_length=1, max_length=32)
+    hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
+
+
 class Rollout(Model):
     steps: list[RolloutStep] = Field(
         default_factory=lambda: [RolloutStep(weight=10), RolloutStep(weight=50), RolloutStep(weight=100)])
     analysis: Analysis = Field(default_factory=Analysis)
     router: str = Field("triton", pattern=r"^(triton|gateway)$", description="triton: a router model inside Triton; gateway: a Gateway API HTTPRoute.")
+    gateway: GatewayRoute = Field(default_factory=GatewayRoute, description="Where the HTTPRoute points and attaches (router: gateway).")
 
 
 class Publish(Model):

@@ -52,3 +52,11 @@ def call(fn, *args, **kwargs) -> Any:
     data = resp.data
     resp.release_conn()
     return json.loads(data) if data else None
+
+
+def api_message(e) -> str:
+    """The API server's own words from an ApiException (its Status message), else the reason."""
+    try:
+        return json.loads(e.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return e.reason or "refused"

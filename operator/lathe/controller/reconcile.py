@@ -180,7 +180,7 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
                     continue
                 if e.status in (401, 404, 429) or e.status >= 500:
                     raise  # transient or ours to retry as a whole pass
-                why = f"{e.status} {_api_message(e)}"
+                why = f"{e.status} {kube.api_message(e)}"
                 log.warning("%s/%s: Job %s refused: %s", ns, name, manifest["metadata"]["name"], why)
                 for event in job_create_refused(result.status, action.attempt, why, world.now, world.generation):
                     post_event(obj, event.type, event.reason, event.message)
@@ -215,13 +215,6 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
             metrics.STAGE_SECONDS.labels(result.status.stage or "worker").observe(
                 (world.now - started).total_seconds())
     return requeue
-
-
-def _api_message(e: ApiException) -> str:
-    try:
-        return json.loads(e.body)["message"]
-    except (TypeError, ValueError, KeyError):
-        return e.reason or "refused"
 
 
 _HOST = socket.gethostname()

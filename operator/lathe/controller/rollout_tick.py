@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from lathe.api.spec import ModelOptimizationSpec, Rollout
 from lathe.api.status import Phase, RolloutStatus
 from lathe.rollout.executor import RolloutExecutor
 from lathe.rollout.machine import start
+from lathe.rollout.router import RouteRefused, RouteUnavailable
 from lathe.serving.triton import TritonControl, TritonError
 
 from .config import OperatorConfig
+from .kube import api_message
 from .plan import Event, Plan, World, set_condition
 
 log = logging.getLogger("lathe.rollout")
@@ -30,19 +33,37 @@ def _apply_manifest(namespace: str):
         group, version = manifest["apiVersion"].split("/")
         name = manifest["metadata"]["name"]
         try:
-            api.create_namespaced_custom_object(group, version, namespace, "httproutes", manifest)
+            try:
+                api.create_namespaced_custom_object(group, version, namespace, "httproutes", manifest)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                api.patch_namespaced_custom_object(group, version, namespace, "httproutes", name, manifest)
         except ApiException as e:
-            if e.status != 409:
-                raise
-            api.patch_namespaced_custom_object(group, version, namespace, "httproutes", name, manifest)
+            why = f"HTTPRoute {namespace}/{name}: {e.status} {api_message(e)}"
+            if e.status == 404:
+                raise RouteRefused(why + " (are the Gateway API CRDs installed?)") from e
+            if e.status in (400, 403, 422):
+                raise RouteRefused(why) from e
+            raise RouteUnavailable(why) from e
+        except OSError as e:  # connection refused, reset, timed out
+            raise RouteUnavailable(f"HTTPRoute {namespace}/{name}: {e}") from e
     return apply
 
 
-def executor_for(world: World, namespace: str) -> RolloutExecutor:
-    pub = world.spec.publish
+def gateway_options(rollout: Rollout, namespace: str) -> dict[str, Any]:
+    """The HTTPRoute's place in the cluster, from the spec: it lives beside the resource."""
+    g = rollout.gateway
+    return {"namespace": namespace, "service": g.service, "port": g.port, "hostnames": g.hostnames or None,
+            "parent_refs": [p.model_dump(by_alias=True, exclude_none=True) for p in g.parent_refs]}
+
+
+def executor_for(spec: ModelOptimizationSpec, namespace: str) -> RolloutExecutor:
+    pub = spec.publish
+    rollout = pub.rollout or Rollout()  # abandoning a canary whose new spec dropped the rollout section
     triton = TritonControl(pub.triton_url, pub.repository, metrics_url=pub.metrics_url)
-    return RolloutExecutor(triton, pub.model_name, router=pub.rollout.router,
-                           apply_manifest=_apply_manifest(namespace))
+    return RolloutExecutor(triton, pub.model_name, router=rollout.router, apply_manifest=_apply_manifest(namespace),
+                           gateway_options=gateway_options(rollout, namespace))
 
 
 def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig) -> float:
@@ -50,7 +71,7 @@ def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig
     pub = world.spec.publish
     rollout = st.rollout or RolloutStatus(canary_version=st.published.version if st.published else None)
     try:
-        ex = executor_for(world, obj["metadata"]["namespace"])
+        ex = executor_for(world.spec, obj["metadata"]["namespace"])
         if rollout.state == "Pending" and rollout.stable_version is None and rollout.canary_version is not None:
             served = [v for v in ex.triton.ready_versions(pub.model_name) if v != rollout.canary_version]
             rollout = start(max(served) if served else None, rollout.canary_version)
@@ -84,7 +105,6 @@ def abandon(namespace: str, name: str, spec: dict[str, Any], rollout: RolloutSta
     all traffic back to the stable version, the canary unloaded. Uses the publish settings of
     `spec`, the resource's current one. Best effort: a failure is logged, the status says what
     was meant to happen."""
-    from lathe.api.spec import ModelOptimizationSpec
     from lathe.rollout.machine import Route, Serve
 
     if rollout.stable_version is None:
@@ -93,9 +113,7 @@ def abandon(namespace: str, name: str, spec: dict[str, Any], rollout: RolloutSta
         s = ModelOptimizationSpec.model_validate(spec)
         if not s.publish or not s.publish.triton_url:
             return
-        triton = TritonControl(s.publish.triton_url, s.publish.repository, metrics_url=s.publish.metrics_url)
-        ex = RolloutExecutor(triton, s.publish.model_name, router=s.publish.rollout.router,
-                             apply_manifest=_apply_manifest(namespace))
+        ex = executor_for(s, namespace)
         ex.apply([Route(((rollout.stable_version, 100),)), Serve((rollout.stable_version,))])
         log.info("%s/%s: canary %s abandoned, back on version %s", namespace, name, rollout.canary_version,
                  rollout.stable_version)

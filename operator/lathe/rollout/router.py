@@ -19,7 +19,7 @@ from google.protobuf import text_format
 
 from lathe.serving.config import check_config, parse_config
 from lathe.serving.repository import rename_noreplace, write_atomic
-from lathe.serving.triton import TritonControl, TritonLoadError
+from lathe.serving.triton import TritonControl, TritonLoadError, TritonUnavailable
 
 
 def router_name(model: str) -> str:
@@ -101,6 +101,15 @@ class TritonRouter:
         self.triton.unload(self.name)
 
 
+class RouteRefused(TritonLoadError):
+    """The API server refused the HTTPRoute (invalid, forbidden, or no Gateway API CRDs): like a
+    version Triton cannot load, the step fails and traffic goes back to the stable version."""
+
+
+class RouteUnavailable(TritonUnavailable):
+    """The API server could not be reached or answered 5xx: the step is retried."""
+
+
 class GatewayRouter:
     def __init__(self, model: str, apply: Callable[[dict], None], **route_opts):
         """apply: called with the HTTPRoute manifest (the operator server-side-applies it).
@@ -112,6 +121,9 @@ class GatewayRouter:
         from .gateway import httproute, validate_httproute
 
         m = httproute(self.model, weights, **self.opts)
-        validate_httproute(m)
+        try:
+            validate_httproute(m)
+        except ValueError as e:
+            raise RouteRefused(str(e)) from e
         self.apply(m)
         self.last = m
