@@ -139,10 +139,10 @@ def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
 
 
 def resource(name: str, e2e: dict, *, model: str = "pvc://models/digits/digits_cnn.pt", fmt="torchscript",
-             candidates=None, budget=0.02, rollout=None) -> dict:
+             candidates=None, budget=0.02, rollout=None, triton_url: str | None = None) -> dict:
     triton = e2e["triton"]
     publish = {"repository": "pvc://triton-models/", "modelName": "digits", "flavour": "python",
-               "tritonUrl": f"127.0.0.1:{triton.http_port}",
+               "tritonUrl": triton_url or f"127.0.0.1:{triton.http_port}",
                "metricsUrl": f"http://127.0.0.1:{triton.metrics_port}/metrics",
                "rollout": rollout or {"steps": [{"weight": 30, "pauseSeconds": 4, "minRequests": 20},
                                                 {"weight": 100, "pauseSeconds": 0, "minRequests": 0}],
@@ -252,7 +252,10 @@ def test_spec_change_mid_canary_sends_traffic_back_to_stable(e2e):
                     300, "canary at 30%")
         canary = st["rollout"]["canaryVersion"]
         assert st["rollout"]["stableVersion"] == 2 and canary != 2 and c.is_model_ready("digits", str(canary))
-        k.apply(resource("digits", e2e, rollout=held, model="pvc://models/digits/corrupt.onnx", fmt="onnx"))
+        # Generation 4 also points at another Triton (nothing listens there): the canary must be undone
+        # on the Triton it started on, which the rollout status recorded.
+        k.apply(resource("digits", e2e, rollout=held, model="pvc://models/digits/corrupt.onnx", fmt="onnx",
+                         triton_url=f"127.0.0.1:{free_port()}"))
         st = k.wait("digits", lambda s: s.get("observedGeneration") == 4
                     and s.get("phase") in ("Failed", "Succeeded"), 300, "generation 4 done")
         time.sleep(1)  # requests in flight during the swap are counted too
@@ -261,6 +264,7 @@ def test_spec_change_mid_canary_sends_traffic_back_to_stable(e2e):
         load.join(10)
     ro = st["rollout"]
     assert ro["state"] == "RolledBack" and "generation 4 supersedes" in ro["reason"], ro
+    assert ro["publish"]["tritonUrl"] == f"127.0.0.1:{triton.http_port}"
     assert f"canary of version {canary}" in ro["reason"] and "back to version 2" in ro["reason"]
     assert c.is_model_ready("digits", "2") and not c.is_model_ready("digits", str(canary))
     assert load.failed == 0 and load.ok > 0, load.errors[:5]

@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from .spec import Model
+from .spec import Model, Publish
 
 TERMINATION_LIMIT = 4096
 
@@ -162,6 +162,7 @@ class RolloutStatus(Model):
     weights: dict[str, int] = Field(default_factory=dict)
     history: list[RolloutStepStatus] = Field(default_factory=list)
     reason: str = ""
+    publish: Publish | None = Field(None, description="The publish settings the canary started with: where to undo it when the spec changes under it.")
 
 
 class ModelOptimizationStatus(Model):

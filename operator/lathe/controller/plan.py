@@ -260,7 +260,7 @@ def plan(world: World) -> Plan:
                                  f"{win.name} published as {st.published.model_name} v{st.published.version}"))
         spec = world.spec
         if pub and spec.publish and spec.publish.triton_url and spec.publish.rollout:
-            st.rollout = RolloutStatus(state="Pending", canary_version=st.published.version)
+            st.rollout = RolloutStatus(state="Pending", canary_version=st.published.version, publish=spec.publish)
             set_condition(st, "RolledOut", None, "Progressing", "canary starting", now, gen)
             set_condition(st, "Ready", False, "RollingOut", "canary in progress", now, gen)
             transition(Phase.rolling_out, "rollout", f"winner {win.name}: canary of version {st.published.version}",

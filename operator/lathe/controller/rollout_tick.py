@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lathe.api.spec import ModelOptimizationSpec, Rollout
+from lathe.api.spec import ModelOptimizationSpec, Publish, Rollout
 from lathe.api.status import Phase, RolloutStatus
 from lathe.rollout.executor import RolloutExecutor
 from lathe.rollout.machine import start
@@ -58,9 +58,8 @@ def gateway_options(rollout: Rollout, namespace: str) -> dict[str, Any]:
             "parent_refs": [p.model_dump(by_alias=True, exclude_none=True) for p in g.parent_refs]}
 
 
-def executor_for(spec: ModelOptimizationSpec, namespace: str) -> RolloutExecutor:
-    pub = spec.publish
-    rollout = pub.rollout or Rollout()  # abandoning a canary whose new spec dropped the rollout section
+def executor_for(pub: Publish, namespace: str) -> RolloutExecutor:
+    rollout = pub.rollout or Rollout()
     triton = TritonControl(pub.triton_url, pub.repository, metrics_url=pub.metrics_url)
     return RolloutExecutor(triton, pub.model_name, router=rollout.router, apply_manifest=_apply_manifest(namespace),
                            gateway_options=gateway_options(rollout, namespace))
@@ -71,10 +70,11 @@ def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig
     pub = world.spec.publish
     rollout = st.rollout or RolloutStatus(canary_version=st.published.version if st.published else None)
     try:
-        ex = executor_for(world.spec, obj["metadata"]["namespace"])
+        ex = executor_for(pub, obj["metadata"]["namespace"])
         if rollout.state == "Pending" and rollout.stable_version is None and rollout.canary_version is not None:
             served = [v for v in ex.triton.ready_versions(pub.model_name) if v != rollout.canary_version]
-            rollout = start(max(served) if served else None, rollout.canary_version)
+            rollout = start(max(served) if served else None, rollout.canary_version).model_copy(
+                update={"publish": rollout.publish or pub})
         new, _ = ex.step(pub.rollout, rollout, now)
     except TritonError as e:
         new = rollout.model_copy(update={"reason": f"Triton: {e}; retrying"})
@@ -102,21 +102,21 @@ def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig
 
 def abandon(namespace: str, name: str, spec: dict[str, Any], rollout: RolloutStatus) -> None:
     """The canary is over before its analysis (the resource was deleted, or its spec superseded):
-    all traffic back to the stable version, the canary unloaded. Uses the publish settings of
-    `spec`, the resource's current one. Best effort: a failure is logged, the status says what
-    was meant to happen."""
+    all traffic back to the stable version, the canary unloaded, on the Triton the canary started
+    on (recorded in the rollout status; the resource's current spec only for canaries started
+    before that was recorded). Best effort: a failure is logged, the status says what was meant."""
     from lathe.rollout.machine import Route, Serve
 
     if rollout.stable_version is None:
         return  # no traffic was moved yet
     try:
-        s = ModelOptimizationSpec.model_validate(spec)
-        if not s.publish or not s.publish.triton_url:
+        pub = rollout.publish or ModelOptimizationSpec.model_validate(spec).publish
+        if not pub or not pub.triton_url:
             return
-        ex = executor_for(s, namespace)
+        ex = executor_for(pub, namespace)
         ex.apply([Route(((rollout.stable_version, 100),)), Serve((rollout.stable_version,))])
-        log.info("%s/%s: canary %s abandoned, back on version %s", namespace, name, rollout.canary_version,
-                 rollout.stable_version)
+        log.info("%s/%s: canary %s abandoned, back on version %s at %s", namespace, name, rollout.canary_version,
+                 rollout.stable_version, pub.triton_url)
     except (TritonError, ValueError) as e:
         log.warning("%s/%s: canary %s abandoned; could not restore version %s: %s", namespace, name,
                     rollout.canary_version, rollout.stable_version, e)
