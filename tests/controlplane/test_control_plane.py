@@ -10,6 +10,8 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from tests.waiting import wait_for
+
 MERGE = "application/merge-patch+json"
 GROUP, VERSION, PLURAL, KIND = "smoke.e2e.lathe.dev", "v1", "widgets", "Widget"
 CRD = {
@@ -42,26 +44,6 @@ CRD = {
         }],
     },
 }
-
-
-def wait_for(predicate, timeout=30.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-@pytest.fixture(scope="module")
-def namespace(k8s_client):
-    core = client.CoreV1Api(k8s_client)
-    name = f"smoke-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
-import uuid
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.nodeagent.agent import MANAGED_BY, pod_log
+from tests.waiting import wait_for
 
 SCRIPT = (
     "import os, sys\n"
@@ -20,26 +19,6 @@ SCRIPT = (
     "print('stderr line', file=sys.stderr)\n"
     "sys.exit(int(sys.argv[2]))\n"
 )
-
-
-def wait_for(predicate, timeout=60.0, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-@pytest.fixture(scope="module")
-def namespace(k8s_client):
-    core = client.CoreV1Api(k8s_client)
-    name = f"agent-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
 
 
 def job_body(name: str, exit_code: int, managed_by: str | None) -> dict:
@@ -85,7 +64,7 @@ def test_job_runs_as_local_process(control_plane, k8s_client, node_agent, namesp
 
     final = "Complete" if exit_code == 0 else "Failed"
     job = wait_for(lambda: (lambda j: j if job_condition(j, final) else None)(
-        batch.read_namespaced_job(name, namespace)), what=f"Job {name} {final}")
+        batch.read_namespaced_job(name, namespace)), timeout=60.0, interval=0.2, what=f"Job {name} {final}")
 
     pods = core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={name}").items
     assert len(pods) == 1
@@ -129,7 +108,7 @@ def test_deleting_a_running_pod_kills_its_process(k8s_client, node_agent, namesp
         p = core.read_namespaced_pod("sleeper", namespace)
         st = (p.status.container_statuses or [None])[0] if p.status else None
         return p if p.status.phase == "Running" and st and st.state.running else None
-    pod = wait_for(running, what="sleeper Running")
+    pod = wait_for(running, timeout=60.0, interval=0.2, what="sleeper Running")
     assert [c.type for c in pod.status.conditions if c.status == "True"].count("Ready") == 1
     pid = int(pod.status.container_statuses[0].container_id.split("://")[1])
     os.kill(pid, 0)  # alive
@@ -142,9 +121,9 @@ def test_deleting_a_running_pod_kills_its_process(k8s_client, node_agent, namesp
             return False
         except ApiException as e:
             return e.status == 404
-    wait_for(gone, timeout=30, what="sleeper deleted")
+    wait_for(gone, timeout=30, interval=0.2, what="sleeper deleted")
     with pytest.raises(ProcessLookupError):
-        wait_for(lambda: os.kill(pid, 0) or False, timeout=5, what="process to exit")
+        wait_for(lambda: os.kill(pid, 0) or False, timeout=5, interval=0.2, what="process to exit")
 
 
 SA_SCRIPT = (
@@ -176,6 +155,6 @@ def test_pod_acts_as_its_service_account(control_plane, k8s_client, node_agent, 
     def finished():
         p = core.read_namespaced_pod("sa-user", namespace)
         return p if p.status.phase in ("Succeeded", "Failed") else None
-    pod = wait_for(finished, what="sa-user to finish")
+    pod = wait_for(finished, timeout=60.0, interval=0.2, what="sa-user to finish")
     term = pod.status.container_statuses[0].state.terminated
     assert (pod.status.phase, term.exit_code, term.message) == ("Succeeded", 0, "status 403"), pod_log(pod)

@@ -22,19 +22,10 @@ from kubernetes import client
 
 from e2e.controlplane.fixture import free_port
 from e2e.triton.server import TritonServer
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
-
-
-def wait_for(cond, timeout, what, interval=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Cluster:
@@ -57,7 +48,7 @@ class Cluster:
 
     def wait(self, name: str, cond, timeout: float, what: str) -> dict:
         try:
-            return wait_for(lambda: (s := self.status(name)) and cond(s) and s, timeout, what)
+            return wait_for(lambda: (s := self.status(name)) and cond(s) and s, timeout, interval=0.5, what=what)
         except AssertionError as e:
             st = self.status(name)
             head = {k: st.get(k) for k in ("observedGeneration", "phase", "stage", "message", "winner", "rollout")}
@@ -224,7 +215,7 @@ def test_apply_optimize_publish_serve_then_canary(e2e):
     assert c.is_model_ready("digits", "2") and not c.is_model_ready("digits", "1")
     wanted = {"JobCreated", "Published", "RolloutStarted", "Promoted", "SpecChanged"}
     wait_for(lambda: wanted <= {e["reason"] for e in json.loads(k.kubectl("get", "events", "-o", "json"))["items"]},
-             30, f"events {wanted}")
+             timeout=30, interval=0.5, what=f"events {wanted}")
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{e2e['metrics_port']}/metrics").read().decode()
     assert "lathe_jobs_created_total 2.0" in metrics
 

@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -16,19 +15,9 @@ import pytest
 from kubernetes import client
 
 from lathe.api.spec import GROUP, PLURAL, VERSION
+from tests.waiting import wait_for  # noqa: F401 - also imported from here by the operator tests
 
 HERE = Path(__file__).resolve().parent
-
-
-def wait_for(cond, timeout=30.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 class OperatorThread:
