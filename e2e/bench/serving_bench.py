@@ -36,15 +36,14 @@ from lathe.rollout.router import router_name  # noqa: E402
 from lathe.serving import TritonControl, publish  # noqa: E402
 from tests.serving.models import build  # noqa: E402
 
-_TRITON_DTYPE = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32"}
-
 
 def timed(client, model, feeds: dict[str, np.ndarray], version, n):
     import tritonclient.http as http
+    from tritonclient.utils import np_to_triton_dtype
 
     inputs = []
     for name, x in feeds.items():
-        inp = http.InferInput(name, list(x.shape), _TRITON_DTYPE[x.dtype])
+        inp = http.InferInput(name, list(x.shape), np_to_triton_dtype(x.dtype))
         inp.set_data_from_numpy(x)
         inputs.append(inp)
     for _ in range(20):

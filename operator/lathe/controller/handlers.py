@@ -15,6 +15,7 @@ from lathe.api.spec import GROUP, PLURAL, VERSION
 from . import kube, metrics
 from .config import OperatorConfig
 from .jobs import NAME_LABEL
+from .observe import job_state
 from .reconcile import forget, reconcile
 
 CONFIG = OperatorConfig.from_env()
@@ -122,11 +123,10 @@ def on_timer(namespace, name, **_):
 
 
 def _job_settled(event, status, **_) -> bool:
-    # Only a finished or vanished Job changes what the plan decides. Filtering here rather than in
-    # the handler keeps kopf from dispatching the many in-between Job events to the thread pool.
-    return event.get("type") == "DELETED" or any(
-        c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
-        for c in status.get("conditions") or [])
+    # Only a finished or vanished Job changes what the plan decides (finished as observe.py reads
+    # it for the plan). Filtering here rather than in the handler keeps kopf from dispatching the
+    # many in-between Job events to the thread pool.
+    return event.get("type") == "DELETED" or job_state(dict(status))[0] != "active"
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={NAME_LABEL: kopf.PRESENT}, when=_job_settled)

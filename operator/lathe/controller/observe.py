@@ -17,7 +17,7 @@ from .plan import ObservedJob
 log = logging.getLogger(__name__)
 
 
-def _job_state(status: dict) -> tuple[str, str | None]:
+def job_state(status: dict) -> tuple[str, str | None]:
     for cond in status.get("conditions") or []:
         if cond.get("status") == "True" and cond.get("type") in ("Complete", "SuccessCriteriaMet"):
             return "succeeded", None
@@ -47,7 +47,7 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
         if meta.get("deletionTimestamp"):
             continue
         labels = meta.get("labels") or {}
-        state, reason = _job_state(st)
+        state, reason = job_state(st)
         exit_code = message = log_tail = None
         if state != "active":
             pods = kube.call(core.list_namespaced_pod, namespace, label_selector=f"job-name={meta['name']}")["items"]
