@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the pinned Kubernetes control-plane binaries used by the test suite:
-#   etcd, kube-apiserver, kube-controller-manager
+#   etcd, kube-apiserver, kube-controller-manager, and for the real node kube-scheduler and kubelet
 # from the Go modules pinned in e2e/controlplane/go.mod / go.sum
 # (k8s.io/kubernetes v1.37.2, go.etcd.io/etcd/server/v3 v3.7.0).
 #
@@ -48,7 +48,7 @@ if [[ $force -eq 0 && -f "$bin/.complete" ]]; then
     exit 0
 fi
 
-log "building kubernetes $k8s_version (kube-apiserver, kube-controller-manager) and etcd $etcd_version"
+log "building kubernetes $k8s_version (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet) and etcd $etcd_version"
 log "key $key -> $bin ($(go version))"
 start=$(date +%s)
 tmp="$dest/bin.tmp.$$"
@@ -66,10 +66,12 @@ ldflags="$ldflags -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:0
 cd "$here"
 log "go mod download"
 go mod download
-log "go build kube-apiserver kube-controller-manager"
+log "go build kube-apiserver kube-controller-manager kube-scheduler kubelet"
 go build -ldflags "$ldflags" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubelet
 log "go build etcd"
 go build -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
 

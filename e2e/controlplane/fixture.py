@@ -124,6 +124,13 @@ def find_binaries(bin_dir: Path | None = None) -> dict[str, Path | None]:
 # --------------------------------------------------------------------------- helpers
 
 
+def first_service_ip(cidr: str) -> str:
+    """The ClusterIP the API server gives the ``kubernetes`` Service: the range's first host."""
+    import ipaddress
+
+    return str(next(ipaddress.ip_network(cidr).hosts()))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -156,6 +163,11 @@ def _pdeathsig() -> None:  # runs in the child between fork and exec
         _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+
+
+def _spawn_kwargs(cwd: Path) -> dict:
+    """Popen options for a test daemon: own process group (killed as one), SIGKILL if we die."""
+    return {"stdin": subprocess.DEVNULL, "start_new_session": True, "preexec_fn": _pdeathsig, "cwd": cwd}
 
 
 def kill_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -265,9 +277,18 @@ class ControlPlane:
         crd_dirs: list[Path | str] | None = None,
         extra_apiserver_args: list[str] | None = None,
         start_timeout: float = 120.0,
+        service_cidr: str = "10.0.0.0/24",
+        extra_sans: tuple[str, ...] = (),
+        kubelet_client: bool = False,
+        extra_controllers: tuple[str, ...] = (),
     ):
         """``controller_manager``: True = required, False = don't run, None = run if built
-        (default: from ``LATHE_CONTROLPLANE_KCM``: ``0`` = don't run, ``1`` = required)."""
+        (default: from ``LATHE_CONTROLPLANE_KCM``: ``0`` = don't run, ``1`` = required).
+
+        For a real kubelet (e2e/node): ``service_cidr`` whose first address pods reach the API
+        server on (the ``kubernetes`` Service), ``extra_sans`` for the serving certificate,
+        ``kubelet_client`` (a client certificate for logs/exec, kubelets reached by InternalIP) and
+        ``extra_controllers`` (``node-lifecycle-controller`` clears the not-ready taint)."""
         if controller_manager is None:
             controller_manager = {"0": False, "1": True}.get(os.environ.get("LATHE_CONTROLPLANE_KCM", ""))
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lathe-controlplane-"))
@@ -275,6 +296,8 @@ class ControlPlane:
         self._want_kcm = controller_manager
         self.crd_dirs = [Path(p) for p in (crd_dirs if crd_dirs is not None else [REPO_ROOT / "crds"])]
         self.extra_apiserver_args = list(extra_apiserver_args or [])
+        self.service_cidr, self.extra_sans = service_cidr, tuple(extra_sans)
+        self.kubelet_client, self.extra_controllers = kubelet_client, tuple(extra_controllers)
         self.start_timeout = start_timeout
         self.log_dir = self.workdir / "logs"
         self.procs: dict[str, subprocess.Popen] = {}
@@ -318,7 +341,7 @@ class ControlPlane:
         self.port = api_port
         srv_crt, srv_key = pki.issue(
             "apiserver", "kube-apiserver", server=True,
-            sans=("IP:127.0.0.1", "IP:10.0.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
+            sans=("IP:127.0.0.1", f"IP:{first_service_ip(self.service_cidr)}", *self.extra_sans, "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
                   "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"),
         )
         self.admin_crt, self.admin_key = pki.issue("admin", "lathe-admin", ("system:masters",))
@@ -368,11 +391,15 @@ class ControlPlane:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={self.service_cidr}",
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
         ]
+        if self.kubelet_client:
+            kc_crt, kc_key = pki.issue("kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
+            api_args += [f"--kubelet-client-certificate={kc_crt}", f"--kubelet-client-key={kc_key}",
+                         "--kubelet-preferred-address-types=InternalIP"]
         if not run_kcm:
             # Nothing would create the "default" ServiceAccount that this admission plugin requires.
             api_args.append("--disable-admission-plugins=ServiceAccount")
@@ -401,7 +428,7 @@ class ControlPlane:
                 "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={pki.sa_key}",
                 f"--root-ca-file={pki.ca_crt}",
-                "--controllers=" + ",".join(KCM_CONTROLLERS),
+                "--controllers=" + ",".join(KCM_CONTROLLERS + list(self.extra_controllers)),
                 "--concurrent-gc-syncs=5",
                 "--profiling=false",
                 "--v=1",
@@ -433,10 +460,8 @@ class ControlPlane:
         with open(log, "ab") as out:
             out.write(f"$ {' '.join(args)}\n".encode())
             out.flush()
-            self.procs[name] = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_pdeathsig, cwd=self.workdir,
-            )
+            self.procs[name] = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                                **_spawn_kwargs(self.workdir))
 
     def _wait(self, name: str, ready, timeout: float | None = None) -> None:
         deadline = time.monotonic() + (timeout or self.start_timeout)

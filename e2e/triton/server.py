@@ -71,8 +71,11 @@ def available() -> bool:
 class TritonServer:
     def __init__(self, repository: str | os.PathLike, *, workdir: str | os.PathLike | None = None,
                  extra_args: list[str] | None = None, env: dict[str, str] | None = None,
-                 start_timeout: float = 60.0, log_verbose: int = 0, exit_timeout: int = 3):
+                 start_timeout: float = 60.0, log_verbose: int = 0, exit_timeout: int = 3,
+                 host: str = "127.0.0.1"):
+        """``host``: the address to serve on (loopback; the test node's bridge for pods to reach)."""
         self.repository = Path(repository)
+        self.host = host
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lathe-triton-"))
         self.extra_args = list(extra_args or [])
@@ -87,15 +90,15 @@ class TritonServer:
     # -- urls
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -126,7 +129,7 @@ class TritonServer:
                     f"--backend-directory={backends}",
                     f"--cache-directory={ts / 'caches'}",
                     "--model-control-mode=explicit", "--strict-readiness=false",
-                    "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+                    f"--http-address={self.host}", f"--grpc-address={self.host}", f"--metrics-address={self.host}",
                     f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                     f"--metrics-port={self.metrics_port}", "--allow-metrics=true", "--allow-gpu-metrics=false",
                     "--log-info=true", f"--log-verbose={self.log_verbose}",

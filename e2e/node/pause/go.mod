@@ -1,0 +1,3 @@
+module lathe.dev/e2e/node/pause
+
+go 1.26.0

@@ -1,0 +1,50 @@
+"""A node whose start fails undoes what it did: the machine is left as it was found.
+
+(This module sorts before the others of tests/cluster, so it runs before their package fixture
+holds the one real node this machine can have; were the order to change, the lock error would
+fail these tests, not pass them.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from e2e.controlplane.fixture import ControlPlane
+from e2e.node.fixture import Node, NodeError, machine_state, node_control_plane_kwargs
+
+
+def test_missing_image_archive_fails_and_leaves_nothing(tmp_path):
+    kwargs = node_control_plane_kwargs()
+    cp = ControlPlane(tmp_path / "cp", **kwargs)
+    workdir = tmp_path / "node"
+    workdir.mkdir()
+    before = machine_state(workdir)
+    try:
+        cp.start()
+        node = Node(cp, workdir, images={"lathe.dev/missing:1": tmp_path / "no-such-image.tar"})
+        with pytest.raises(FileNotFoundError, match="no-such-image.tar"):
+            node.start()
+    finally:
+        cp.stop()
+    assert machine_state(workdir) == before
+
+
+def test_node_that_never_gets_ready_is_torn_down(tmp_path):
+    # Without the node-lifecycle controller the not-ready taint is never lifted: the kubelet has
+    # run (sysctls set, cgroups made, sandboxes possible) when the start gives up.
+    kwargs = dict(node_control_plane_kwargs(), extra_controllers=("persistentvolume-binder-controller",))
+    cp = ControlPlane(tmp_path / "cp", **kwargs)
+    workdir = tmp_path / "node"
+    workdir.mkdir()
+    before = machine_state(workdir)
+    try:
+        cp.start()
+        node = Node(cp, workdir, start_timeout=8)
+        with pytest.raises(NodeError, match="kubelet not ready after 8"):
+            node.start()
+        log = Path(node.logs["kubelet"]).read_text()
+        assert "Successfully registered node" in log or "Attempting to register node" in log, log[-2000:]
+    finally:
+        cp.stop()
+    assert machine_state(workdir) == before
