@@ -61,6 +61,8 @@ PAUSE_REF = "lathe.dev/pause:e2e"
 CNI_BIN = Path("/usr/lib/cni")
 # Changed by the kubelet at start (it sets what it needs for its OOM and panic handling).
 SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
+# Paths the kubelet creates whatever its --root-dir says (hard-coded in it).
+KUBELET_FIXED_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/var/log/pods"))
 INSTALL = "apt-get install -y --no-install-recommends containerd runc containernetworking-plugins"
 
 
@@ -118,6 +120,7 @@ class Node:
         self.logs: dict[str, Path] = {}
         self.timings: dict[str, float] = {}
         self._sysctls: dict[str, str] = {}
+        self._fixed_paths_absent: list[Path] = []
         self._bridge = False
         self._proxy: ServiceProxy | None = None
         self._lock_fd: int | None = None
@@ -136,6 +139,7 @@ class Node:
         self._take_machine_lock()
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         self._sysctls = {k: Path("/proc/sys", k).read_text().strip() for k in SYSCTLS}
+        self._fixed_paths_absent = [p for p in KUBELET_FIXED_PATHS if not p.exists()]
         self._make_bridge()
         self._proxy = ServiceProxy((SERVICE_IP, 443), ("127.0.0.1", self.cp.port)).start()
         self._start_containerd()
@@ -152,7 +156,8 @@ class Node:
         """Leave the machine as it was; every step runs even when an earlier one failed."""
         steps = [self._delete_pods, lambda: self._kill("kubelet"), self._kill_tasks,
                  lambda: self._kill("containerd"), lambda: self._kill("kube-scheduler"),
-                 self._unmount_all, self._remove_cgroups, self._restore_sysctls, self._delete_bridge,
+                 self._unmount_all, self._remove_cgroups, self._restore_sysctls, self._remove_fixed_paths,
+                 self._delete_bridge,
                  self._stop_proxy, self._release_machine_lock]
         errors = []
         for step in steps:
@@ -410,6 +415,10 @@ state = "{d / 'state'}"
         for k, v in self._sysctls.items():
             Path("/proc/sys", k).write_text(v)
 
+    def _remove_fixed_paths(self) -> None:
+        for p in self._fixed_paths_absent:
+            shutil.rmtree(p, ignore_errors=True)
+
     def _delete_bridge(self) -> None:
         if self._bridge:
             _run("ip", "link", "del", BRIDGE, check=False)
@@ -470,6 +479,7 @@ def machine_state(workdir: Path) -> dict:
         "mounts": sorted(line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
                          if line.split()[4].startswith(root)),
         "processes": sorted(procs),
+        "kubelet_paths": sorted(str(p) for p in KUBELET_FIXED_PATHS if p.exists()),
         "addresses": sorted(a for a in (NODE_IP, SERVICE_IP)
                             if f"inet {a}/" in _run("ip", "-4", "addr", "show", check=False).stdout),
     }
@@ -478,7 +488,9 @@ def machine_state(workdir: Path) -> dict:
 def node_control_plane_kwargs() -> dict:
     """What a ControlPlane needs for a real node beside it (see ControlPlane.__init__)."""
     return {"service_cidr": SERVICE_CIDR, "extra_sans": (f"IP:{NODE_IP}",), "kubelet_client": True,
-            "extra_controllers": ("node-lifecycle-controller", "persistentvolume-binder-controller"),
+            # endpoints-controller: the API server's service proxy (metrics through the Service).
+            "extra_controllers": ("node-lifecycle-controller", "persistentvolume-binder-controller",
+                                  "endpoints-controller"),
             "controller_manager": True}
 
 

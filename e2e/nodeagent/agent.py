@@ -1,6 +1,22 @@
 """A local node agent: plays the kubelet (and, without kube-controller-manager, the Job controller)
 on this machine, so that the test control plane (e2e/controlplane) runs real pods as local processes.
 
+Where it is still used, and why the real node (e2e/node: containerd + kubelet + kube-scheduler,
+the built images) does not replace it there:
+
+* ``tests/operator``: the worker is a scripted process (``tests/operator/scripted_worker.py``)
+  chosen per test through ``LATHE_WORKER_COMMAND``: it must fail, hang or answer on demand,
+  which would need an image rebuilt for every scripted behaviour;
+* ``tests/e2e``: the same chain as ``tests/cluster`` with the worker from this checkout's
+  ``.venv``, so a change to the worker is tested without rebuilding the multi-GB worker image,
+  and the spec-change-mid-canary path stays covered quickly;
+* GPU Jobs: ``--gpus N`` advertises ``nvidia.com/gpu`` capacity on a machine without a GPU,
+  which a real kubelet only does through a device plugin and a device;
+* machines without root, containerd or cgroups (a developer laptop): it needs none of them.
+
+It ignores ``image``, ``securityContext``, ``resources``, selectors and taints: anything that
+depends on those is tested in ``tests/cluster`` on the real node.
+
 What it does
 ------------
 * Registers a Node (default name ``lathe-node``, label ``node.lathe.dev/agent=true``) with a Ready

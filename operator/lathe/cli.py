@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -57,8 +58,15 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     logging.getLogger().handlers.clear()  # kopf.configure installs its own: one line per record, not two
     kopf.configure(verbose=args.verbose)
+    # An explicit identity: kopf's default asks getpass.getuser(), which raises in a container whose
+    # UID has no passwd entry (runAsUser 65532 in the chart; random UIDs on OpenShift).
+    identity = f"lathe-operator@{socket.gethostname()}"
+    settings = kopf.OperatorSettings()
+    # Exact namespaces: kopf's cluster-wide scan of namespaces and CRDs would only meet 403s (the
+    # chart grants namespaced Roles there) and delay the watches by its retries (~9 s).
+    settings.scanning.disabled = bool(args.namespace)
     kopf.run(standalone=True, namespaces=args.namespace or [], clusterwide=not args.namespace,
-             liveness_endpoint=args.liveness)
+             liveness_endpoint=args.liveness, identity=identity, settings=settings)
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from kubernetes import client
 
 from e2e.node.fixture import NODE_IP
@@ -145,11 +146,22 @@ def test_apply_to_promoted_canary_on_the_real_node(installed):
     k, triton, sample, core, ns = (installed[x] for x in ("cluster", "triton", "sample", "core", "ns"))
     e2e = {"triton": triton}
     t0 = time.monotonic()
-    k.apply(resource("digits", e2e))
+    doc = resource("digits", e2e)
+    k.apply(doc)
+    applied = k.api.get_namespaced_custom_object("lathe.dev", "v1alpha1", ns, "modeloptimizations", "digits")
     st = k.wait("digits", lambda s: s.get("phase") in ("Succeeded", "Failed", "Rejected", "RolledBack"), 900,
                 "digits v1 done")
     first_s = time.monotonic() - t0
     assert st["phase"] == "Succeeded", st.get("message")
+    # What a GitOps tool diffs is untouched by a whole reconcile: `kubectl diff` (a server-side
+    # dry-run apply, what Argo CD and Flux compare with) of the same manifest finds nothing.
+    diff = subprocess.run([str(ROOT / ".venv" / "bin" / "kubectl"), "--kubeconfig", str(installed["cp"].kubeconfig),
+                           "-n", ns, "diff", "-f", "-"], input=yaml.safe_dump(doc), capture_output=True, text=True)
+    assert diff.returncode == 0, f"reconcile changed a field GitOps would diff:\n{diff.stdout}{diff.stderr}"
+    done = k.api.get_namespaced_custom_object("lathe.dev", "v1alpha1", ns, "modeloptimizations", "digits")
+    assert done["spec"] == applied["spec"] and done["metadata"]["generation"] == applied["metadata"]["generation"]
+    for field in ("labels", "annotations"):
+        assert done["metadata"].get(field) == applied["metadata"].get(field), field
     assert st["published"]["version"] == 1 and st["rollout"]["state"] == "Promoted"
     win = next(c for c in st["candidates"] if c["name"] == st["winner"])
     assert triton_top1(triton, "digits", sample) == pytest.approx(win["accuracy"], abs=1e-5)
