@@ -137,6 +137,7 @@ class Node:
     def _start(self) -> None:
         self._check_prerequisites()
         self._take_machine_lock()
+        reap_stale()
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         self._sysctls = {k: Path("/proc/sys", k).read_text().strip() for k in SYSCTLS}
         self._fixed_paths_absent = [p for p in KUBELET_FIXED_PATHS if not p.exists()]
@@ -460,6 +461,66 @@ state = "{d / 'state'}"
                     if line.startswith("VmRSS:"):
                         out[name] = int(line.split()[1]) / 1024
         return out
+
+
+def reap_stale() -> list[str]:
+    """Undo what a node killed before its teardown (SIGKILL, a CI timeout) left: its shims,
+    mounts and kubepods cgroups. Runs under the machine lock, so no live node owns them."""
+    done = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            args = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if Path(args[0]).name == "containerd-shim-runc-v2" and "k8s.io" in args:
+                address = args[args.index("-address") + 1]
+                if "/containerd/containerd.sock" in address:  # a test node's, not the system's
+                    os.kill(int(d.name), 9)
+                    done.append(f"killed shim {d.name}")
+    # Containers outlive a killed shim: kill what is left in the kubepods cgroups, unless some
+    # kubelet runs on this machine (then they are its pods, not leftovers).
+    if not _kubelet_running():
+        deadline = time.monotonic() + 10
+        while (pids := _kubepods_pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, 9)
+            done.append(f"killed {sorted(pids)}")
+            time.sleep(0.2)
+    for _ in range(3):
+        stale = sorted({line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                        if "/kubelet/root" in line.split()[4] or "/containerd/state/" in line.split()[4]},
+                       key=len, reverse=True)
+        for p in stale:
+            if _run("umount", p, check=False).returncode != 0:
+                _run("umount", "-l", p, check=False)
+            done.append(f"unmounted {p}")
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        top = hierarchy / "kubepods"
+        if top.is_dir():
+            for c in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    c.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+                done.append(f"removed {top}")
+    return done
+
+
+def _kubepods_pids() -> set[int]:
+    pids: set[int] = set()
+    for tasks in Path("/sys/fs/cgroup").glob("*/kubepods/**/tasks"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.update(int(p) for p in tasks.read_text().split())
+    return pids
+
+
+def _kubelet_running() -> bool:
+    for d in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if d.name.isdigit() and (d / "comm").read_text().strip() == "kubelet":
+                return True
+    return False
 
 
 def machine_state(workdir: Path) -> dict:

@@ -12,7 +12,7 @@ from kubernetes.client.rest import ApiException
 
 from lathe.api.spec import GROUP, PLURAL, VERSION
 
-from . import kube, metrics
+from . import incluster, kube, metrics
 from .config import OperatorConfig
 from .jobs import NAME_LABEL
 from .observe import job_state
@@ -67,9 +67,8 @@ def startup(settings: kopf.OperatorSettings, **_):
 def login(**kwargs):
     # kopf's default piggybacks on the kubernetes client, which fixes its kubeconfig path at import
     # time; read the environment at login instead (in-cluster first, then $KUBECONFIG).
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        return kopf.login_with_service_account(**kwargs)
-    return kopf.login_with_kubeconfig(**kwargs)
+    # In-cluster: KUBERNETES_SERVICE_HOST, as client-go does, not kopf's DNS name (incluster.py).
+    return incluster.login(kwargs["settings"]) or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.probe(id="now")
