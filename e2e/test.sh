@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: installs what it needs (.venv, the control-plane binaries
-# built from Go modules), checks style and generated files, then runs pytest against real
-# components (kube-apiserver + etcd, Triton Inference Server, ONNX Runtime, torch).
+# The whole test suite, as CI runs it: installs what it needs (Debian's containerd/docker/CNI, .venv,
+# the control-plane and node binaries built from Go modules, Lathe's images), checks style and
+# generated files, then runs pytest against real components (kube-apiserver + etcd, a kubelet on
+# containerd, Triton Inference Server, ONNX Runtime, torch). Needs root (the node's bridge, cgroups).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
+bash e2e/node/install.sh  # containerd, runc, CNI plugins, docker.io, debootstrap (only what is missing)
 e2e/setup.sh
-# Reuse finished control-plane builds across clones on the same machine (CI clones afresh).
+# Reuse finished builds across clones on the same machine (CI clones afresh).
 export LATHE_CONTROLPLANE_CACHE="${LATHE_CONTROLPLANE_CACHE:-$HOME/.cache/lathe/controlplane}"
-bash e2e/controlplane/build.sh >/dev/null
+export LATHE_IMAGE_CACHE="${LATHE_IMAGE_CACHE:-$HOME/.cache/lathe/images}"
+# The Go build is CPU-bound and the image build mostly downloads: run them side by side.
+logs="$(mktemp -d)"
+bash e2e/controlplane/build.sh >"$logs/controlplane.log" 2>&1 & cp_pid=$!
+bash images/build.sh >"$logs/images.log" 2>&1 & img_pid=$!
+status=0
+wait "$cp_pid" || { echo "test.sh: control-plane build failed:"; tail -n 40 "$logs/controlplane.log"; status=1; }
+wait "$img_pid" || { echo "test.sh: image build failed:"; tail -n 40 "$logs/images.log"; status=1; }
+(( status == 0 )) || exit 1
+grep -h -E "^(IMAGE|images/build.sh)" "$logs/images.log" | tail -n 8 || true
 bash e2e/controlplane/gateway_api.sh >/dev/null  # the Gateway API HTTPRoute CRD, for the gateway router's tests
+bash e2e/gitops/crds.sh >/dev/null   # Argo CD, Flux and Prometheus Operator CRDs (Go module zips, no build)
+bash e2e/gitops/promql.sh >/dev/null  # Prometheus's PromQL grammar (npm, exact versions) for the dashboard test
 echo "test.sh: set-up took $(( $(date +%s) - t0 ))s"
 .venv/bin/ruff check operator tests e2e
+.venv/bin/python -m e2e.images.locks --check   # images/*.lock still cut from requirements.lock + pyproject
 .venv/bin/lathe crd --check -o crds/modeloptimization.yaml
 .venv/bin/lathe reference --check -o docs/reference.md
 exec .venv/bin/python -m pytest tests -p no:cacheprovider "$@"

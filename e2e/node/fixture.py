@@ -281,6 +281,17 @@ state = "{d / 'state'}"
             if _normalise(ref) not in have:
                 raise NodeError(f"importing {tar} did not yield {ref}; containerd has {sorted(have)}")
             mark.write_text(ref)
+        self._prune_images([_normalise(r) for r in images])
+
+    def _prune_images(self, keep: list[str]) -> None:
+        """Drop images of earlier content keys (the store is cached; a 5 GB worker image per
+        source change would fill the disk). The CRI also names each image by its config digest:
+        those of kept images stay."""
+        rows = [line.split() for line in self._ctr("images", "ls").stdout.splitlines()[1:] if line.strip()]
+        kept_digests = {r[2] for r in rows if r[0] in keep}
+        stale = [r[0] for r in rows if r[0] not in keep and r[2] not in kept_digests]
+        for name in stale:
+            self._ctr("images", "rm", "--sync", name, check=False)
 
     def _start_scheduler(self) -> None:
         crt, key = self.cp.pki.issue("scheduler", "system:kube-scheduler")

@@ -158,7 +158,7 @@ def triton_top1(triton: TritonServer, model: str, sample: dict) -> float:
 
     data = np.load(sample["validation"])
     x, y = data["input"].astype(np.float32), data["labels"]
-    c = http.InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+    c = http.InferenceServerClient(triton.http_url)
     name = c.get_model_metadata(model)["outputs"][0]["name"]
     outs = []
     for i in range(0, len(x), 8):  # the published config's max_batch_size

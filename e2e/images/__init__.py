@@ -1,0 +1,1 @@
+"""Lathe's container images: content keys, per-image locks, the private dockerd, built tars."""
