@@ -165,6 +165,17 @@ def _pdeathsig() -> None:  # runs in the child between fork and exec
         pass
 
 
+def rss_mib(procs: dict[str, subprocess.Popen]) -> dict[str, float]:
+    """Resident memory of each named process (MiB), read from /proc."""
+    out = {}
+    for name, proc in procs.items():
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out[name] = int(line.split()[1]) / 1024
+    return out
+
+
 def _spawn_kwargs(cwd: Path) -> dict:
     """Popen options for a test daemon: own process group (killed as one), SIGKILL if we die."""
     return {"stdin": subprocess.DEVNULL, "start_new_session": True, "preexec_fn": _pdeathsig, "cwd": cwd}
@@ -575,16 +586,7 @@ class ControlPlane:
 
     # -- diagnostics -----------------------------------------------------------------------
     def rss_mib(self) -> dict[str, float]:
-        """Resident memory of each component (MiB), read from /proc."""
-        out = {}
-        for name, proc in self.procs.items():
-            try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        out[name] = int(line.split()[1]) / 1024
-            except OSError:
-                pass
-        return out
+        return rss_mib(self.procs)
 
     def log_tails(self, max_bytes: int = 4000) -> dict[str, str]:
         return {name: tail(path, max_bytes) for name, path in self.logs.items()}

@@ -44,6 +44,7 @@ from e2e.controlplane.fixture import (
     free_port,
     kill_process_group,
     register_log,
+    rss_mib,
     tail,
     write_kubeconfig,
 )
@@ -281,17 +282,18 @@ state = "{d / 'state'}"
             if _normalise(ref) not in have:
                 raise NodeError(f"importing {tar} did not yield {ref}; containerd has {sorted(have)}")
             mark.write_text(ref)
-        self._prune_images([_normalise(r) for r in images])
+        self._prune_images()
 
-    def _prune_images(self, keep: list[str]) -> None:
+    def _prune_images(self) -> None:
         """Drop images of earlier content keys (the store is cached; a 5 GB worker image per
-        source change would fill the disk). The CRI also names each image by its config digest:
-        those of kept images stay."""
+        source change would fill the disk). A re-import moves a name to the new image, but the CRI
+        also names each image by its config digest, and those names keep old versions alive:
+        drop each digest name that no tagged name points at any more."""
         rows = [line.split() for line in self._ctr("images", "ls").stdout.splitlines()[1:] if line.strip()]
-        kept_digests = {r[2] for r in rows if r[0] in keep}
-        stale = [r[0] for r in rows if r[0] not in keep and r[2] not in kept_digests]
-        for name in stale:
-            self._ctr("images", "rm", "--sync", name, check=False)
+        named = {r[2] for r in rows if not r[0].startswith("sha256:")}
+        for name, _type, digest, *_ in rows:
+            if name.startswith("sha256:") and digest not in named:
+                self._ctr("images", "rm", "--sync", name, check=False)
 
     def _start_scheduler(self) -> None:
         crt, key = self.cp.pki.issue("scheduler", "system:kube-scheduler")
@@ -465,13 +467,7 @@ state = "{d / 'state'}"
             time.sleep(0.3)
 
     def rss_mib(self) -> dict[str, float]:
-        out = {}
-        for name, proc in self.procs.items():
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        out[name] = int(line.split()[1]) / 1024
-        return out
+        return rss_mib(self.procs)
 
 
 def reap_stale() -> list[str]:

@@ -23,7 +23,7 @@ def real_cluster(tmp_path_factory):
     try:
         cp.start()
         node = Node(cp, workdir, images=images).start()
-        print(f"real node ready: control plane {cp.ready_seconds:.1f}s, {node.timings}")
+        print(f"real node ready: control plane {cp.ready_seconds:.1f}s, {node.timings}, RSS MiB {node.rss_mib()}")
         yield types.SimpleNamespace(cp=cp, node=node, images=images)
     except (ControlPlaneError, NodeError) as e:
         pytest.fail(f"cannot start the cluster: {e}", pytrace=False)

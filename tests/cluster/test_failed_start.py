@@ -6,6 +6,7 @@ fail these tests, not pass them.)"""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -14,37 +15,35 @@ from e2e.controlplane.fixture import ControlPlane
 from e2e.node.fixture import Node, NodeError, machine_state, node_control_plane_kwargs
 
 
-def test_missing_image_archive_fails_and_leaves_nothing(tmp_path):
-    kwargs = node_control_plane_kwargs()
-    cp = ControlPlane(tmp_path / "cp", **kwargs)
+@contextlib.contextmanager
+def failing_start(tmp_path: Path, **control_plane):
+    """A control plane for a node whose start is expected to fail; after it, the machine must be
+    as it was before."""
+    cp = ControlPlane(tmp_path / "cp", **dict(node_control_plane_kwargs(), **control_plane))
     workdir = tmp_path / "node"
     workdir.mkdir()
     before = machine_state(workdir)
     try:
         cp.start()
-        node = Node(cp, workdir, images={"lathe.dev/missing:1": tmp_path / "no-such-image.tar"})
-        with pytest.raises(FileNotFoundError, match="no-such-image.tar"):
-            node.start()
+        yield cp, workdir
     finally:
         cp.stop()
     assert machine_state(workdir) == before
+
+
+def test_missing_image_archive_fails_and_leaves_nothing(tmp_path):
+    with failing_start(tmp_path) as (cp, workdir):
+        node = Node(cp, workdir, images={"lathe.dev/missing:1": tmp_path / "no-such-image.tar"})
+        with pytest.raises(FileNotFoundError, match="no-such-image.tar"):
+            node.start()
 
 
 def test_node_that_never_gets_ready_is_torn_down(tmp_path):
     # Without the node-lifecycle controller the not-ready taint is never lifted: the kubelet has
     # run (sysctls set, cgroups made, sandboxes possible) when the start gives up.
-    kwargs = dict(node_control_plane_kwargs(), extra_controllers=("persistentvolume-binder-controller",))
-    cp = ControlPlane(tmp_path / "cp", **kwargs)
-    workdir = tmp_path / "node"
-    workdir.mkdir()
-    before = machine_state(workdir)
-    try:
-        cp.start()
+    with failing_start(tmp_path, extra_controllers=("persistentvolume-binder-controller",)) as (cp, workdir):
         node = Node(cp, workdir, start_timeout=8)
         with pytest.raises(NodeError, match="kubelet not ready after 8"):
             node.start()
         log = Path(node.logs["kubelet"]).read_text()
         assert "Successfully registered node" in log or "Attempting to register node" in log, log[-2000:]
-    finally:
-        cp.stop()
-    assert machine_state(workdir) == before

@@ -16,14 +16,13 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from kubernetes import client
 
 from e2e.node.fixture import NODE_IP
 from e2e.triton.server import TritonServer
-from tests.e2e.test_end_to_end import Cluster, Load, resource, triton_top1
+from tests.e2e.test_end_to_end import Cluster, canary_under_load, resource, triton_top1
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +82,8 @@ def installed(real_cluster, tmp_path_factory):
     cfg = helm.Config(kubeconfig_path=str(cp.kubeconfig))
     values = {"image": {"pullPolicy": "Never"},
               "worker": {"resources": WORKER_RESOURCES, "maxAttempts": 1},
-              "watchNamespaces": [ns], "repositoryClaims": ["triton-models"]}
+              "watchNamespaces": [ns], "repositoryClaims": ["triton-models"],
+              "rolloutInterval": 1}  # as tests/e2e sets it: the two runs' wall times compare
     t0 = time.monotonic()
     try:
         release = cfg.install(str(CHART), RELEASE, values, namespace=OPERATOR_NS, wait="watcher", timeout=240)
@@ -185,21 +185,7 @@ def test_apply_to_promoted_canary_on_the_real_node(installed):
                                                  or ""), [(e.reason, e.source) for e in scheduled]
 
     # Generation 2: a canary of version 2 under live traffic, judged, promoted.
-    load = Load(triton.http_url, "digits_router", np.load(sample["validation"])["input"])
-    load.start()
-    try:
-        time.sleep(2)
-        assert load.ok > 0, load.errors[:3]
-        t1 = time.monotonic()
-        k.apply(resource("digits", e2e, candidates=[
-            {"name": "int8-dynamic", "passes": [{"type": "quantize", "precision": "int8", "mode": "dynamic"}]},
-            {"name": "optimized", "passes": [{"type": "graph-optimize", "level": "all"}]}]))
-        st = k.wait("digits", lambda s: s.get("observedGeneration") == 2 and s.get("phase") not in
-                    ("RollingOut", "Optimizing", "Pending"), 900, "canary decided")
-        canary_s = time.monotonic() - t1
-    finally:
-        load.stop.set()
-        load.join(10)
+    st, load, canary_s = canary_under_load(k, e2e, sample, timeout=900)
     assert st["phase"] == "Succeeded", st.get("message")
     assert st["rollout"]["state"] == "Promoted" and st["rollout"]["stableVersion"] == 2
     assert load.failed == 0, load.errors[:5]

@@ -168,6 +168,30 @@ def triton_top1(triton: TritonServer, model: str, sample: dict) -> float:
     return float((np.concatenate(outs).argmax(1) == y).mean())
 
 
+GENERATION_2 = [{"name": "int8-dynamic", "passes": [{"type": "quantize", "precision": "int8", "mode": "dynamic"}]},
+                {"name": "optimized", "passes": [{"type": "graph-optimize", "level": "all"}]}]
+
+
+def canary_under_load(k: Cluster, e2e: dict, sample: dict, timeout: float) -> tuple[dict, Load, float]:
+    """Generation 2 of "digits" while a client calls the router: returns the decided status, the
+    load's record and the seconds from the apply to the decision."""
+    load = Load(e2e["triton"].http_url, "digits_router", np.load(sample["validation"])["input"])
+    load.start()
+    try:
+        time.sleep(2)
+        assert load.ok > 0, load.errors[:3]
+        t0 = time.monotonic()
+        k.apply(resource("digits", e2e, candidates=GENERATION_2))
+        k.wait("digits", lambda s: s.get("observedGeneration") == 2 and s.get("phase") == "RollingOut", timeout,
+               "canary of version 2 started")
+        st = k.wait("digits", lambda s: s.get("observedGeneration") == 2 and s.get("phase") != "RollingOut"
+                    and s.get("phase") not in ("Optimizing", "Pending"), timeout, "canary decided")
+        return st, load, time.monotonic() - t0
+    finally:
+        load.stop.set()
+        load.join(10)
+
+
 def test_apply_optimize_publish_serve_then_canary(e2e):
     k, triton, sample = e2e["cluster"], e2e["triton"], e2e["sample"]
     # 1. First resource: nothing served yet, so version 1 is promoted directly.
@@ -190,23 +214,7 @@ def test_apply_optimize_publish_serve_then_canary(e2e):
     assert "digits" in table and "Succeeded" in table and st["winner"] in table and st["speedup"] in table
 
     # 2. A spec change (generation 2) publishes version 2 and rolls it out as a canary under traffic.
-    load = Load(f"127.0.0.1:{triton.http_port}", "digits_router", np.load(sample["validation"])["input"])
-    load.start()
-    try:
-        time.sleep(2)
-        assert load.ok > 0, load.errors[:3]
-        t1 = time.monotonic()
-        k.apply(resource("digits", e2e, candidates=[
-            {"name": "int8-dynamic", "passes": [{"type": "quantize", "precision": "int8", "mode": "dynamic"}]},
-            {"name": "optimized", "passes": [{"type": "graph-optimize", "level": "all"}]}]))
-        k.wait("digits", lambda s: s.get("observedGeneration") == 2 and s.get("phase") == "RollingOut", 600,
-               "canary of version 2 started")
-        st = k.wait("digits", lambda s: s.get("observedGeneration") == 2 and s.get("phase") != "RollingOut"
-                    and s.get("phase") not in ("Optimizing", "Pending"), 300, "canary decided")
-        canary_s = time.monotonic() - t1
-    finally:
-        load.stop.set()
-        load.join(10)
+    st, load, canary_s = canary_under_load(k, e2e, sample, timeout=600)
     assert st["phase"] == "Succeeded", st.get("message")
     ro = st["rollout"]
     assert ro["state"] == "Promoted" and ro["stableVersion"] == 2
