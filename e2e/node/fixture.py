@@ -130,8 +130,11 @@ class Node:
     def start(self) -> Node:
         try:
             self._start()
-        except BaseException:
-            self.stop()
+        except BaseException as e:
+            try:
+                self.stop()
+            except NodeError as cleanup:  # keep the start's own error first
+                e.add_note(str(cleanup))
             raise
         return self
 
