@@ -176,6 +176,22 @@ def rss_mib(procs: dict[str, subprocess.Popen]) -> dict[str, float]:
     return out
 
 
+def wait_ready(name: str, ready, timeout: float, procs: dict[str, subprocess.Popen], logs: dict[str, Path],
+               error: type[Exception] = ControlPlaneError) -> None:
+    """Poll ``ready()`` until it holds; fail at once, with its log tail, if one of ``procs`` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for pname, proc in procs.items():
+            if proc.poll() is not None:
+                raise error(f"{pname} exited with code {proc.returncode} while waiting for {name}; "
+                            f"log {logs[pname]}:\n{tail(logs[pname])}")
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            raise error(f"{name} not ready after {timeout}s; log {logs.get(name)}:\n{tail(logs.get(name, ''))}")
+        time.sleep(0.2)
+
+
 def _spawn_kwargs(cwd: Path) -> dict:
     """Popen options for a test daemon: own process group (killed as one), SIGKILL if we die."""
     return {"stdin": subprocess.DEVNULL, "start_new_session": True, "preexec_fn": _pdeathsig, "cwd": cwd}
@@ -475,20 +491,7 @@ class ControlPlane:
                                                 **_spawn_kwargs(self.workdir))
 
     def _wait(self, name: str, ready, timeout: float | None = None) -> None:
-        deadline = time.monotonic() + (timeout or self.start_timeout)
-        while True:
-            for pname, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise ControlPlaneError(
-                        f"{pname} exited with code {proc.returncode} while waiting for {name}; "
-                        f"log {self.logs[pname]}:\n{tail(self.logs[pname])}"
-                    )
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"{name} not ready after {timeout or self.start_timeout}s; "
-                                        f"log {self.logs.get(name)}:\n{tail(self.logs.get(name, ''))}")
-            time.sleep(0.2)
+        wait_ready(name, ready, timeout or self.start_timeout, self.procs, self.logs)
 
     @staticmethod
     def _http_ok(url: str, ctx: ssl.SSLContext | None) -> bool:

@@ -7,6 +7,7 @@
 set -euo pipefail
 version=v1.6.3
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/fetch_lib.sh"
 cache="${LATHE_CONTROLPLANE_CACHE:-$here/../../.cache/controlplane}"
 dest="$cache/gateway-api-$version"
 if [[ -f "$dest/.complete" ]]; then
@@ -16,15 +17,9 @@ fi
 command -v go >/dev/null || { echo "gateway_api.sh: 'go' not found on PATH" >&2; exit 1; }
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-# Outside any module: only the module zip is downloaded (a few MB), nothing is built.
-dir="$(cd "$work" && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/gateway-api@$version" \
-      | python3 -c 'import json, sys; d = json.load(sys.stdin); sys.exit(d["Error"]) if d.get("Error") else print(d["Dir"])')"
+dir="$(module_dir "sigs.k8s.io/gateway-api@$version")"  # a few MB
 mkdir -p "$work/out"
 cp "$dir/config/crd/standard/gateway.networking.k8s.io_httproutes.yaml" "$work/out/"
-chmod -R u+w "$work/out"
-touch "$work/out/.complete"
-mkdir -p "$cache"
-rm -rf "$dest"
-mv "$work/out" "$dest"
+cache_publish "$work/out" "$dest"
 echo "gateway_api.sh: Gateway API $version HTTPRoute CRD -> $dest" >&2
 echo "$dest"

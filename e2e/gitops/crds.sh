@@ -18,6 +18,7 @@ modules=(
     "github.com/prometheus-operator/prometheus-operator@v0.85.0 example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
 )
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/../controlplane/fetch_lib.sh"
 cache="${LATHE_CONTROLPLANE_CACHE:-$here/../../.cache/controlplane}"
 key="$(printf '%s\n' "${modules[@]}" | sha256sum | cut -c1-12)"
 dest="$cache/gitops-crds-$key"
@@ -31,16 +32,10 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/out"
 for entry in "${modules[@]}"; do
     read -r module file <<<"$entry"
-    # Outside any module: only the module zip is downloaded and unpacked.
-    dir="$(cd "$work" && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download -json "$module" \
-          | python3 -c 'import json, sys; d = json.load(sys.stdin); sys.exit(d["Error"]) if d.get("Error") else print(d["Dir"])')"
+    dir="$(module_dir "$module")"
     cp "$dir/$file" "$work/out/"
     echo "crds.sh: $module $(basename "$file")" >&2
 done
-chmod -R u+w "$work/out"
-touch "$work/out/.complete"
-mkdir -p "$cache"
-rm -rf "$dest"
-mv "$work/out" "$dest"
+cache_publish "$work/out" "$dest"
 echo "crds.sh: CRDs -> $dest" >&2
 echo "$dest"

@@ -8,6 +8,7 @@
 set -euo pipefail
 packages=(@prometheus-io/lezer-promql@0.315.0 @lezer/lr@1.4.12 @lezer/highlight@1.2.5 @lezer/common@1.5.5)
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/../controlplane/fetch_lib.sh"
 cache="${LATHE_CONTROLPLANE_CACHE:-$here/../../.cache/controlplane}"
 key="$(printf '%s\n' "${packages[@]}" | sha256sum | cut -c1-12)"
 dest="$cache/lezer-promql-$key"
@@ -19,9 +20,6 @@ command -v npm >/dev/null || { echo "promql.sh: 'npm' not found on PATH (apt-get
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 npm install --prefix "$work/out" --no-audit --no-fund --no-save --silent "${packages[@]}" >&2
-touch "$work/out/.complete"
-mkdir -p "$cache"
-rm -rf "$dest"
-mv "$work/out" "$dest"
+cache_publish "$work/out" "$dest"
 echo "promql.sh: ${packages[*]} -> $dest" >&2
 echo "$dest/node_modules"

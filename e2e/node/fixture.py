@@ -45,7 +45,7 @@ from e2e.controlplane.fixture import (
     kill_process_group,
     register_log,
     rss_mib,
-    tail,
+    wait_ready,
     write_kubeconfig,
 )
 
@@ -457,17 +457,7 @@ state = "{d / 'state'}"
             self.procs[name] = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, **_spawn_kwargs(self.workdir))
 
     def _wait(self, name: str, ready, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            for pname, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise NodeError(f"{pname} exited with code {proc.returncode} while waiting for {name}; "
-                                    f"log {self.logs[pname]}:\n{tail(self.logs[pname])}")
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                raise NodeError(f"{name} not ready after {timeout}s; log:\n{tail(self.logs.get(name, ''))}")
-            time.sleep(0.3)
+        wait_ready(name, ready, timeout, self.procs, self.logs, NodeError)
 
     def rss_mib(self) -> dict[str, float]:
         return rss_mib(self.procs)

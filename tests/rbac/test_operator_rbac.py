@@ -20,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.controlplane.fixture import free_port
+from e2e.controlplane.fixture import free_port, kill_process_group
 from tests.chart.served import served_series
 from tests.waiting import wait_for
 
@@ -68,11 +68,7 @@ def operator(release, control_plane, node_agent, tmp_path_factory):
         assert proc.poll() is None, "operator exited:\n" + log_path.read_text()[-4000:]
         yield op
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        kill_process_group(proc, grace=30)
         print(f"operator log ({release.mode}) tail:\n" + log_path.read_text()[-3000:])
 
 
