@@ -27,6 +27,9 @@ def _cmd_reference(args: argparse.Namespace) -> int:
 
 def _write_or_check(text: str, path: Path | None, check: bool, cmd: str) -> int:
     if path is None:
+        if check:  # nothing to compare with: printing would look like a pass
+            print(f"{cmd} --check needs the file to compare: {cmd} --check -o PATH", file=sys.stderr)
+            return 2
         sys.stdout.write(text)
         return 0
     if check:
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["worker"]:  # the worker parses its own flags
         return _cmd_worker(argv[1:])
     p = argparse.ArgumentParser(prog="lathe", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="optimize, validate and select locally, no cluster needed")
     r.add_argument("file", nargs="?", help="a ModelOptimization YAML (default: the embedded digits example)")
     r.add_argument("--out", default="lathe-out", help="working folder for models, data and the report")
@@ -97,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("-v", "--verbose", action="store_true")
     o.set_defaults(fn=_cmd_operator)
     args = p.parse_args(argv)
+    if args.cmd is None:
+        p.print_help()
+        return 2
     return args.fn(args)
 
 
