@@ -12,10 +12,12 @@ What :class:`ControlPlane` does on :meth:`~ControlPlane.start`:
   certificates (``lathe-admin`` in ``system:masters``; ``system:kube-controller-manager``) and an
   EC service-account signing key with the ``openssl`` CLI;
 * starts etcd (plain HTTP on 127.0.0.1, ``--unsafe-no-fsync``), kube-apiserver
-  (``--authorization-mode=Node,RBAC``, TLS on 127.0.0.1) and, when built, kube-controller-manager
-  with the controllers a workload needs (job, garbage collector, namespace, service accounts,
-  deployment/replicaset/statefulset, ttl-after-finished, pod GC, ...; no scheduler, no node
-  lifecycle): each in its own process group with PR_SET_PDEATHSIG, logging to ``<workdir>/logs``;
+  (``--authorization-mode=Node,RBAC``, TLS on 127.0.0.1; kubelets reached by InternalIP, their
+  serving certificates not verified, so pods/log works against the node agent) and, when built,
+  kube-controller-manager with the controllers a workload needs (job, garbage collector,
+  namespace, service accounts, deployment/replicaset/statefulset, ttl-after-finished, pod GC, ...;
+  no scheduler, no node lifecycle): each in its own process group with PR_SET_PDEATHSIG, logging
+  to ``<workdir>/logs``;
 * writes ``<workdir>/kubeconfig`` (admin, certificates inlined: works for kopf, kubectl and
   ``kubernetes.config.load_kube_config``);
 * installs every ``*.yaml``/``*.yml`` in ``<repo>/crds`` (the folder may be missing or empty) and
@@ -314,8 +316,9 @@ class ControlPlane:
 
         For a real kubelet (e2e/node): ``service_cidr`` whose first address pods reach the API
         server on (the ``kubernetes`` Service), ``extra_sans`` for the serving certificate,
-        ``kubelet_client`` (a client certificate for logs/exec, kubelets reached by InternalIP) and
-        ``extra_controllers`` (``node-lifecycle-controller`` clears the not-ready taint)."""
+        ``kubelet_client`` (a client certificate for logs/exec; a real kubelet asks for one, the node
+        agent does not) and ``extra_controllers`` (``node-lifecycle-controller`` clears the not-ready
+        taint).  Kubelets (and the node agent's log server) are always reached by InternalIP."""
         if controller_manager is None:
             controller_manager = {"0": False, "1": True}.get(os.environ.get("LATHE_CONTROLPLANE_KCM", ""))
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lathe-controlplane-"))
@@ -420,13 +423,15 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki.sa_key}",
             f"--service-cluster-ip-range={self.service_cidr}",
             "--allow-privileged=true",
+            # pods/log and exec go to the node's InternalIP (the default tries Hostname first, which
+            # for the node agent is this machine's name and may not resolve to its loopback port).
+            "--kubelet-preferred-address-types=InternalIP",
             "--profiling=false",
             "--v=1",
         ]
         if self.kubelet_client:
             kc_crt, kc_key = pki.issue("kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
-            api_args += [f"--kubelet-client-certificate={kc_crt}", f"--kubelet-client-key={kc_key}",
-                         "--kubelet-preferred-address-types=InternalIP"]
+            api_args += [f"--kubelet-client-certificate={kc_crt}", f"--kubelet-client-key={kc_key}"]
         if not run_kcm:
             # Nothing would create the "default" ServiceAccount that this admission plugin requires.
             api_args.append("--disable-admission-plugins=ServiceAccount")

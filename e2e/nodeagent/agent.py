@@ -20,8 +20,9 @@ depends on those is tested in ``tests/cluster`` on the real node.
 What it does
 ------------
 * Registers a Node (default name ``lathe-node``, label ``node.lathe.dev/agent=true``) with a Ready
-  condition, addresses 127.0.0.1 and capacity (cpu/memory of this machine, ``--gpus N`` adds
-  ``nvidia.com/gpu``), and renews its Lease in ``kube-node-lease`` every 10 s.
+  condition, addresses 127.0.0.1 (InternalIP) and the host name (Hostname), capacity (cpu/memory of
+  this machine, ``--gpus N`` adds ``nvidia.com/gpu``) and ``daemonEndpoints.kubeletEndpoint.Port``
+  (the log server below), and renews its Lease in ``kube-node-lease`` every 10 s.
 * Binds every pending pod without ``spec.nodeName`` (there is no scheduler) whose schedulerName is
   ``default-scheduler`` to that node (pods/binding), ignoring resources, selectors and taints.
 * Runs the pods bound to the node: init containers one after another, then the containers in
@@ -68,6 +69,13 @@ What it does
   of the log.
 * stdout and stderr of each container go to ``<pod dir>/<container>.log``; the pod folder is
   recorded in the pod annotation ``nodeagent.lathe.dev/dir``; :func:`pod_log` returns the tail.
+* Serves those logs as the kubelet does (:class:`KubeletServer`): HTTPS on 127.0.0.1 (a free port,
+  or ``--kubelet-port``), self-signed certificate made with ``openssl`` at start,
+  ``GET /containerLogs/{namespace}/{pod}/{container}`` with ``tailLines``, ``limitBytes`` and
+  ``follow`` (``previous``, ``timestamps``, ``sinceSeconds``/``sinceTime`` ignored), 404 for unknown
+  pods/containers, so ``kubectl logs`` / ``read_namespaced_pod_log`` work through the API server
+  (which must prefer InternalIP addresses, as e2e/controlplane's does).  Callers are not
+  authenticated: loopback only.
 * A pod being deleted (deletionTimestamp) gets its process groups SIGTERMed, SIGKILLed after the
   grace period (at most 30 s), and is then removed (delete with grace period 0), as the kubelet
   does.
@@ -96,8 +104,10 @@ As a subprocess (what the pytest fixture ``node_agent`` does)::
 
     python e2e/nodeagent/agent.py --kubeconfig KUBECONFIG --root DIR [--node-name lathe-node]
         [--manage-jobs auto|all|managed-by|off] [--namespace NS ...] [--extra-path DIR ...]
+        [--gpus N] [--kubelet-port PORT]
 
-(SIGTERM/SIGINT stop it: children are killed, process group by process group), or through
+(SIGTERM/SIGINT stop it: children are killed, process group by process group, and the log server
+closes), or through
 :class:`AgentProcess` (start/stop, waits for readiness), or in-process with
 :class:`NodeAgent` (``start()`` runs it in threads, ``stop()``).
 """
@@ -111,15 +121,19 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 log = logging.getLogger("nodeagent")
 
@@ -631,6 +645,222 @@ class PodRunner(threading.Thread):
             self.agent.patch_pod_status(self.ns, self.name, self.uid, status)
 
 
+# --------------------------------------------------------------------------- kubelet API: container logs
+
+
+def read_log(path: Path, tail_lines: int | None = None, limit_bytes: int | None = None) -> tuple[bytes, int]:
+    """``(data, end offset)`` of a log file as the kubelet cuts it: the last ``tail_lines`` lines
+    (a final newline does not start another line), then at most ``limit_bytes`` bytes of those."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = 0 if tail_lines is None else _tail_start(f, size, tail_lines)
+        f.seek(start)
+        n = size - start if limit_bytes is None else min(limit_bytes, size - start)
+        data = f.read(max(0, n))
+    return data, start + len(data)
+
+
+def _tail_start(f, size: int, lines: int, block: int = 65536) -> int:
+    if lines <= 0:
+        return size
+    end = size
+    if size:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            end = size - 1
+    pos, count = end, 0
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        chunk = f.read(step)
+        i = len(chunk)
+        while (i := chunk.rfind(b"\n", 0, i)) >= 0:
+            count += 1
+            if count == lines:
+                return pos + i + 1
+    return 0
+
+
+def make_serving_cert(folder: Path, node_name: str) -> tuple[Path, Path]:
+    """A self-signed EC P-256 serving certificate (SANs 127.0.0.1, localhost, the node name), made
+    with the ``openssl`` CLI (the venv has no ``cryptography``); ``(cert, key)``."""
+    if shutil.which("openssl") is None:
+        raise RuntimeError("the 'openssl' command is needed for the node agent's serving certificate")
+    folder.mkdir(parents=True, exist_ok=True)
+    crt, key = folder / "kubelet.crt", folder / "kubelet.key"
+    with contextlib.suppress(FileNotFoundError):
+        key.unlink()
+    os.close(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # openssl keeps the mode
+    r = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(crt), "-days", "365", "-subj", f"/CN={node_name}",
+         "-addext", f"subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:{node_name}",
+         "-addext", "extendedKeyUsage=serverAuth"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl could not make the node agent's serving certificate:\n{r.stderr}")
+    return crt, key
+
+
+class _HTTPError(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class KubeletServer(ThreadingHTTPServer):
+    """The part of the kubelet API the API server proxies ``pods/log`` to, over HTTPS on loopback.
+
+    ``GET /containerLogs/{namespace}/{pod}/{container}`` answers the container's log file
+    (``<pod dir>/<container>.log``: stdout and stderr interleaved, every run of a restarted container
+    appended).  Query parameters: ``tailLines`` and ``limitBytes`` are honoured as by the kubelet
+    (tail first, then the byte limit); ``follow=true`` streams what is appended while the container
+    runs and ends when it stops (or the agent does); ``previous``, ``timestamps``, ``sinceSeconds``,
+    ``sinceTime`` and ``stream`` are accepted and IGNORED (one file per container, no timestamps
+    recorded, stdout and stderr not kept apart).  Unknown pod or container: 404 with a text body;
+    a container that has not started yet: 400 ("waiting to start"), as the kubelet.  ``GET /healthz``:
+    ``ok``.  Anything else: 404.
+
+    Pods are looked up among those this agent runs, then among the pod folders under its root
+    (pods that finished before the agent restarted).
+
+    Security: it does NOT authenticate or authorize callers (no client certificate is asked for or
+    checked, whatever the API server presents); it listens on 127.0.0.1 only, so anyone on this
+    machine can read the logs of its pods.  The serving certificate is self-signed: the API server
+    accepts it because the test control plane runs without ``--kubelet-certificate-authority``."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, agent: NodeAgent, port: int = 0, cert_dir: Path | None = None):
+        self.agent = agent
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        crt, key = make_serving_cert(cert_dir or agent.root / "kubelet-pki", agent.node_name)
+        self.ctx.load_cert_chain(str(crt), str(key))
+        super().__init__(("127.0.0.1", port), _KubeletHandler)
+        self.port = self.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def finish_request(self, request, client_address) -> None:
+        # TLS handshake in the connection's own thread, not in the accept loop.
+        request.settimeout(30)
+        try:
+            conn = self.ctx.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            log.debug("kubelet API: TLS handshake with %s failed: %s", client_address, e)
+            return
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def start(self) -> KubeletServer:
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
+                                        daemon=True, name="nodeagent-kubelet-api")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(5)
+            self._thread = None
+        self.server_close()
+
+    # ---- log lookup
+    def find(self, ns: str, name: str, container: str) -> tuple[Path, PodRunner | None]:
+        """The log file of a container and the runner of its pod (None for a pod from the folders)."""
+        runners = [r for r in list(self.agent.runners.values()) if (r.ns, r.name) == (ns, name)]
+        if runners:
+            runner = next((r for r in reversed(runners) if not r.done.is_set()), runners[-1])
+            if container not in [c.name for c in runner.inits + runner.containers]:
+                raise _HTTPError(404, f"container {container!r} not found in pod {ns}/{name}\n")
+            path = runner.dir / f"{container}.log"
+            if not path.exists():
+                raise _HTTPError(400, f"container {container!r} in pod {ns}/{name} is waiting to start\n")
+            return path, runner
+        folders = sorted((self.agent.root / "pods").glob(f"{ns}_{name}_*"), key=lambda p: p.stat().st_mtime)
+        if not folders:
+            raise _HTTPError(404, f"pod {ns}/{name} not found on node {self.agent.node_name}\n")
+        path = folders[-1] / f"{container}.log"
+        if not path.exists():
+            raise _HTTPError(404, f"container {container!r} not found in pod {ns}/{name}\n")
+        return path, None
+
+
+class _KubeletHandler(BaseHTTPRequestHandler):
+    server: KubeletServer
+    protocol_version = "HTTP/1.0"  # one request per connection; a followed log ends with the connection
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
+        log.debug("kubelet API %s: " + format, self.address_string(), *args)
+
+    def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        url = urlsplit(self.path)
+        parts = [unquote(p) for p in url.path.split("/") if p]
+        try:
+            if parts == ["healthz"]:
+                return self._send(200, b"ok")
+            if len(parts) != 4 or parts[0] != "containerLogs":
+                raise _HTTPError(404, f"{url.path}: not served by the node agent (only /containerLogs/"
+                                      "{namespace}/{pod}/{container} and /healthz)\n")
+            self._logs(*parts[1:], parse_qs(url.query))
+        except _HTTPError as e:
+            self._send(e.code, str(e).encode())
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, TimeoutError):
+            pass  # the caller went away
+
+    def _logs(self, ns: str, name: str, container: str, query: dict[str, list[str]]) -> None:
+        def number(key: str) -> int | None:
+            if key not in query:
+                return None
+            try:
+                value = int(query[key][-1])
+            except ValueError:
+                raise _HTTPError(400, f"{key}={query[key][-1]!r}: not an integer\n") from None
+            if value < 0:
+                raise _HTTPError(400, f"{key}={value}: must not be negative\n")
+            return value
+
+        tail_lines, limit_bytes = number("tailLines"), number("limitBytes")
+        follow = (query.get("follow") or ["false"])[-1].lower() in ("true", "1")
+        path, runner = self.server.find(ns, name, container)
+        data, offset = read_log(path, tail_lines, limit_bytes)
+        if not follow:
+            return self._send(200, data)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+        left = None if limit_bytes is None else limit_bytes - len(data)
+        state = next((c for c in runner.inits + runner.containers if c.name == container), None) if runner else None
+        stopped = self.server.agent.stopped
+        while (left is None or left > 0) and state is not None:
+            last = "running" not in state.state or runner.done.is_set()  # one more read after it stopped
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read(65536 if left is None else min(left, 65536))
+            if chunk:
+                offset += len(chunk)
+                if left is not None:
+                    left -= len(chunk)
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                continue
+            if last or stopped.wait(0.2):
+                break
+
+
 # --------------------------------------------------------------------------- the agent
 
 
@@ -646,7 +876,9 @@ class NodeAgent:
         extra_path: list[str] | None = None,
         gpus: int = 0,
         resync: float = 2.0,
+        kubelet_port: int = 0,
     ):
+        """``kubelet_port``: the port of the HTTPS log server on 127.0.0.1 (0: a free one)."""
         from kubernetes import client, config
 
         self.root = Path(root or os.environ.get("NODEAGENT_ROOT_DIR") or "/tmp/lathe-nodeagent").resolve()
@@ -657,6 +889,8 @@ class NodeAgent:
         self.extra_path = [str(Path(p).resolve()) for p in (extra_path or [])]
         self.gpus = gpus
         self.resync = resync
+        self.kubelet_port = kubelet_port
+        self.kubelet_server: KubeletServer | None = None
         cfg = client.Configuration()
         config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None, client_configuration=cfg)
         cfg.connection_pool_maxsize = 64
@@ -750,7 +984,8 @@ class NodeAgent:
             "allocatable": capacity,
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
                           {"type": "Hostname", "address": socket.gethostname()}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            # Where the API server proxies pods/log to (the kubelet's port; reached by InternalIP).
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
                 "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": platform.release(),
                 "osImage": "lathe node agent", "containerRuntimeVersion": "nodeagent://1",
@@ -806,11 +1041,20 @@ class NodeAgent:
         return "all"
 
     def start(self) -> NodeAgent:
-        """Register the node and run in background threads (returns at once)."""
-        self.register_node()
-        self.job_mode = self._resolve_job_mode()
-        log.info("node %s registered; root %s; job mirroring: %s", self.node_name, self.root, self.job_mode)
-        self.sync()
+        """Start the log server, register the node and run in background threads (returns at once).
+
+        On failure everything started so far is stopped again."""
+        try:
+            self.kubelet_server = KubeletServer(self, self.kubelet_port).start()
+            self.kubelet_port = self.kubelet_server.port
+            self.register_node()
+            self.job_mode = self._resolve_job_mode()
+            log.info("node %s registered; root %s; job mirroring: %s; logs served on https://127.0.0.1:%d",
+                     self.node_name, self.root, self.job_mode, self.kubelet_port)
+            self.sync()
+        except BaseException:
+            self.stop()
+            raise
         for target in (self._loop, self._heartbeat_loop, self._watch_pods, self._watch_jobs):
             t = threading.Thread(target=target, daemon=True, name=f"nodeagent-{target.__name__}")
             t.start()
@@ -818,9 +1062,13 @@ class NodeAgent:
         return self
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop the loops and kill every container process group (SIGTERM, SIGKILL after ``grace``)."""
+        """Stop the loops and the log server, and kill every container process group (SIGTERM,
+        SIGKILL after ``grace``).  Safe to call more than once."""
         self.stopped.set()
         self._kick.set()
+        server, self.kubelet_server = self.kubelet_server, None
+        if server is not None:
+            server.stop()
         for r in list(self.runners.values()):
             r.stopping.set()
         with self._plock:
@@ -1147,6 +1395,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--namespace", action="append", default=[], help="only handle these namespaces")
     ap.add_argument("--extra-path", action="append", default=[], help="folder put first on the containers' PATH")
     ap.add_argument("--gpus", type=int, default=0, help="advertise nvidia.com/gpu capacity")
+    ap.add_argument("--kubelet-port", type=int, default=0,
+                    help="port of the HTTPS container-log server on 127.0.0.1 (default 0: a free one)")
     ap.add_argument("--ready-file", default=None, help="touched once the node is registered")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -1154,7 +1404,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     agent = NodeAgent(a.kubeconfig, a.root, node_name=a.node_name, manage_jobs=a.manage_jobs,
-                      namespaces=a.namespace, extra_path=a.extra_path, gpus=a.gpus)
+                      namespaces=a.namespace, extra_path=a.extra_path, gpus=a.gpus, kubelet_port=a.kubelet_port)
     done = threading.Event()
 
     def on_signal(signum, frame):
@@ -1162,13 +1412,15 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent.start()
-    if a.ready_file:
-        Path(a.ready_file).write_text(str(os.getpid()))
-    while not done.wait(1):
-        pass
-    log.info("stopping")
-    agent.stop()
+    agent.start()  # stops what it started if it fails
+    try:
+        if a.ready_file:
+            Path(a.ready_file).write_text(str(os.getpid()))
+        while not done.wait(1):
+            pass
+        log.info("stopping")
+    finally:
+        agent.stop()
     return 0
 
 

@@ -158,3 +158,60 @@ def test_pod_acts_as_its_service_account(control_plane, k8s_client, node_agent, 
     pod = wait_for(finished, timeout=60.0, interval=0.2, what="sa-user to finish")
     term = pod.status.container_statuses[0].state.terminated
     assert (pod.status.phase, term.exit_code, term.message) == ("Succeeded", 0, "status 403"), pod_log(pod)
+
+
+def _finished(core, name, namespace):
+    p = core.read_namespaced_pod(name, namespace)
+    return p if p.status and p.status.phase in ("Succeeded", "Failed") else None
+
+
+def test_pod_log_through_the_api_server(k8s_client, node_agent, namespace):
+    """kube-apiserver proxies pods/log to the agent's log server, as it does to a kubelet."""
+    core = client.CoreV1Api(k8s_client)
+    core.create_namespaced_pod(namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "talker"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "main", "image": "ignored",
+            "command": ["python", "-c", "for i in range(1, 6): print(f'line {i}', flush=True)"]}]},
+    })
+    pod = wait_for(lambda: _finished(core, "talker", namespace), timeout=60.0, interval=0.2, what="talker to finish")
+    assert pod.status.phase == "Succeeded", pod_log(pod)
+
+    lines = "".join(f"line {i}\n" for i in range(1, 6))
+    assert core.read_namespaced_pod_log("talker", namespace) == lines
+    assert core.read_namespaced_pod_log("talker", namespace, container="main", tail_lines=2) == "line 4\nline 5\n"
+    assert core.read_namespaced_pod_log("talker", namespace, limit_bytes=6) == "line 1"
+    assert core.read_namespaced_pod_log("talker", namespace, tail_lines=2, limit_bytes=3) == "lin"
+
+    # The API server itself rejects a container the pod spec lacks (400), before asking the node.
+    with pytest.raises(ApiException) as err:
+        core.read_namespaced_pod_log("talker", namespace, container="nope")
+    assert err.value.status in (400, 404) and "nope" in err.value.body, err.value
+
+    # The agent's own answers (what a kubelet says): 404 for pods and containers it does not have.
+    import ssl
+    import urllib.error
+    import urllib.request
+    port = core.read_node("lathe-node").status.daemon_endpoints.kubelet_endpoint.port
+    assert port > 0
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # self-signed, as the API server accepts it
+    for path in (f"{namespace}/no-such-pod/main", f"{namespace}/talker/nope"):
+        with pytest.raises(urllib.error.HTTPError) as http_err:
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/containerLogs/{path}", context=ctx, timeout=10)
+        assert http_err.value.code == 404 and b"not found" in http_err.value.read()
+
+
+def test_followed_pod_log_ends_with_the_container(k8s_client, node_agent, namespace):
+    """``follow=true`` streams what a running container prints and ends when it exits."""
+    core = client.CoreV1Api(k8s_client)
+    core.create_namespaced_pod(namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "follower"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "main", "image": "ignored",
+            "command": ["python", "-c", "import time; print('a', flush=True); time.sleep(1.5); print('b')"]}]},
+    })
+    wait_for(lambda: (lambda p: p.status and p.status.phase == "Running")(core.read_namespaced_pod("follower", namespace)),
+             timeout=60.0, interval=0.1, what="follower Running")
+    assert core.read_namespaced_pod_log("follower", namespace, follow=True, _request_timeout=30) == "a\nb\n"
+    assert _finished(core, "follower", namespace) is not None
