@@ -102,6 +102,37 @@ def test_waits_for_min_requests_and_metrics():
     assert s4.state == "RolledBack" and "not enough traffic" in s4.reason
 
 
+def test_min_requests_zero_needs_no_canary_traffic_but_still_judges_what_it_sees():
+    """minRequests 0 means zero (not 1): a step without canary requests passes on its pause, its
+    figures absent rather than failed; figures that are there still fail the step."""
+    spec = Rollout(steps=[RolloutStep(weight=10, pause_seconds=30, min_requests=0),
+                          RolloutStep(weight=100, pause_seconds=0, min_requests=0)],
+                   analysis=Analysis(max_error_rate=0.05, max_latency_ratio=1.5, max_p99_latency_ms=50))
+    tr = Traffic()
+    s0, _ = advance(spec, start(1, 2), tr.obs(), T0)
+    waiting, acts = advance(spec, s0, tr.add(1, 100, 1.0), T0 + timedelta(seconds=10))
+    assert acts == [] and waiting.state == "Progressing" and "0/0 canary requests" in waiting.reason
+    s, acts = advance(spec, s0, tr.obs(), T0 + timedelta(seconds=31))  # pause over, no canary request
+    assert s.state == "Progressing" and s.step == 1 and acts == [Route(((1, 0), (2, 100)))]
+    h = s.history[0]
+    assert h.decision == "Passed" and h.reason.startswith("no canary requests (minRequests 0)")
+    assert h.requests["2"] == 0 and "2" not in h.error_rate and "2" not in h.latency_ms
+    s, acts = advance(spec, s, tr.obs(), T0 + timedelta(seconds=31))  # 100%, pause 0: promoted at once
+    assert s.state == "Promoted" and acts == [Route(((2, 100),)), Serve((2,))]
+
+    errors, acts = advance(spec, s0, tr.add(2, 2, 1.0, f=1), T0 + timedelta(seconds=1))  # fails fast
+    assert errors.state == "RolledBack" and "error rate 0.5000" in errors.reason and acts[0] == Route(((1, 100),))
+    tr = Traffic()
+    s0, _ = advance(spec, start(1, 2), tr.obs(), T0)
+    tr.add(1, 100, 1.0)
+    slow, _ = advance(spec, s0, tr.add(2, 1, 4.0), T0 + timedelta(seconds=31))
+    assert slow.state == "RolledBack" and "4.00x" in slow.reason
+    tr = Traffic()
+    s0, _ = advance(spec, start(1, 2), tr.obs(), T0)
+    p99, _ = advance(spec, s0, tr.add(2, 1, 1.0, p99=80.0), T0 + timedelta(seconds=31))
+    assert p99.state == "RolledBack" and "p99" in p99.reason
+
+
 def test_resume_from_persisted_status_alone():
     """Operator restart: the status round-trips through JSON (the resource status) and decisions continue."""
     tr = Traffic()

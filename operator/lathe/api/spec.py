@@ -117,7 +117,7 @@ class InputSpec(Model):
 
 
 class ModelSource(Model):
-    uri: str = Field(min_length=1, description="Where the model is: a path, pvc://claim/path, https://... (needs sha256) or s3://bucket/key.")
+    uri: str = Field(min_length=1, description="Where the model is: a path, pvc://claim/path or https://... (needs sha256); s3:// is not supported yet.")
     format: ModelFormat = Field(ModelFormat.onnx, description="onnx, torchscript (torch.jit.save) or pytorch-export (torch.export.save).")
     sha256: str | None = Field(None, pattern=r"^[a-f0-9]{64}$", description="Verified before anything runs when given.")
     inputs: list[InputSpec] = Field(default_factory=list, description="Input names, shapes and dtypes; required to export PyTorch models.")
@@ -130,7 +130,8 @@ class Task(Model):
 
 
 class DataSet(Model):
-    uri: str = Field(min_length=1, description="An .npz file of arrays keyed by model input name, with optional `labels`.")
+    uri: str = Field(min_length=1, description="An .npz file of arrays keyed by model input name, with optional `labels`: a path, pvc://claim/path or https://... (needs sha256).")
+    sha256: str | None = Field(None, pattern=r"^[a-f0-9]{64}$", description="Verified before anything runs when given; required for https://.")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many samples.")
 
 

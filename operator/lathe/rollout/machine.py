@@ -191,7 +191,8 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
     measured = RolloutStepStatus(
         step=s.step, weight=step.weight,
         requests={str(canary): dc.requests, str(stable): ds.requests},
-        error_rate={str(canary): round(dc.error_rate, 6), str(stable): round(ds.error_rate, 6)},
+        # like latency: no figure for a version that had no requests this step
+        error_rate={str(v): round(x.error_rate, 6) for v, x in ((canary, dc), (stable, ds)) if x.requests},
         latency_ms={str(v): round(x.mean_ms, 4) for v, x in ((canary, dc), (stable, ds)) if x.mean_ms is not None},
         time=_iso(now))
 
@@ -202,7 +203,9 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
         s.canary_version, s.weights = None, {str(stable): 100}
         return s, [_route({stable: 100}), Serve((stable,))]
 
-    enough = dc.requests >= max(step.min_requests, 1)
+    # minRequests 0: the step needs no canary traffic; with none, error rate and latency are absent
+    # (not failed) and the step passes on its pause alone, but figures that are present still judge.
+    enough = dc.requests >= step.min_requests
     # fail fast on errors once the step has its minimum sample, even before the pause is over
     if enough and dc.error_rate > a.max_error_rate:
         return fail(f"canary error rate {dc.error_rate:.4f} > {a.max_error_rate} over {dc.requests:.0f} requests")
@@ -222,6 +225,8 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
         if ratio > a.max_latency_ratio:
             return fail(f"canary mean latency {dc.mean_ms:.2f} ms is {ratio:.2f}x stable {base:.2f} ms "
                         f"(max {a.max_latency_ratio}x)")
+    elif dc.requests == 0:
+        notes.append("no canary requests (minRequests 0): error rate and latency not measured")
     else:
         notes.append("latency ratio not measurable (no stable traffic)")
     if a.max_p99_latency_ms is not None:
@@ -232,8 +237,9 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
         else:
             measured.latency_ms["p99"] = round(dc.p99_ms, 4)
     measured.decision = PASSED
-    measured.reason = "; ".join([f"error rate {dc.error_rate:.4f}, mean {dc.mean_ms or 0:.2f} ms"
-                                 + (f" vs stable {base:.2f} ms" if base else "")] + notes)
+    figures = [] if dc.requests == 0 else [f"error rate {dc.error_rate:.4f}, mean {dc.mean_ms or 0:.2f} ms"
+                                            + (f" vs stable {base:.2f} ms" if base else "")]
+    measured.reason = "; ".join(figures + notes)
     s.history[-1] = measured
     if s.step + 1 >= len(steps):
         s.state, s.stable_version, s.canary_version = "Promoted", canary, None

@@ -1,6 +1,7 @@
 """Model and data locations: a local path (or file://), `pvc://claim/path` (mounted into Jobs under
-$LATHE_PVC_ROOT, default /mnt/pvc), `https://…` (sha256 required, downloaded once to a cache) and
-`s3://bucket/key` (only when boto3 is installed)."""
+$LATHE_PVC_ROOT, default /mnt/pvc), `https://…` (sha256 required, for data sets as for models:
+spec.data.*.sha256; downloaded once to a cache) and `s3://bucket/key` (only when boto3 is installed;
+the worker image has none, so the operator refuses s3:// locations before any Job runs)."""
 
 from __future__ import annotations
 

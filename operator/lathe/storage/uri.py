@@ -1,8 +1,8 @@
 """Parsing of model/data/repository locations (pure; resolving them is storage.resolve's job).
 
 Forms: a plain path, file:///path, pvc://claim/path (a PersistentVolumeClaim mounted into the
-Job at $LATHE_PVC_ROOT/claim), https://host/path (read-only, needs a sha256 for models) and
-s3://bucket/key."""
+Job at $LATHE_PVC_ROOT/claim), https://host/path (read-only, needs a sha256 for models and data) and
+s3://bucket/key (parsed, but refused by validation in this build: no S3 client in the worker)."""
 
 from __future__ import annotations
 
