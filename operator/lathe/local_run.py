@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from lathe.api.spec import ModelOptimizationSpec
-from lathe.api.status import CandidateResult, WorkerResult
+from lathe.evaluate.table import table, verdict_line
 
 
 def embedded_spec(out: Path) -> dict:
@@ -32,25 +32,6 @@ def load_spec(file: str) -> dict:
     if doc.get("kind") == "ModelOptimization":
         return doc.get("spec") or {}
     return doc
-
-
-def _fmt(v, spec: str = ".4f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def table(result: WorkerResult) -> str:
-    rows = [("candidate", "runtime", "verdict", result.metric, "drop", "p50 ms", "p99 ms", "speedup", "size MB",
-             "reason")]
-
-    def row(c: CandidateResult):
-        return (c.name + (" *" if c.name == result.winner else ""), c.runtime, c.verdict, _fmt(c.accuracy),
-                _fmt(c.accuracy_drop), _fmt(c.p50_ms, ".3f"), _fmt(c.p99_ms, ".3f"),
-                "-" if c.speedup is None else f"{c.speedup:.2f}x",
-                "-" if c.size_bytes is None else f"{c.size_bytes / 1e6:.2f}", c.reason[:70])
-
-    rows += [row(result.baseline)] + [row(c) for c in result.candidates]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def run_local(file: str | None, out: Path, quick: bool = False) -> int:
@@ -84,12 +65,7 @@ def run_local(file: str | None, out: Path, quick: bool = False) -> int:
     print()
     print(table(result))
     print()
-    if result.winner:
-        w = result.winner_result()
-        print(f"winner: {w.name} — {w.speedup:.2f}x faster than the baseline, {result.metric} drop "
-              f"{w.accuracy_drop:.4f}, {w.size_bytes / 1e6:.2f} MB")
-    else:
-        print("no candidate met the budget: nothing would be published")
+    print(verdict_line(result))
     if published:
         print(f"published: {published.model_name} version {published.version} ({published.flavour}) in "
               f"{published.repository}")

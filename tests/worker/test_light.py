@@ -6,16 +6,12 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from lathe.api.spec import parse_spec
-from lathe.api.status import CandidateResult, Latency, Verdict, WorkerResult
-from lathe.evaluate import budget as gate
-from lathe.evaluate.benchmark import benchmark
-from lathe.evaluate.select import pareto, select
+from lathe.api.status import CandidateResult, WorkerResult
 from lathe.storage import StorageError, resolve
 from lathe.worker import data
 from lathe.worker.errors import CoverageError, InvalidInput
@@ -146,54 +142,6 @@ def test_coverage_checks(tmp_path):
     assert any("outside the calibrated range" in m for m in rep.errors)
     few = data.coverage(cal.take(slice(0, 5)), val, cov)
     assert any("fewer than coverage.minSamples=10" in m for m in few.errors)
-
-
-def _res(name, acc, p50, verdict=Verdict.passed, size=1000, speedup=None):
-    return CandidateResult(name=name, accuracy=acc, p50_ms=p50, p99_ms=p50 * 1.2, verdict=verdict, size_bytes=size,
-                           speedup=speedup, latency=[Latency(batch=1, p50_ms=p50, p95_ms=p50, p99_ms=p50,
-                                                             throughput=1000 / p50)])
-
-
-def test_budget_reason_has_numbers():
-    base = CandidateResult(name="baseline", accuracy=1.0)
-    c = CandidateResult(name="x", accuracy=0.156, accuracy_drop=0.844, relative_drop=0.844, p99_ms=12.0,
-                        speedup=0.8, size_bytes=5_000_000)
-    b, notes = gate.effective_budget(parse_spec({"model": {"uri": "m"}, "data": {"validation": {"uri": "v"}},
-                                                 "budget": {"maxAccuracyDrop": 0.01, "maxP99LatencyMs": 10,
-                                                            "maxSizeMb": 4}}).budget, "cosine")
-    fails = gate.accuracy_failures(c, base, "cosine", b) + gate.performance_failures(c, b)
-    assert fails[0] == "mean cosine 0.156 < 0.990 allowed (drop 0.844 > 0.010)"
-    assert "p99 latency 12.00 ms > 10.00 ms allowed" in fails
-    assert "speedup 0.80x < 1.00x (no faster than the baseline)" in fails
-    assert "size 5.00 MB > 4.00 MB allowed" in fails
-    b2, notes2 = gate.effective_budget(parse_spec({"model": {"uri": "m"}, "data": {"validation": {"uri": "v"}}}).budget, "top1")
-    assert b2["max_accuracy_drop"] == 0.01 and notes2
-
-
-def test_select_and_pareto():
-    cands = [_res("slow-accurate", 0.99, 10.0), _res("fast", 0.97, 3.0), _res("dominated", 0.96, 5.0),
-             _res("fastest-rejected", 0.5, 1.0, Verdict.rejected, size=10)]
-    assert select(cands, "latency") == "fast"
-    assert select(cands, "size") == "fast" or select(cands, "size") == "slow-accurate"
-    assert pareto(cands, "top1") == ["fastest-rejected", "fast", "slow-accurate"]
-    assert select([_res("r", 0.1, 1.0, Verdict.rejected)], "latency") is None
-
-
-def test_benchmark_speedup_is_median_of_round_ratios():
-    def slow(_):
-        time.sleep(0.008)
-        return []
-
-    def fast(_):
-        time.sleep(0.002)
-        return []
-
-    res = benchmark({"baseline": slow, "fast": fast}, {1: {}}, "baseline", rounds=5, seconds=0.6)
-    assert res["baseline"].speedup == pytest.approx(1.0)
-    assert 1.5 < res["fast"].speedup < 8.0  # 4x nominal; sleeps overshoot on a loaded box
-    assert len(res["fast"].ratios) == 5
-    t = res["fast"].timings[1]
-    assert t.pct(50) <= t.pct(95) <= t.pct(99)
 
 
 def test_compact_fits_termination_message():

@@ -43,10 +43,13 @@ class Condition(Model):
 
 class Latency(Model):
     batch: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    throughput: float = Field(description="Samples per second.")
+    p50_ms: float = Field(description="Geometric mean over benchmark rounds of the per-round median latency.")
+    p95_ms: float | None = None
+    p99_ms: float | None = Field(None, description="Of the pooled timed calls; absent when fewer than 500 "
+                                                   "calls were timed (too few for a 99th percentile).")
+    throughput: float = Field(description="Samples per second measured while timed at this batch size "
+                                          "(geometric mean over rounds), not derived from p50.")
+    samples: int = Field(0, description="Timed calls behind these figures.")
 
 
 class CandidateResult(Model):
@@ -63,10 +66,15 @@ class CandidateResult(Model):
     latency: list[Latency] = Field(default_factory=list)
     p50_ms: float | None = None
     p99_ms: float | None = None
-    speedup: float | None = None
+    speedup: float | None = Field(None, description="Geometric mean over benchmark rounds of the paired "
+                                                    "ratio against the baseline (see speedupBasis).")
+    speedup_low: float | None = Field(None, description="Lower end of the speedup's 95% interval.")
+    speedup_high: float | None = Field(None, description="Upper end of the speedup's 95% interval.")
     size_bytes: int | None = None
     size_ratio: float | None = None
-    peak_memory_mb: float | None = None
+    peak_memory_mb: float | None = Field(None, description="Peak resident memory (MiB) added by loading the "
+                                                          "candidate afresh and running it at the largest batch "
+                                                          "size, measured in the worker (VmHWM).")
     float_nodes: list[str] = Field(default_factory=list, description="Nodes kept in float by automatic mixed precision.")
     precision: dict[str, int] = Field(default_factory=dict, description="Node count per runtime precision.")
     out_of_range: float | None = Field(None, description="Share of validation inputs outside the calibrated ranges.")
@@ -90,9 +98,14 @@ class WorkerResult(Model):
     baseline: CandidateResult
     candidates: list[CandidateResult] = Field(default_factory=list)
     winner: str | None = None
+    selection: str = Field("", description="Why the winner won, or why nothing is worth publishing.")
+    speedup_basis: str = Field("", description="What speedup and its interval are ratios of.")
     pareto: list[str] = Field(default_factory=list)
     report: str | None = Field(None, description="Path of the full JSON report next to the artifacts.")
     html_report: str | None = None
+    copies: list[str] = Field(default_factory=list, description="Where result.json and report.html were "
+                                                                "also written (spec.artifacts, beside the "
+                                                                "published version).")
     warnings: list[str] = Field(default_factory=list)
     environment: dict[str, str] = Field(default_factory=dict)
     seconds: float | None = None
@@ -106,7 +119,8 @@ class WorkerResult(Model):
         def small(c: CandidateResult, reason_len: int) -> dict:
             d = c.model_dump(by_alias=True, exclude_none=True,
                              include={"name", "runtime", "verdict", "reason", "accuracy", "accuracy_drop",
-                                      "p50_ms", "p99_ms", "speedup", "size_bytes", "artifact", "sha256"})
+                                      "p50_ms", "p99_ms", "speedup", "speedup_low", "speedup_high", "size_bytes",
+                                      "artifact", "sha256"})
             if "reason" in d:
                 d["reason"] = d["reason"][:reason_len]
             for k, v in d.items():
@@ -117,6 +131,8 @@ class WorkerResult(Model):
         for reason_len, keep in ((300, None), (120, None), (60, None), (40, 12), (0, 6)):
             cands = self.candidates if keep is None else _keep(self.candidates, self.winner, keep)
             doc = {"metric": self.metric, "winner": self.winner, "report": self.report,
+                   "selection": self.selection[:reason_len * 2], "speedupBasis": self.speedup_basis,
+                   "copies": self.copies,
                    "published": self.published.model_dump(by_alias=True, exclude_none=True) if self.published else None,
                    "baseline": small(self.baseline, reason_len),
                    "candidates": [small(c, reason_len) for c in cands],
@@ -178,6 +194,12 @@ class ModelOptimizationStatus(Model):
     winner: str | None = None
     speedup: str | None = Field(None, description="Winner's speedup, formatted for the printer column.")
     accuracy_drop: str | None = Field(None, description="Winner's accuracy drop, formatted for the printer column.")
-    report: str | None = None
+    selection: str | None = Field(None, description="Why the winner won, or why nothing is worth publishing.")
+    report: str | None = Field(None, description="result.json in the worker's working folder (gone with its pod "
+                                                 "unless spec.artifacts is set).")
+    report_copies: list[str] = Field(default_factory=list, description="Copies of result.json and report.html "
+                                                                       "that outlive the pod.")
+    report_config_map: str | None = Field(None, description="ConfigMap holding the full result for "
+                                                            "`lathe report`.")
     published: Published | None = None
     rollout: RolloutStatus | None = None

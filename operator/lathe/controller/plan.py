@@ -122,7 +122,11 @@ def condition(status: ModelOptimizationStatus, type_: str) -> Condition | None:
 
 
 def _fmt_speedup(c: CandidateResult | None) -> str | None:
-    return f"{c.speedup:.2f}x" if c and c.speedup is not None else None
+    if c is None or c.speedup is None:
+        return None
+    if c.speedup_low is None or c.speedup_high is None:
+        return f"{c.speedup:.2f}x"
+    return f"{c.speedup:.2f}x [{c.speedup_low:.2f}, {c.speedup_high:.2f}]"
 
 
 def _fmt_drop(c: CandidateResult | None) -> str | None:
@@ -236,6 +240,8 @@ def plan(world: World) -> Plan:
         st.metric = doc.get("metric")
         st.baseline, st.candidates = baseline, candidates
         st.report = doc.get("report")
+        st.report_copies = list(doc.get("copies") or [])
+        st.selection = doc.get("selection") or None
         st.winner = doc.get("winner")
         win = next((c for c in candidates if c.name == st.winner), None)
         st.speedup, st.accuracy_drop = _fmt_speedup(win), _fmt_drop(win)
@@ -243,9 +249,10 @@ def plan(world: World) -> Plan:
         summary = f"{passed}/{len(candidates)} candidates within budget"
         if win is None:
             reasons = "; ".join(f"{c.name}: {c.reason}" for c in candidates)[:900]
+            why = st.selection or "nothing published"
             set_condition(st, "Validated", False, "NoCandidateInBudget", f"{summary}: {reasons}", now, gen)
-            set_condition(st, "Ready", False, "NoCandidateInBudget", "nothing published", now, gen)
-            transition(Phase.rejected, "select", f"{summary}; nothing published", ("Warning", "NoCandidateInBudget"))
+            set_condition(st, "Ready", False, "NoCandidateInBudget", why, now, gen)
+            transition(Phase.rejected, "select", f"{summary}; {why}", ("Warning", "NoCandidateInBudget"))
             return out
         set_condition(st, "Validated", True, "CandidateSelected",
                       f"{summary}; winner {win.name} ({_fmt_speedup(win) or '?'} faster, drop {_fmt_drop(win)})",

@@ -1,10 +1,17 @@
 """Benchmark harness: candidates are timed in interleaved rounds (the machine drifts ±20-30% over
-a run), after warm-up, with the thread count fixed by the runner. Speedup is the median over rounds
-of baseline-median / candidate-median within the same round, at the first batch size."""
+a run), after warm-up, with the thread count fixed by the runner.
+
+One statistic serves the speedup column, its interval and the selection: per round r, each
+candidate's median latency m[r]; the speedup is the geometric mean over rounds of the paired ratios
+m_baseline[r] / m_candidate[r], with a Student t interval on their logarithms. Each candidate's
+reported p50 is the geometric mean of its round medians, so speedup = p50_baseline / p50_candidate
+exactly and no table can show a faster p50 beside a smaller speedup. Throughput is measured per
+round (samples / seconds spent in the timed calls) and summarised the same way."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,40 +22,94 @@ log = logging.getLogger("lathe.evaluate.benchmark")
 
 Feeds = dict[str, np.ndarray]
 
+# Fewer timed calls than this and a p99 is a statement about 1-4 samples, i.e. about whichever
+# calls the scheduler happened to preempt: it is reported as not measured instead.
+MIN_P99_SAMPLES = 500
+# Two-sided 95% Student t quantiles by degrees of freedom (rounds - 1).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t975(df: int) -> float:
+    if df <= 0:
+        return math.inf
+    return next((_T975[k] for k in sorted(_T975) if k >= df), 1.96)
+
+
+@dataclass
+class Ratio:
+    """A paired ratio against the baseline: geometric mean over rounds and its 95% interval."""
+    value: float
+    low: float
+    high: float
+    rounds: int
+
+    @classmethod
+    def of(cls, ratios: list[float]) -> Ratio | None:
+        logs = [math.log(r) for r in ratios if r > 0 and math.isfinite(r)]
+        if not logs:
+            return None
+        mean = float(np.mean(logs))
+        if len(logs) < 2:
+            return cls(math.exp(mean), 0.0, math.inf, len(logs))
+        half = t975(len(logs) - 1) * float(np.std(logs, ddof=1)) / math.sqrt(len(logs))
+        return cls(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(logs))
+
+    def faster(self) -> bool:
+        """True when the whole interval lies above 1.0: measurably faster than the baseline."""
+        return self.low > 1.0
+
+
+def geomean(xs: list[float]) -> float:
+    xs = [x for x in xs if x > 0]
+    return float(math.exp(np.mean(np.log(xs)))) if xs else float("nan")
+
 
 @dataclass
 class Timing:
     batch: int
     samples_ms: list[float] = field(default_factory=list)
     round_medians: list[float] = field(default_factory=list)
+    round_throughputs: list[float] = field(default_factory=list)
 
-    def pct(self, q: float) -> float:
-        return float(np.percentile(self.samples_ms, q)) if self.samples_ms else float("nan")
+    def pct(self, q: float) -> float | None:
+        """A percentile of the pooled calls; None for tail percentiles the sample cannot support."""
+        if not self.samples_ms or (q > 95 and len(self.samples_ms) < MIN_P99_SAMPLES):
+            return None
+        return float(np.percentile(self.samples_ms, q))
 
     @property
     def p50(self) -> float:
-        return self.pct(50)
+        """Geometric mean of the round medians (the statistic the speedup is made of)."""
+        return geomean(self.round_medians)
 
     @property
     def throughput(self) -> float:
-        return self.batch / (self.p50 / 1000.0) if self.samples_ms else 0.0
+        """Samples per second while timed, geometric mean over rounds (measured, not 1/p50)."""
+        return geomean(self.round_throughputs) if self.round_throughputs else 0.0
 
 
 @dataclass
 class BenchResult:
     name: str
     timings: dict[int, Timing] = field(default_factory=dict)
-    speedup: float | None = None
+    latency: Ratio | None = None  # p50 ratio at the first batch size
+    throughput: Ratio | None = None  # throughput ratio at the largest batch size
     ratios: list[float] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float | None:
+        return self.latency.value if self.latency else None
 
 
 def benchmark(runners: dict[str, Callable[[Feeds], list]], feeds: dict[int, Feeds], baseline: str,
-              rounds: int = 5, seconds: float = 30.0, warmup: int = 2, min_iters: int = 3, max_iters: int = 200,
+              rounds: int = 5, seconds: float = 30.0, warmup: int = 2, min_iters: int = 3, max_iters: int = 5000,
               progress: Callable[[str, float, str], None] | None = None) -> dict[str, BenchResult]:
-    """`feeds` maps batch size -> a batch; the first batch size decides the speedup."""
+    """`feeds` maps batch size -> a batch; the first batch size decides the latency speedup, the
+    largest the throughput gain. Each (candidate, batch, round) cell gets an equal share of
+    `seconds` (at least `min_iters` calls)."""
     names = list(runners)
     batches = list(feeds)
-    # warm-up and per-call estimate
     est: dict[tuple[str, int], float] = {}
     for name in names:
         for b in batches:
@@ -56,7 +117,7 @@ def benchmark(runners: dict[str, Callable[[Feeds], list]], feeds: dict[int, Feed
                 runners[name](feeds[b])
             t0 = time.perf_counter()
             runners[name](feeds[b])
-            est[(name, b)] = max(time.perf_counter() - t0, 1e-5)
+            est[(name, b)] = max(time.perf_counter() - t0, 1e-6)
     cell = seconds / max(1, len(names) * len(batches) * rounds)
     iters = {k: int(min(max_iters, max(min_iters, round(cell / v)))) for k, v in est.items()}
     res = {n: BenchResult(n, {b: Timing(b) for b in batches}) for n in names}
@@ -76,14 +137,18 @@ def benchmark(runners: dict[str, Callable[[Feeds], list]], feeds: dict[int, Feed
                 t = res[name].timings[b]
                 t.samples_ms.extend(lat)
                 t.round_medians.append(float(np.median(lat)))
+                t.round_throughputs.append(b * len(lat) / (sum(lat) / 1000.0))
                 done += 1
                 if progress is not None:
                     progress("benchmark", done / total, f"round {r + 1}/{rounds} batch {b} {name}")
-    first = batches[0]
-    base = res[baseline].timings[first].round_medians
+    first, largest = batches[0], max(batches)
+    base = res[baseline].timings
     for name in names:
-        mine = res[name].timings[first].round_medians
-        ratios = [bm / cm for bm, cm in zip(base, mine, strict=True) if cm > 0]
-        res[name].ratios = ratios
-        res[name].speedup = float(np.median(ratios)) if ratios else None
+        mine = res[name].timings
+        res[name].ratios = [bm / cm for bm, cm in zip(base[first].round_medians, mine[first].round_medians,
+                                                      strict=True) if cm > 0]
+        res[name].latency = Ratio.of(res[name].ratios)
+        res[name].throughput = Ratio.of([cm / bm for bm, cm in zip(base[largest].round_throughputs,
+                                                                   mine[largest].round_throughputs, strict=True)
+                                         if bm > 0])
     return res

@@ -22,9 +22,9 @@ def effective_budget(budget, metric: str, objective: str = "latency") -> tuple[d
         else:
             b["max_relative_drop"] = DEFAULT_MAX_RELATIVE[metric]
             notes.append(f"no accuracy budget given: using maxRelativeDrop={DEFAULT_MAX_RELATIVE[metric]}")
-    if b["min_speedup"] is None and objective == "latency":
-        b["min_speedup"] = 1.0
-        b["_default_speedup"] = True
+    # Unless the objective is size, a candidate must be measurably faster: its speedup interval
+    # lies above 1.0. A copy at 1.00x is not worth a rollout.
+    b["_require_faster"] = objective != "size"
     return b, notes
 
 
@@ -49,11 +49,16 @@ def accuracy_failures(c: CandidateResult, base: CandidateResult, metric: str, b:
 
 def performance_failures(c: CandidateResult, b: dict) -> list[str]:
     out = []
+    if b.get("_require_faster") and c.speedup is not None:
+        low = c.speedup_low if c.speedup_low is not None else c.speedup
+        if low <= 1.0:
+            shown = f"{c.speedup:.2f}x" + (f" [{c.speedup_low:.2f}, {c.speedup_high:.2f}]"
+                                           if c.speedup_low is not None and c.speedup_high is not None else "")
+            out.append(f"not measurably faster than the baseline: speedup {shown}, 95% interval reaches 1.0")
+    if b.get("min_speedup") is not None and c.speedup is not None and c.speedup < b["min_speedup"]:
+        out.append(f"speedup {c.speedup:.2f}x < {b['min_speedup']:.2f}x required")
     if b.get("max_p99_latency_ms") is not None and c.p99_ms is not None and c.p99_ms > b["max_p99_latency_ms"]:
         out.append(f"p99 latency {c.p99_ms:.2f} ms > {b['max_p99_latency_ms']:.2f} ms allowed")
-    if b.get("min_speedup") is not None and c.speedup is not None and c.speedup < b["min_speedup"]:
-        why = " (no faster than the baseline)" if b.get("_default_speedup") else " required"
-        out.append(f"speedup {c.speedup:.2f}x < {b['min_speedup']:.2f}x{why}")
     if b.get("max_size_mb") is not None and c.size_bytes is not None and c.size_bytes / 1e6 > b["max_size_mb"]:
         out.append(f"size {c.size_bytes / 1e6:.2f} MB > {b['max_size_mb']:.2f} MB allowed")
     return out
@@ -65,7 +70,9 @@ def passed_reason(c: CandidateResult, metric: str, b: dict) -> str:
         limit = b.get("max_accuracy_drop")
         bits.append(f"drop {c.accuracy_drop:.4f}" + (f" <= {limit:.3f}" if limit is not None else ""))
     if c.speedup is not None:
-        bits.append(f"speedup {c.speedup:.2f}x")
+        bits.append(f"speedup {c.speedup:.2f}x" + (f" [{c.speedup_low:.2f}, {c.speedup_high:.2f}]"
+                                                  if c.speedup_low is not None and c.speedup_high is not None
+                                                  else ""))
     if c.p99_ms is not None:
         bits.append(f"p99 {c.p99_ms:.2f} ms")
     if c.size_ratio is not None:

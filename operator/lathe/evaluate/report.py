@@ -1,5 +1,6 @@
-"""Self-contained HTML report: accuracy-vs-latency scatter (inline SVG) with the budget line and the
-Pareto front, the candidate table, and the sensitivity of the nodes kept in float."""
+"""Self-contained HTML report (inline SVG, no script, opens offline): accuracy against latency with
+each candidate's 95% interval, the budget line and the Pareto front; the candidate table; latency
+distributions per candidate; precision per layer; the sensitivity of the nodes kept in float."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from typing import Any
 
 from ..api.status import CandidateResult, WorkerResult
 from .metrics import HIGHER_IS_BETTER, LABEL
+from .table import speedup_text
 
 COLORS = {"passed": "#1a7f37", "rejected": "#cf222e", "failed": "#6e7781", "baseline": "#0969da"}
+PRECISION_COLORS = {"fp32": "#0969da", "fp16": "#8250df", "bf16": "#bf3989", "int8": "#1a7f37", "int4": "#9a6700",
+                    "fp8": "#bc4c00"}
+L, R, T, B = 60, 20, 20, 45  # plot margins
 
 
 def _fmt(v, nd=4):
@@ -21,65 +26,184 @@ def _fmt(v, nd=4):
     return html.escape(str(v))
 
 
-def scatter(wr: WorkerResult, allowed: float | None, max_p99: float | None, w: int = 640, h: int = 380) -> str:
+class _Axis:
+    """Linear, or log10 when the values span more than 8x."""
+
+    def __init__(self, lo: float, hi: float, a: float, b: float, allow_log: bool = True):
+        self.log = allow_log and lo > 0 and hi / lo > 8
+        if self.log:
+            self.lo, self.hi = math.log10(lo) - 0.08, math.log10(hi) + 0.08
+        else:
+            pad = (hi - lo) * 0.08 or abs(hi) * 0.05 or 0.01
+            self.lo, self.hi = lo - pad, hi + pad
+        self.a, self.b = a, b
+
+    def __call__(self, v: float) -> float:
+        x = math.log10(v) if self.log else v
+        return self.a + (x - self.lo) / (self.hi - self.lo) * (self.b - self.a)
+
+    def ticks(self, n: int = 5) -> list[float]:
+        vals = [self.lo + (self.hi - self.lo) * k / (n - 1) for k in range(n)]
+        return [10 ** v for v in vals] if self.log else vals
+
+
+def _svg_open(w: int, h: int, label: str) -> list[str]:
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+            f'font-size="11" role="img" aria-label="{html.escape(label)}">',
+            f'<rect x="{L}" y="{T}" width="{w - L - R}" height="{h - T - B}" fill="#fafafa" stroke="#ccc"/>']
+
+
+def scatter(wr: WorkerResult, allowed: float | None, details: dict[str, Any], max_p99: float | None = None,
+            w: int = 680, h: int = 400) -> str:
+    """Accuracy (y) against p50 latency (x) with the p50's 95% interval as a horizontal bar."""
     pts = [c for c in [wr.baseline, *wr.candidates] if c.accuracy is not None and c.p50_ms is not None]
     if not pts:
         return "<p>No candidate was measured.</p>"
-    xs = [c.p50_ms for c in pts]
+    cands = details.get("candidates", {})
+
+    def interval(c: CandidateResult) -> tuple[float, float]:
+        lo, hi = (cands.get(c.name, {}).get("p50_interval_ms") or [None, None])[:2]
+        return (lo if lo else c.p50_ms, hi if hi else c.p50_ms)
+
+    xs = [v for c in pts for v in (c.p50_ms, *interval(c))]
     ys = [c.accuracy for c in pts] + ([allowed] if allowed is not None else [])
-    log_x = min(xs) > 0 and max(xs) / min(xs) > 8  # a log axis when latencies span orders of magnitude
-    if log_x:
-        x0, x1 = math.log10(min(xs)) - 0.1, math.log10(max(xs)) + 0.15
-    else:
-        x0, x1 = 0.0, max(xs) * 1.15
-    y0, y1 = min(ys), max(ys)
-    pad = (y1 - y0) * 0.1 or abs(y1) * 0.01 or 0.01
-    y0, y1 = y0 - pad, y1 + pad
-    L, R, T, B = 60, 20, 20, 45
-
-    def sx(x):
-        x = math.log10(x) if log_x else x
-        return L + (x - x0) / (x1 - x0) * (w - L - R)
-
-    def sy(y):
-        return T + (y1 - y) / (y1 - y0) * (h - T - B)
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
-             f'<rect x="{L}" y="{T}" width="{w - L - R}" height="{h - T - B}" fill="#fafafa" stroke="#ccc"/>']
-    for k in range(5):
-        yv = y0 + (y1 - y0) * k / 4
-        xv = x0 + (x1 - x0) * k / 4
-        parts.append(f'<text x="{L - 5}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv:.4g}</text>')
-        xl = 10 ** xv if log_x else xv
-        parts.append(f'<text x="{sx(xl):.1f}" y="{h - B + 15}" text-anchor="middle">{xl:.3g}</text>')
-    parts.append(f'<text x="{(w + L) / 2}" y="{h - 8}" text-anchor="middle">p50 latency (ms{", log scale" if log_x else ""}), batch {wr.baseline.latency[0].batch if wr.baseline.latency else "?"}</text>')
-    parts.append(f'<text x="14" y="{(h - B) / 2}" transform="rotate(-90 14 {(h - B) / 2})" text-anchor="middle">{html.escape(LABEL.get(wr.metric, wr.metric))}</text>')
+    ax = _Axis(min(xs), max(xs), L, w - R)
+    ay = _Axis(min(ys), max(ys), h - B, T, allow_log=False)
+    parts = _svg_open(w, h, "accuracy against latency")
+    for xv, yv in zip(ax.ticks(), ay.ticks(), strict=True):
+        parts.append(f'<text x="{L - 5}" y="{ay(yv) + 4:.1f}" text-anchor="end">{yv:.4g}</text>')
+        parts.append(f'<text x="{ax(xv):.1f}" y="{h - B + 15}" text-anchor="middle">{xv:.3g}</text>')
+    batch = wr.baseline.latency[0].batch if wr.baseline.latency else "?"
+    parts.append(f'<text x="{(w + L) / 2}" y="{h - 8}" text-anchor="middle">p50 latency, ms{", log scale" if ax.log else ""}'
+                 f' (batch {batch}; bars: 95% interval)</text>')
+    parts.append(f'<text x="14" y="{(h - B) / 2}" transform="rotate(-90 14 {(h - B) / 2})" text-anchor="middle">'
+                 f'{html.escape(LABEL.get(wr.metric, wr.metric))}</text>')
     if allowed is not None:
-        parts.append(f'<line x1="{L}" x2="{w - R}" y1="{sy(allowed):.1f}" y2="{sy(allowed):.1f}" stroke="#cf222e" stroke-dasharray="6 4"/>'
-                     f'<text x="{w - R - 4}" y="{sy(allowed) - 4:.1f}" text-anchor="end" fill="#cf222e">accuracy budget</text>')
-    if max_p99 is not None and max_p99 > 0 and x0 <= (math.log10(max_p99) if log_x else max_p99) <= x1:
-        parts.append(f'<line y1="{T}" y2="{h - B}" x1="{sx(max_p99):.1f}" x2="{sx(max_p99):.1f}" stroke="#cf222e" stroke-dasharray="2 3"/>')
+        parts.append(f'<line class="budget" x1="{L}" x2="{w - R}" y1="{ay(allowed):.1f}" y2="{ay(allowed):.1f}" '
+                     f'stroke="#cf222e" stroke-width="2" stroke-dasharray="6 4"/>'
+                     f'<text x="{w - R - 4}" y="{ay(allowed) - 4:.1f}" text-anchor="end" fill="#cf222e">accuracy budget</text>')
+    if max_p99 is not None and max_p99 > 0 and min(xs) <= max_p99 <= max(xs):
+        parts.append(f'<line y1="{T}" y2="{h - B}" x1="{ax(max_p99):.1f}" x2="{ax(max_p99):.1f}" stroke="#cf222e" '
+                     f'stroke-dasharray="2 3"/>')
     front = [c for n in wr.pareto for c in pts if c.name == n]
     if len(front) > 1:
-        d = " ".join(f"{sx(c.p50_ms):.1f},{sy(c.accuracy):.1f}" for c in front)
+        d = " ".join(f"{ax(c.p50_ms):.1f},{ay(c.accuracy):.1f}" for c in front)
         parts.append(f'<polyline points="{d}" fill="none" stroke="#8250df" stroke-width="1.5"/>')
     for c in pts:
         col = COLORS.get(str(c.verdict), "#000")
+        lo, hi = interval(c)
+        y = ay(c.accuracy)
+        parts.append(f'<line class="interval" x1="{ax(lo):.1f}" x2="{ax(hi):.1f}" y1="{y:.1f}" y2="{y:.1f}" '
+                     f'stroke="{col}" stroke-width="3"/>')
         r = 7 if c.name == wr.winner else 4.5
         ring = ' stroke="#000" stroke-width="2"' if c.name == wr.winner else ""
-        parts.append(f'<circle cx="{sx(c.p50_ms):.1f}" cy="{sy(c.accuracy):.1f}" r="{r}" fill="{col}"'
-                     f'{ring}><title>{html.escape(c.name)}</title></circle>'
-                     f'<text x="{sx(c.p50_ms) + 7:.1f}" y="{sy(c.accuracy) - 6:.1f}">{html.escape(c.name)}</text>')
+        parts.append(f'<circle class="point" cx="{ax(c.p50_ms):.1f}" cy="{y:.1f}" r="{r}" fill="{col}"{ring}>'
+                     f'<title>{html.escape(c.name)}: {speedup_text(c)}</title></circle>'
+                     f'<text x="{ax(c.p50_ms) + 7:.1f}" y="{y - 6:.1f}">{html.escape(c.name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def distributions(wr: WorkerResult, details: dict[str, Any], w: int = 680) -> str:
+    """One box per candidate at the first batch size: whiskers p5-p95, box p25-p75, line p50."""
+    bench = details.get("benchmark", {})
+    rows = []
+    for c in [wr.baseline, *wr.candidates]:
+        batches = bench.get(c.name, {}).get("batches", {})
+        if not batches:
+            continue
+        first = next(iter(batches))
+        q = batches[first].get("quantiles_ms") or {}
+        if q:
+            rows.append((c, first, q, batches[first].get("samples", 0)))
+    if not rows:
+        return "<p>No latency was measured.</p>"
+    row_h = 26
+    h = T + B + row_h * len(rows)
+    ax = _Axis(min(q["p5"] for *_, q, _ in rows), max(q["p95"] for *_, q, _ in rows), 170, w - R)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             f'font-size="11" role="img" aria-label="latency distributions">']
+    for xv in ax.ticks():
+        parts.append(f'<line x1="{ax(xv):.1f}" x2="{ax(xv):.1f}" y1="{T}" y2="{h - B}" stroke="#eee"/>'
+                     f'<text x="{ax(xv):.1f}" y="{h - B + 15}" text-anchor="middle">{xv:.3g}</text>')
+    parts.append(f'<text x="{(w + 170) / 2}" y="{h - 8}" text-anchor="middle">latency per call, ms'
+                 f'{", log scale" if ax.log else ""} (batch {rows[0][1]}; whiskers p5-p95, box p25-p75)</text>')
+    for k, (c, _, q, n) in enumerate(rows):
+        y = T + row_h * k + row_h / 2
+        col = COLORS.get(str(c.verdict), "#000")
+        parts.append(f'<text x="165" y="{y + 4:.1f}" text-anchor="end">{html.escape(c.name)}</text>'
+                     f'<line x1="{ax(q["p5"]):.1f}" x2="{ax(q["p95"]):.1f}" y1="{y:.1f}" y2="{y:.1f}" stroke="{col}"/>'
+                     f'<rect class="box" x="{ax(q["p25"]):.1f}" y="{y - 8:.1f}" width="{max(ax(q["p75"]) - ax(q["p25"]), 1.5):.1f}" '
+                     f'height="16" fill="{col}" fill-opacity="0.35" stroke="{col}"><title>{html.escape(c.name)}: '
+                     f'p50 {q["p50"]:.4g} ms, {n} calls</title></rect>'
+                     f'<line x1="{ax(q["p50"]):.1f}" x2="{ax(q["p50"]):.1f}" y1="{y - 8:.1f}" y2="{y + 8:.1f}" '
+                     f'stroke="#000" stroke-width="2"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def precision_bars(wr: WorkerResult, details: dict[str, Any], w: int = 680) -> str:
+    """Per candidate, its nodes by the precision they run in (stacked bar), and the list per node."""
+    cands = [c for c in [wr.baseline, *wr.candidates] if c.precision]
+    if not cands:
+        return "<p>No precision audit.</p>"
+    row_h = 22
+    h = 20 + row_h * len(cands) + 24
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             f'font-size="11" role="img" aria-label="precision per layer">']
+    span = w - 170 - R
+    for k, c in enumerate(cands):
+        y = 10 + row_h * k
+        total = sum(c.precision.values()) or 1
+        x = 170.0
+        parts.append(f'<text x="165" y="{y + 13}" text-anchor="end">{html.escape(c.name)}</text>')
+        for prec, n in sorted(c.precision.items()):
+            width = span * n / total
+            parts.append(f'<rect class="precision" x="{x:.1f}" y="{y}" width="{width:.1f}" height="16" '
+                         f'fill="{PRECISION_COLORS.get(prec.lower(), "#8c959f")}"><title>{html.escape(prec)}: {n} nodes'
+                         f'</title></rect>')
+            x += width
+    legend_y = h - 8
+    x = 170
+    for prec, col in PRECISION_COLORS.items():
+        parts.append(f'<rect x="{x}" y="{legend_y - 9}" width="10" height="10" fill="{col}"/>'
+                     f'<text x="{x + 13}" y="{legend_y}">{prec}</text>')
+        x += 60
+    parts.append("</svg>")
+    lists = []
+    for name, d in details.get("candidates", {}).items():
+        nodes = d.get("precision_nodes")
+        if nodes:
+            rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(str(p))}</td></tr>" for n, p in nodes.items())
+            lists.append(f"<details><summary>{html.escape(name)}: {len(nodes)} nodes</summary><table>"
+                         f"<tr><th>node</th><th>runs in</th></tr>{rows}</table></details>")
+    return "".join(parts) + "".join(lists)
+
+
+def sensitivity(wr: WorkerResult, details: dict[str, Any]) -> str:
+    sens = []
+    for name, d in details.get("candidates", {}).items():
+        s = d.get("sensitivity")
+        if not s:
+            continue
+        kept = next((c.float_nodes for c in wr.candidates if c.name == name), [])
+        top = max((v for _, v in s), default=1.0) or 1.0
+        bars = "".join(
+            f'<tr><td>{"● " if n in kept else ""}{html.escape(n)}</td><td>{v:.4g}</td>'
+            f'<td><svg width="200" height="10"><rect width="{200 * max(v, 0) / top:.1f}" height="10" '
+            f'fill="{"#cf222e" if n in kept else "#8c959f"}"/></svg></td></tr>'
+            for n, v in s[:24])
+        sens.append(f"<h3>{html.escape(name)}</h3><p>Added relative output error per quantized node; ● = kept in float.</p>"
+                    f"<table><tr><th>node</th><th>error added</th><th></th></tr>{bars}</table>")
+    return "".join(sens) or "<p>No candidate needed mixed precision.</p>"
 
 
 def _row(c: CandidateResult, winner: str | None) -> str:
     cells = [("<b>" + html.escape(c.name) + "</b>" + (" ★" if c.name == winner else "")),
              f'<span style="color:{COLORS.get(str(c.verdict), "#000")}">{html.escape(str(c.verdict))}</span>',
              html.escape(c.passes), _fmt(c.accuracy), _fmt(c.accuracy_drop, 3), _fmt(c.min_cosine),
-             _fmt(c.p50_ms), _fmt(c.p99_ms), _fmt(c.speedup, 3),
-             _fmt(c.size_bytes / 1e6 if c.size_bytes else None, 3), _fmt(c.size_ratio, 3),
+             _fmt(c.p50_ms), _fmt(c.p99_ms), html.escape(speedup_text(c)),
+             _fmt(c.size_bytes / 1e6 if c.size_bytes else None, 3), _fmt(c.size_ratio, 3), _fmt(c.peak_memory_mb, 4),
              html.escape(", ".join(f"{k}:{v}" for k, v in sorted(c.precision.items()))),
              str(len(c.float_nodes)), html.escape(c.reason),
              html.escape(" | ".join(c.warnings))]
@@ -93,25 +217,12 @@ def html_report(wr: WorkerResult, spec, budget: dict, details: dict[str, Any]) -
         sign = 1 if HIGHER_IS_BETTER.get(metric, True) else -1
         allowed = wr.baseline.accuracy - sign * budget["max_accuracy_drop"]
     heads = ["candidate", "verdict", "passes", LABEL.get(metric, metric), "drop", "min cos", "p50 ms", "p99 ms",
-             "speedup", "MB", "size ratio", "precision", "float nodes", "reason", "warnings"]
+             "speedup [95%]", "MB", "size ratio", "peak MiB", "precision", "float nodes", "reason", "warnings"]
     rows = "".join(_row(c, wr.winner) for c in [wr.baseline, *wr.candidates])
     lat_rows = "".join(
-        f"<tr><td>{html.escape(c.name)}</td><td>{lat.batch}</td><td>{lat.p50_ms:.3f}</td><td>{lat.p95_ms:.3f}</td>"
-        f"<td>{lat.p99_ms:.3f}</td><td>{lat.throughput:.1f}</td></tr>"
+        f"<tr><td>{html.escape(c.name)}</td><td>{lat.batch}</td><td>{_fmt(lat.p50_ms)}</td><td>{_fmt(lat.p95_ms)}</td>"
+        f"<td>{_fmt(lat.p99_ms)}</td><td>{lat.throughput:.1f}</td><td>{lat.samples}</td></tr>"
         for c in [wr.baseline, *wr.candidates] for lat in c.latency)
-    sens = []
-    for name, d in details.get("candidates", {}).items():
-        s = d.get("sensitivity")
-        if not s:
-            continue
-        kept = next((c.float_nodes for c in wr.candidates if c.name == name), [])
-        top = max((v for _, v in s), default=1.0) or 1.0
-        bars = "".join(
-            f'<tr><td>{"● " if n in kept else ""}{html.escape(n)}</td><td>{v:.4g}</td>'
-            f'<td><svg width="200" height="10"><rect width="{200 * v / top:.1f}" height="10" fill="{"#cf222e" if n in kept else "#8c959f"}"/></svg></td></tr>'
-            for n, v in s[:24])
-        sens.append(f"<h3>{html.escape(name)}</h3><p>Added relative output error per quantized node; ● = kept in float.</p>"
-                    f"<table><tr><th>node</th><th>error added</th><th></th></tr>{bars}</table>")
     budget_txt = ", ".join(f"{k}={v}" for k, v in budget.items() if v is not None and not k.startswith("_"))
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in wr.warnings)
     env = ", ".join(f"{k} {v}" for k, v in wr.environment.items())
@@ -120,13 +231,19 @@ def html_report(wr: WorkerResult, spec, budget: dict, details: dict[str, Any]) -
 td,th{{border:1px solid #d0d7de;padding:3px 6px;vertical-align:top}}th{{background:#f6f8fa}}</style></head><body>
 <h1>Lathe optimization report</h1>
 <p>Model <code>{html.escape(spec.model.uri)}</code> · metric <b>{html.escape(LABEL.get(metric, metric))}</b> ·
-winner <b>{html.escape(wr.winner or "none (no candidate met the budget)")}</b> · budget {html.escape(budget_txt)} ·
+winner <b>{html.escape(wr.winner or "none")}</b> · budget {html.escape(budget_txt)} ·
 objective {html.escape(str(spec.objective))} · {wr.seconds}s</p>
+<p id="selection">{html.escape(wr.selection)}</p>
+<p>Speedup: {html.escape(wr.speedup_basis)}.</p>
 {"<ul>" + warn + "</ul>" if warn else ""}
-<h2>Accuracy vs latency</h2>{scatter(wr, allowed, budget.get("max_p99_latency_ms"))}
+<h2>Accuracy vs latency</h2>{scatter(wr, allowed, details, budget.get("max_p99_latency_ms"))}
 <p>Dashed red: the accuracy budget. Purple: Pareto front ({html.escape(", ".join(wr.pareto))}).</p>
 <h2>Candidates</h2><table><tr>{"".join(f"<th>{h}</th>" for h in heads)}</tr>{rows}</table>
-<h2>Latency per batch size</h2><table><tr><th>candidate</th><th>batch</th><th>p50</th><th>p95</th><th>p99</th><th>samples/s</th></tr>{lat_rows}</table>
-<h2>Sensitivity of nodes kept in float</h2>{"".join(sens) or "<p>No candidate needed mixed precision.</p>"}
+<h2>Latency distributions</h2>{distributions(wr, details)}
+<h2>Latency per batch size</h2><table><tr><th>candidate</th><th>batch</th><th>p50</th><th>p95</th><th>p99</th>
+<th>samples/s</th><th>timed calls</th></tr>{lat_rows}</table>
+<p>p99 "–": fewer than 500 timed calls, too few for a 99th percentile.</p>
+<h2>Precision per layer</h2>{precision_bars(wr, details)}
+<h2>Sensitivity of nodes kept in float</h2>{sensitivity(wr, details)}
 <p style="color:#6e7781">Environment: {html.escape(env)}</p>
 </body></html>"""

@@ -25,8 +25,9 @@ from ..api.spec import Candidate, ModelOptimizationSpec, metric_of, runtimes_of
 from ..api.status import CandidateResult, Latency, Verdict, WorkerResult
 from ..evaluate import budget as gate
 from ..evaluate.benchmark import benchmark
+from ..evaluate.memory import peak_added_mb
 from ..evaluate.metrics import drop, finite, score
-from ..evaluate.select import pareto, select
+from ..evaluate.select import choose, pareto
 from ..storage import sha256_file
 from . import data as datamod
 from .backends import get_backend, unavailable_reason
@@ -40,6 +41,7 @@ log = logging.getLogger("lathe.worker")
 
 BENCH_SECONDS = float(os.environ.get("LATHE_BENCH_SECONDS", "30"))
 BENCH_ROUNDS = int(os.environ.get("LATHE_BENCH_ROUNDS", "5"))
+REPORT_NODES = 400  # per-node precision kept for the report, per candidate
 FALLBACK_PROBE = 32  # samples a mixed-precision step is tried on before the full validation set
 
 
@@ -51,12 +53,17 @@ class Built:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except OSError:
-        return 0.0
+def _round(v: float | None, nd: int = 5) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+def _quantiles(samples: list[float]) -> dict[str, float]:
+    """The latency distribution in the report: a box plot's worth of quantiles."""
+    if not samples:
+        return {}
+    qs = {"min": 0, "p5": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "max": 100}
+    vals = np.percentile(samples, list(qs.values()))
+    return {k: round(float(v), 5) for k, v in zip(qs, vals, strict=True)}
 
 
 def _eval_batch(info: ModelInfo) -> int:
@@ -88,8 +95,9 @@ class Pipeline:
     def load(self) -> None:
         spec = self.spec
         self.progress("intake", 0.0, spec.model.uri)
-        val_path = fetch(spec.data.validation.uri, None, "validation data")
-        cal_path = fetch(spec.data.calibration.uri, None, "calibration data") if spec.data.calibration else None
+        val_path = fetch(spec.data.validation.uri, spec.data.validation.sha256, "validation data")
+        cal_path = (fetch(spec.data.calibration.uri, spec.data.calibration.sha256, "calibration data")
+                    if spec.data.calibration else None)
         val_arrays = datamod.read_npz(val_path, "validation")
         self.info, self.module = intake(spec, self.workdir, val_arrays, val_path)
         self.val = datamod.load(val_path, self.info.inputs, "validation", spec.data.validation.max_samples,
@@ -123,7 +131,6 @@ class Pipeline:
         self.progress("baseline", 0.0)
         backend = get_backend("onnxruntime")
         art = backend.build(self.info.onnx_path, self.workdir / "baseline", {})
-        rss = _rss_mb()
         runner = backend.load(art, self.threads)
         self.batch = _eval_batch(self.info)
         outs = infer(runner, self.val, self.batch)
@@ -134,7 +141,7 @@ class Pipeline:
         res = CandidateResult(name="baseline", runtime="onnxruntime", passes="fp32", verdict=Verdict.baseline,
                               reason="reference: the unmodified model on ONNX Runtime", metric=self.metric,
                               accuracy=s["value"], accuracy_drop=0.0, relative_drop=0.0, min_cosine=1.0,
-                              size_bytes=art.size_bytes(), size_ratio=1.0, peak_memory_mb=round(_rss_mb() - rss, 1),
+                              size_bytes=art.size_bytes(), size_ratio=1.0,
                               artifact=str(art.path), sha256=sha256_file(art.path))
         try:
             from .backends.onnxruntime import precision_counts  # noqa: PLC0415
@@ -213,7 +220,6 @@ class Pipeline:
         res.warnings = list(state.warnings)
         res.out_of_range = state.out_of_range
         art = backend.build(state.onnx_path, cdir, backend.build_options(ctx, state) if hasattr(backend, "build_options") else {})
-        rss = _rss_mb()
         runner = backend.load(art, self.threads)
         res.verdict = Verdict.passed  # provisional: the budget gate decides after the benchmark
         failures = self._validate(runner, res)
@@ -222,14 +228,15 @@ class Pipeline:
         fb = cand.fallback
         if failures and state.quantized and fb is not None and fb.enabled and fb.max_float_nodes > 0:
             art, runner, failures = self._mixed_precision(cand, ctx, state, backend, cdir, res, failures, details)
-        res.peak_memory_mb = round(max(_rss_mb() - rss, 0.0), 1)
         res.size_bytes = art.size_bytes()
         res.size_ratio = res.size_bytes / self.base.size_bytes if self.base.size_bytes else None
         try:
             if hasattr(backend, "precision"):
                 from collections import Counter  # noqa: PLC0415
 
-                res.precision = dict(Counter(backend.precision(art).values()))
+                per_node = backend.precision(art)
+                res.precision = dict(Counter(per_node.values()))
+                details["precision_nodes"] = dict(list(per_node.items())[:REPORT_NODES])
         except Exception as e:
             log.warning("precision audit of %s failed: %s", cand.name, e)
         res.artifact = str(art.path)
@@ -300,9 +307,14 @@ class Pipeline:
         for b in built:
             self._verdict(b)
         results = [b.result for b in built]
-        winner = select(results, str(self.spec.objective))
+        chosen = choose(results, str(self.spec.objective))
+        winner = chosen.winner
+        if winner is not None:
+            w = next(c for c in results if c.name == winner)
+            w.reason = f"{w.reason}; selected: {chosen.reason}"
         front = pareto([base.result] + results, self.metric)
         wr = WorkerResult(metric=self.metric, baseline=base.result, candidates=results, winner=winner, pareto=front,
+                          selection=chosen.reason, speedup_basis=getattr(self, "speedup_basis", ""),
                           warnings=list(dict.fromkeys(self.warnings)), environment=self._environment(),
                           report=str(self.workdir / "result.json"), html_report=str(self.workdir / "report.html"))
         wr.seconds = round(time.time() - t0, 1)
@@ -315,22 +327,58 @@ class Pipeline:
             if b.runner is not None and b.result.verdict != Verdict.failed:
                 runners[b.result.name] = b.runner
         feeds = {bs: self.val.batch_of(bs) for bs in self.spec.target.batch_sizes}
-        rss0 = _rss_mb()
         bench = benchmark(runners, feeds, "baseline", rounds=self.bench_rounds, seconds=self.bench_seconds,
                           progress=self.progress)
-        self.details["benchmark"] = {n: {"ratios": [round(x, 4) for x in r.ratios]} for n, r in bench.items()}
-        self.details["rss_after_benchmark_mb"] = round(_rss_mb() - rss0, 1)
+        by_throughput = str(self.spec.objective) == "throughput"
+        first, largest = next(iter(feeds)), max(feeds)
+        self.speedup_basis = (
+            (f"throughput at batch {largest}" if by_throughput else f"p50 latency at batch {first}")
+            + f": geometric mean over {self.bench_rounds} interleaved rounds of the per-round ratio against "
+              "the baseline, with its 95% interval")
+        self.details["benchmark"] = {
+            n: {"ratios": [round(x, 4) for x in r.ratios],
+                "batches": {str(bs): {"round_medians_ms": [round(x, 5) for x in t.round_medians],
+                                      "quantiles_ms": _quantiles(t.samples_ms), "samples": len(t.samples_ms)}
+                            for bs, t in r.timings.items()}}
+            for n, r in bench.items()}
         for b in [base, *built]:
             r = bench.get(b.result.name)
             if r is None:
                 continue
             c = b.result
-            c.latency = [Latency(batch=bs, p50_ms=round(t.p50, 4), p95_ms=round(t.pct(95), 4),
-                                 p99_ms=round(t.pct(99), 4), throughput=round(t.throughput, 2))
+            c.latency = [Latency(batch=bs, p50_ms=round(t.p50, 5), p95_ms=_round(t.pct(95)),
+                                 p99_ms=_round(t.pct(99)), throughput=round(t.throughput, 2),
+                                 samples=len(t.samples_ms))
                          for bs, t in r.timings.items()]
             c.p50_ms = c.latency[0].p50_ms
             c.p99_ms = c.latency[0].p99_ms
-            c.speedup = round(r.speedup, 4) if r.speedup is not None else None
+            if r.latency is not None and base.result.name in bench:
+                bp = bench[base.result.name].timings[first].p50
+                self.details["candidates"].setdefault(c.name, {})["p50_interval_ms"] = [
+                    round(bp / r.latency.high, 5) if r.latency.high > 0 else None, round(bp / r.latency.low, 5)
+                    if r.latency.low > 0 else None]
+            ratio = r.throughput if by_throughput else r.latency
+            if ratio is not None:
+                c.speedup, c.speedup_low, c.speedup_high = (round(ratio.value, 4), round(ratio.low, 4),
+                                                            round(ratio.high, 4))
+            c.peak_memory_mb = self._peak_memory(b, feeds[largest])
+
+    def _peak_memory(self, b: Built, feeds) -> float | None:
+        """Loaded afresh so that the peak includes building the session, then run twice."""
+        if b.artifact is None:
+            return None
+        backend = get_backend(b.result.runtime or "onnxruntime")
+
+        def work():
+            runner = backend.load(b.artifact, self.threads)
+            for _ in range(2):
+                runner(feeds)
+
+        try:
+            return peak_added_mb(work)
+        except Exception as e:  # informative only: never sinks a candidate
+            log.warning("peak memory of %s not measured: %s", b.result.name, e)
+            return None
 
     def _verdict(self, b: Built) -> None:
         c = b.result

@@ -1,0 +1,44 @@
+"""The plain-text candidate table `lathe run` and `lathe report` print."""
+
+from __future__ import annotations
+
+from ..api.status import CandidateResult, WorkerResult
+
+
+def _fmt(v, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def speedup_text(c: CandidateResult) -> str:
+    if c.speedup is None:
+        return "-"
+    if c.speedup_low is None or c.speedup_high is None:
+        return f"{c.speedup:.2f}x"
+    return f"{c.speedup:.2f}x [{c.speedup_low:.2f}-{c.speedup_high:.2f}]"
+
+
+def table(result: WorkerResult, reason_width: int = 70) -> str:
+    rows = [("candidate", "runtime", "verdict", result.metric, "drop", "p50 ms", "p99 ms", "speedup [95%]",
+             "size MB", "peak MiB", "reason")]
+
+    def row(c: CandidateResult):
+        return (c.name + (" *" if c.name == result.winner else ""), c.runtime, c.verdict, _fmt(c.accuracy),
+                _fmt(c.accuracy_drop), _fmt(c.p50_ms, ".3f"), _fmt(c.p99_ms, ".3f"), speedup_text(c),
+                "-" if c.size_bytes is None else f"{c.size_bytes / 1e6:.2f}", _fmt(c.peak_memory_mb, ".1f"),
+                c.reason[:reason_width])
+
+    rows += [row(result.baseline)] + [row(c) for c in result.candidates]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if result.speedup_basis:
+        lines.append(f"speedup: {result.speedup_basis}; p99 '-' = too few timed calls for a 99th percentile")
+    return "\n".join(lines)
+
+
+def verdict_line(result: WorkerResult) -> str:
+    w = result.winner_result()
+    if w is None:
+        return result.selection or "no candidate met the budget: nothing would be published"
+    size = f", {w.size_bytes / 1e6:.2f} MB" if w.size_bytes is not None else ""
+    drop = f", {result.metric} drop {w.accuracy_drop:.4f}" if w.accuracy_drop is not None else ""
+    return f"winner: {w.name} — {speedup_text(w)} faster than the baseline{drop}{size}. {result.selection}"
