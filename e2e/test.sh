@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
-bash e2e/node/install.sh  # containerd, runc, CNI plugins, docker.io, debootstrap (only what is missing)
+bash e2e/node/install.sh  # containerd, runc, CNI plugins, docker.io, debootstrap, chromium (only what is missing)
 e2e/setup.sh
 # Reuse finished builds across clones on the same machine (CI clones afresh).
 export LATHE_CONTROLPLANE_CACHE="${LATHE_CONTROLPLANE_CACHE:-$HOME/.cache/lathe/controlplane}"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the real test node and the image builds need: containerd + runc (the node's
 # CRI runtime), the CNI plugins (bridge, host-local, loopback), docker.io (builds the images) and
-# debootstrap (the base image, made without a registry). Idempotent: installs only what is missing.
+# debootstrap (the base image, made without a registry), and chromium (tests open the HTML report
+# headless). Idempotent: installs only what is missing.
 set -euo pipefail
 need=()
 command -v containerd >/dev/null || need+=(containerd)
@@ -10,8 +11,9 @@ command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
 command -v ip >/dev/null || need+=(iproute2)
+command -v chromium >/dev/null || need+=(chromium)
 if (( ${#need[@]} == 0 )); then
-  echo "node/install.sh: containerd, runc, docker.io, debootstrap, CNI plugins present"
+  echo "node/install.sh: containerd, runc, docker.io, debootstrap, CNI plugins, chromium present"
   exit 0
 fi
 echo "node/install.sh: installing ${need[*]}"

@@ -48,6 +48,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_local(args.file, Path(args.out), quick=args.quick)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lathe.report_cmd import report_main
+
+    return report_main(args.name, args.namespace, args.html, args.json)
+
+
 def _cmd_worker(argv: list[str]) -> int:
     from lathe.worker.main import worker_main
 
@@ -85,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default="lathe-out", help="working folder for models, data and the report")
     r.add_argument("--quick", action="store_true", help="fewer benchmark rounds (for smoke runs)")
     r.set_defaults(fn=_cmd_run)
+    rp = sub.add_parser("report", help="print a ModelOptimization's result (through the API server), or write "
+                                       "its HTML report")
+    rp.add_argument("name")
+    rp.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
+    rp.add_argument("--html", metavar="FILE", help="write the HTML report there")
+    rp.add_argument("--json", metavar="FILE", help="write the full result.json there")
+    rp.set_defaults(fn=_cmd_report)
     sub.add_parser("worker", help="the Job entrypoint (see `lathe worker --help`)")
     c = sub.add_parser("crd", help="print or write the CustomResourceDefinition")
     c.add_argument("-o", "--output")

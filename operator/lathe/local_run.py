@@ -36,6 +36,7 @@ def load_spec(file: str) -> dict:
 
 def run_local(file: str | None, out: Path, quick: bool = False) -> int:
     from lathe.worker.errors import InvalidInput, WorkerError
+    from lathe.worker.keep_report import keep
     from lathe.worker.pipeline import run
     from lathe.worker.publish_step import publish_winner
 
@@ -56,6 +57,7 @@ def run_local(file: str | None, out: Path, quick: bool = False) -> int:
     try:
         result = run(spec, out, bench_rounds=3 if quick else None)
         published = publish_winner(spec, result, out)
+        keep(spec, result, out)
     except InvalidInput as e:
         print(f"lathe run: bad input at {e.stage}: {e.message}", file=sys.stderr)
         return 2

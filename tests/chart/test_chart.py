@@ -11,7 +11,7 @@ import pytest
 from kubernetes_validate import validate
 
 from tests.chart.render import CHART, ROOT, one, render
-from tests.rbac.calls import CLUSTER_CALLS, CODE_CALLS, NAMESPACED
+from tests.rbac.calls import CLI_CALLS, CLUSTER_CALLS, CODE_CALLS, NAMESPACED
 
 NAMESPACED_VALUES = {"watchNamespaces": ["ml", "research"], "repositoryClaims": ["triton-models"]}
 MONITOR_VALUES = {"metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "kps"}}}}
@@ -87,13 +87,24 @@ def test_service_monitor_scrapes_the_metrics_service():
     assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
 
 
+def _roles(docs) -> dict[tuple[str, str | None], set[tuple[str, str, str]]]:
+    return {(d["kind"], d["metadata"].get("namespace")): grants(d) for d in docs if d["kind"] in ("Role", "ClusterRole")}
+
+
 def test_rbac_grants_exactly_what_the_operator_calls():
-    cluster = grants(one(render(), "ClusterRole"))
-    assert sorted(cluster) == sorted(set(NAMESPACED) | set(CLUSTER_CALLS))
-    for role in (d for d in render(NAMESPACED_VALUES) if d["kind"] == "Role"):
-        assert sorted(grants(role)) == NAMESPACED
-    no_gateway = grants(one(render({"rbac": {"gatewayRoutes": False}}), "ClusterRole"))
-    assert {r for _, r, _ in cluster - no_gateway} == {"httproutes"}
+    """Both ways: every call in tests/rbac/calls.py is granted, and nothing is granted that is not
+    there (the code's calls by call site, kopf's and the cluster-wide ones each with its reason)."""
+    # Cluster-wide: one ClusterRole, no Role beside it.
+    (cluster,) = _roles(render()).items()
+    assert cluster[0] == ("ClusterRole", None)
+    assert sorted(cluster[1]) == sorted(set(NAMESPACED) | set(CLUSTER_CALLS))
+    # Namespaced: one Role per watched namespace, nothing cluster-wide.
+    roles = _roles(render(NAMESPACED_VALUES))
+    assert sorted(roles) == [("Role", ns) for ns in sorted(NAMESPACED_VALUES["watchNamespaces"])]
+    for role in roles.values():
+        assert sorted(role) == NAMESPACED
+    no_gateway = _roles(render({"rbac": {"gatewayRoutes": False}}))[("ClusterRole", None)]
+    assert no_gateway < cluster[1] and {r for _, r, _ in cluster[1] - no_gateway} == {"httproutes"}
 
 
 # Kubernetes client methods: namespaced and custom-object calls, cluster-scoped kinds.
@@ -113,4 +124,5 @@ def test_the_call_table_lists_every_api_call_in_the_operator():
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.Attribute) and _API_METHOD.search(node.attr):
                 found.add((path.relative_to(pkg).as_posix(), node.attr))
-    assert sorted(found) == sorted(CODE_CALLS)
+    assert sorted(found - set(CLI_CALLS)) == sorted(CODE_CALLS)
+    assert set(CLI_CALLS) <= found  # the CLI's list names real call sites too

@@ -12,6 +12,9 @@ CODE_CALLS = {
     ("controller/reconcile.py", "delete_namespaced_job"): ("batch", "jobs", "delete"),
     ("controller/reconcile.py", "read_namespaced_persistent_volume_claim"): ("", "persistentvolumeclaims", "get"),
     ("controller/reconcile.py", "create_namespaced_event"): ("", "events", "create"),
+    ("controller/report_store.py", "read_namespaced_pod_log"): ("", "pods/log", "get"),
+    ("controller/report_store.py", "create_namespaced_config_map"): ("", "configmaps", "create"),
+    ("controller/report_store.py", "replace_namespaced_config_map"): ("", "configmaps", "update"),
     ("controller/observe.py", "list_namespaced_job"): ("batch", "jobs", "list"),
     ("controller/observe.py", "list_namespaced_pod"): ("", "pods", "list"),
     ("controller/observe.py", "read_namespaced_pod_log"): ("", "pods/log", "get"),
@@ -21,6 +24,13 @@ CODE_CALLS = {
         ("gateway.networking.k8s.io", "httproutes", "create"),
     ("controller/rollout_tick.py", "patch_namespaced_custom_object"):
         ("gateway.networking.k8s.io", "httproutes", "patch"),
+}
+
+# `lathe report` (report_cmd.py) runs on a user's machine with the user's kubeconfig, not as the
+# operator: what it reads is the user's to be granted (get on the resource and on its ConfigMap).
+CLI_CALLS = {
+    ("report_cmd.py", "get_namespaced_custom_object"): ("lathe.dev", "modeloptimizations", "get"),
+    ("report_cmd.py", "read_namespaced_config_map"): ("", "configmaps", "get"),
 }
 
 # kopf (standalone: no peering, no webhooks), in the watched namespaces or cluster-wide.

@@ -23,13 +23,18 @@ granted and every neighbour is not, against a real API server. */}}
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [list, watch, create, delete]
-# A finished Job's pods: the termination message, and the log tail of a failed one.
+# A finished Job's pods: the termination message, the log tail of a failed one, the full result
+# in the log of a successful one.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
+# The worker's full result, copied from its log, kept beside the resource for `lathe report`.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, update]
 # Validation: the claim behind a pvc:// URI exists.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]

@@ -48,7 +48,7 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
             continue
         labels = meta.get("labels") or {}
         state, reason = job_state(st)
-        exit_code = message = log_tail = None
+        exit_code = message = log_tail = pod_name = None
         if state != "active":
             pods = kube.call(core.list_namespaced_pod, namespace, label_selector=f"job-name={meta['name']}")["items"]
             pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
@@ -57,6 +57,7 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
                 if term is None:
                     continue
                 exit_code, message = term.get("exitCode"), term.get("message")
+                pod_name = pod["metadata"]["name"]
                 if state == "failed":
                     log_tail = _log_tail(core, namespace, pod["metadata"]["name"])
                 break
@@ -67,7 +68,7 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
         out.append(ObservedJob(
             name=meta["name"], generation=int(labels.get(GENERATION_LABEL, "0")),
             attempt=int(labels.get(ATTEMPT_LABEL, "0")), state=state, exit_code=exit_code, message=message,
-            log_tail=log_tail, reason=reason, started=st.get("startTime"), finished=finished))
+            log_tail=log_tail, reason=reason, started=st.get("startTime"), finished=finished, pod=pod_name))
     return out
 
 

@@ -38,6 +38,7 @@ class ObservedJob:
     started: str | None = None
     finished: str | None = None
     reason: str | None = None  # the Job's failure reason (DeadlineExceeded, …)
+    pod: str | None = None  # the pod whose termination message was read
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,14 @@ class AbandonRollout:
     rollout: RolloutStatus
 
 
-Action = CreateJob | DeleteJob | Event | Requeue | RolloutTick | AbandonRollout
+@dataclass(frozen=True)
+class KeepReport:
+    """Copy the full result from the worker pod's log into the resource's report ConfigMap."""
+    job: str
+    pod: str | None
+
+
+Action = CreateJob | DeleteJob | Event | Requeue | RolloutTick | AbandonRollout | KeepReport
 
 
 @dataclass
@@ -239,6 +247,7 @@ def plan(world: World) -> Plan:
             return out
         st.metric = doc.get("metric")
         st.baseline, st.candidates = baseline, candidates
+        actions.append(KeepReport(current.name, current.pod))
         st.report = doc.get("report")
         st.report_copies = list(doc.get("copies") or [])
         st.selection = doc.get("selection") or None

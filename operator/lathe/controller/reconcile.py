@@ -31,6 +31,7 @@ from .plan import (
     CreateJob,
     DeleteJob,
     Event,
+    KeepReport,
     Plan,
     Policy,
     Requeue,
@@ -201,6 +202,12 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
             from .rollout_tick import abandon
 
             abandon(ns, name, obj["spec"], action.rollout)
+        elif isinstance(action, KeepReport):
+            from .report_store import keep_report
+
+            why = keep_report(obj, action.pod, result.status, world.now, world.generation)
+            if why:
+                post_event(obj, "Warning", "ReportNotKept", f"full result of {action.job} not kept: {why}")
         elif isinstance(action, RolloutTick):
             from .rollout_tick import tick  # Triton client only loaded when a rollout runs
 

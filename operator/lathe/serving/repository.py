@@ -215,6 +215,9 @@ def publish(repository: str | os.PathLike, model_name: str, artifact_files: Sequ
             (vstage / name).write_bytes(data)
         if report_path is not None:
             shutil.copy2(report_path, vstage / "report.json")
+            html_report = Path(report_path).with_name("report.html")
+            if html_report.exists():  # the human-readable report travels with the version too
+                shutil.copy2(html_report, vstage / "report.html")
         meta = {"candidate": candidate_name, "flavour": fl.name, "runtime": runtime, "sha256": digest,
                 "file": main_file, "files": {n: sha256_file(vstage / n) for n in sorted(os.listdir(vstage))},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

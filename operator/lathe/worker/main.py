@@ -84,6 +84,9 @@ def worker_main(argv: list[str] | None = None) -> int:
         from .publish_step import publish_winner  # noqa: PLC0415
 
         publish_winner(spec, result, Path(args.workdir))
+        from .keep_report import emit, keep  # noqa: PLC0415
+
+        keep(spec, result, Path(args.workdir))
     except InvalidInput as e:
         log.error("invalid input at %s: %s", e.stage, e.message)
         _failure(term, "InvalidInput", e.stage, e.message)
@@ -97,12 +100,19 @@ def worker_main(argv: list[str] | None = None) -> int:
         _failure(term, "Crash", "worker", f"{type(e).__name__}: {e}")
         return 1
     _write_termination(term, result.compact())
+    emit(result, Path(args.workdir), result_budget(spec, result))
     w = result.winner_result()
     if w is not None:
         log.info("winner %s: %s", w.name, w.reason)
     else:
         log.info("no candidate met the budget")
     return 0
+
+
+def result_budget(spec, result) -> dict:
+    from ..evaluate.budget import effective_budget  # noqa: PLC0415
+
+    return effective_budget(spec.budget, result.metric, str(spec.objective))[0]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,94 @@
+"""Keeping the report after the pod: copies of result.json, details.json and report.html under
+spec.artifacts (a path or pvc://claim/path, in <namespace>/<name>/generation-<n>/ for a Job), the
+Triton version folder's own copy (written by the publisher), and the whole result in the worker's
+last log lines for the operator to keep in a ConfigMap (lathe.api.result_log)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from lathe.api import result_log
+from lathe.api.spec import ModelOptimizationSpec
+from lathe.api.status import WorkerResult
+from lathe.storage.uri import pvc_path
+
+from .errors import WorkerError
+
+log = logging.getLogger("lathe.worker.keep")
+FILES = ("result.json", "details.json", "report.html")
+
+
+def artifacts_dir(uri: str) -> Path:
+    """Where spec.artifacts is in this process: a path, file://path, or a mounted pvc://claim/path."""
+    if uri.startswith("pvc://"):
+        claim, _, sub = uri[len("pvc://"):].strip("/").partition("/")
+        if not claim or ".." in sub.split("/"):
+            raise WorkerError("report", f"spec.artifacts {uri!r}: want pvc://claim/path")
+        return pvc_path(claim, sub)
+    if "://" in uri and not uri.startswith("file://"):
+        raise WorkerError("report", f"spec.artifacts {uri!r}: only a path or pvc://claim/path can be written")
+    return Path(uri.removeprefix("file://")).expanduser()
+
+
+def _subfolder() -> str:
+    resource = os.environ.get("LATHE_RESOURCE")  # set by the operator's Job: namespace/name
+    if not resource:
+        return ""
+    return f"{resource}/generation-{os.environ.get('LATHE_GENERATION', '0')}"
+
+
+def keep(spec: ModelOptimizationSpec, result: WorkerResult, workdir: Path) -> list[str]:
+    """Copy the reports where they outlive the pod; returns their locations as the user wrote them
+    (also in result.copies). A location that cannot be written costs a warning, not the run."""
+    copies: list[str] = []
+    if result.published and result.published.path:
+        version_dir = Path(result.published.path)
+        copies += [str(version_dir / n) for n in ("report.json", "report.html") if (version_dir / n).exists()]
+    dest = None
+    if spec.artifacts:
+        sub = _subfolder()
+        try:
+            dest = artifacts_dir(spec.artifacts) / sub
+        except WorkerError as e:
+            result.warnings.append(e.message)
+        else:
+            shown = spec.artifacts.rstrip("/") + (f"/{sub}" if sub else "")
+            copies += [f"{shown}/{n}" for n in FILES]
+    result.copies = copies
+    (workdir / "result.json").write_text(result.model_dump_json(by_alias=True, indent=2))
+    if dest is not None:
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            for n in FILES:
+                if (workdir / n).exists():
+                    tmp = dest / f".{n}.part"
+                    shutil.copyfile(workdir / n, tmp)
+                    os.replace(tmp, dest / n)  # a reader never sees half a report
+        except OSError as e:
+            msg = f"report not kept in spec.artifacts {spec.artifacts}: {e}"
+            log.warning("%s", msg)
+            result.warnings.append(msg)
+            result.copies = [c for c in copies if not c.startswith(spec.artifacts.rstrip("/"))]
+            (workdir / "result.json").write_text(result.model_dump_json(by_alias=True, indent=2))
+    if result.copies:
+        log.info("report kept at %s", ", ".join(result.copies))
+    return result.copies
+
+
+def emit(result: WorkerResult, workdir: Path, budget: dict | None, out=None) -> None:
+    """The whole result as the last lines of stdout (see lathe.api.result_log)."""
+    out = out or sys.stdout
+    try:
+        details = json.loads((workdir / "details.json").read_text())
+    except (OSError, ValueError):
+        details = {}
+    doc = {"result": result.model_dump(by_alias=True, mode="json"), "details": details,
+           "budget": {k: v for k, v in (budget or {}).items()}}
+    for line in result_log.encode(doc):
+        print(line, file=out)
+    out.flush()
