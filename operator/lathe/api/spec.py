@@ -321,7 +321,7 @@ class ModelOptimizationSpec(Model):
     objective: Objective = Objective.latency
     tensorrt: TensorRTOptions | None = None
     publish: Publish | None = None
-    artifacts: str | None = Field(None, description="Where the worker keeps candidates and the full report (a path or pvc://claim/path); default: scratch space that ends with the Job.")
+    artifacts: str | None = Field(None, description="Where the worker keeps copies of result.json, details.json and report.html (a path or pvc://claim/path; a Job writes under <namespace>/<name>/generation-<n>/). Default: none beside the published version's copy and the operator's report ConfigMap.")
 
 
 def parse_spec(obj: dict[str, Any]) -> ModelOptimizationSpec:
