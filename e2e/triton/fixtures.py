@@ -33,8 +33,8 @@ def triton(triton_repo, tmp_path_factory):
                     pytrace=False)
     srv = TritonServer(triton_repo, workdir=tmp_path_factory.mktemp("triton"),
                        env={"LATHE_ALLOW_FAULT_INJECTION": "1"})
-    srv.start()
     try:
+        srv.start()  # inside the try: an interrupt while it starts must not leak the server
         yield srv
     finally:
         if not srv.alive():

@@ -26,7 +26,8 @@ from lathe.worker.intake import fetch
 def https_server(tmp_path_factory):
     """(base url, served directory, certificate path) of an HTTPS server on 127.0.0.1."""
     if not shutil.which("openssl"):
-        pytest.skip("openssl is needed to make the server's certificate")
+        pytest.fail("openssl is needed to make the server's certificate (Debian: apt-get install openssl)",
+                    pytrace=False)
     d = tmp_path_factory.mktemp("https")
     cert, key, root = d / "cert.pem", d / "key.pem", d / "www"
     root.mkdir()
@@ -43,17 +44,19 @@ def https_server(tmp_path_factory):
             pass
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+    t = None
     try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+        t = threading.Thread(target=srv.serve_forever, daemon=True)
+        t.start()
         yield f"https://127.0.0.1:{srv.server_address[1]}", root, cert
     finally:
-        srv.shutdown()
+        if t is not None:
+            srv.shutdown()
+            t.join(5)
         srv.server_close()
-        t.join(5)
 
 
 @pytest.fixture

@@ -82,6 +82,12 @@ def test_min_speedup_compares_the_point_estimate():
     assert gate.performance_failures(_c("y", 1.55, 1.3, 1.8), b) == []
 
 
+def test_min_speedup_zero_lifts_the_speed_rule():
+    slow = _c("x", 0.9, 0.8, 1.0)
+    assert gate.performance_failures(slow, _budget(minSpeedup=0)) == []
+    assert gate.performance_failures(slow, _budget())[0].startswith("not measurably faster")
+
+
 def test_budget_reason_has_numbers():
     base = CandidateResult(name="baseline", accuracy=1.0)
     c = CandidateResult(name="x", accuracy=0.156, accuracy_drop=0.844, relative_drop=0.844, p99_ms=12.0,

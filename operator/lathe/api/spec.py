@@ -236,7 +236,7 @@ class Budget(Model):
     max_accuracy_drop: float | None = Field(None, ge=0, description="Largest absolute drop of the metric against the baseline (e.g. 0.01 = 1 point of top-1).")
     max_relative_drop: float | None = Field(None, ge=0, le=1, description="Largest drop relative to the baseline metric.")
     max_p99_latency_ms: float | None = Field(None, gt=0)
-    min_speedup: float | None = Field(None, ge=0, description="Baseline p50 / candidate p50 at the first batch size.")
+    min_speedup: float | None = Field(None, ge=0, description="Least speedup (baseline p50 / candidate p50 at the first batch size; throughput ratio for objective throughput). Unset: the speedup's 95% interval must lie above 1.0 (unless the objective is size); 0: no speed requirement.")
     max_size_mb: float | None = Field(None, gt=0)
 
 

@@ -23,8 +23,9 @@ def effective_budget(budget, metric: str, objective: str = "latency") -> tuple[d
             b["max_relative_drop"] = DEFAULT_MAX_RELATIVE[metric]
             notes.append(f"no accuracy budget given: using maxRelativeDrop={DEFAULT_MAX_RELATIVE[metric]}")
     # Unless the objective is size, a candidate must be measurably faster: its speedup interval
-    # lies above 1.0. A copy at 1.00x is not worth a rollout.
-    b["_require_faster"] = objective != "size"
+    # lies above 1.0. A copy at 1.00x is not worth a rollout. An explicit minSpeedup: 0 says speed
+    # does not matter here (a pipeline check, a model chosen for accuracy) and lifts the rule.
+    b["_require_faster"] = objective != "size" and budget.min_speedup != 0
     return b, notes
 
 
