@@ -10,6 +10,7 @@ print the apply-to-promoted wall time for comparison."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -63,44 +64,46 @@ def installed(real_cluster, tmp_path_factory):
     from lathe.worker.samples import make_digits
 
     cp = real_cluster.cp
-    api = cp.api_client()
-    core = client.CoreV1Api(api)
-    ns = f"ml-{uuid.uuid4().hex[:6]}"
-    storage = tmp_path_factory.mktemp("cluster-storage")
-    storage.chmod(0o755)
-    models, repo = _shared_folder(storage / "models"), _shared_folder(storage / "triton-models")
-    sample = make_digits(models / "digits")
-    (models / "digits" / "corrupt.onnx").write_bytes(b"this is not an ONNX model" * 10)
-    for name in (OPERATOR_NS, ns):
-        core.create_namespace({"metadata": {"name": name}})
-    _hostpath_claim(core, ns, "models", models)
-    _hostpath_claim(core, ns, "triton-models", repo)
-    _hostpath_claim(core, OPERATOR_NS, "triton-models", repo)
+    # Everything started here is stopped on every path, a failed set-up included (last first).
+    with contextlib.ExitStack() as stack:
+        api = cp.api_client()
+        stack.callback(api.close)
+        core = client.CoreV1Api(api)
+        ns = f"ml-{uuid.uuid4().hex[:6]}"
+        storage = tmp_path_factory.mktemp("cluster-storage")
+        storage.chmod(0o755)
+        models, repo = _shared_folder(storage / "models"), _shared_folder(storage / "triton-models")
+        sample = make_digits(models / "digits")
+        (models / "digits" / "corrupt.onnx").write_bytes(b"this is not an ONNX model" * 10)
+        for name in (OPERATOR_NS, ns):
+            core.create_namespace({"metadata": {"name": name}})
+        _hostpath_claim(core, ns, "models", models)
+        _hostpath_claim(core, ns, "triton-models", repo)
+        _hostpath_claim(core, OPERATOR_NS, "triton-models", repo)
 
-    triton = TritonServer(repo, workdir=tmp_path_factory.mktemp("cluster-triton"), host=NODE_IP)
-    triton.start()
-    cfg = helm.Config(kubeconfig_path=str(cp.kubeconfig))
-    values = {"image": {"pullPolicy": "Never"},
-              "worker": {"resources": WORKER_RESOURCES, "maxAttempts": 1},
-              "watchNamespaces": [ns], "repositoryClaims": ["triton-models"],
-              "rolloutInterval": 1}  # as tests/e2e sets it: the two runs' wall times compare
-    t0 = time.monotonic()
-    try:
-        release = cfg.install(str(CHART), RELEASE, values, namespace=OPERATOR_NS, wait="watcher", timeout=240)
-        install_s = time.monotonic() - t0
-        print(f"helm install (to a ready operator pod) took {install_s:.1f}s")
-        yield {"cp": cp, "core": core, "api": api, "ns": ns, "sample": sample, "triton": triton, "repo": repo,
-               "release": release, "cluster": Cluster(api, cp.kubeconfig, ns), "node": real_cluster.node,
-               "images": real_cluster.images}
-    finally:
+        triton = TritonServer(repo, workdir=tmp_path_factory.mktemp("cluster-triton"), host=NODE_IP)
+        stack.callback(triton.stop)  # also when its start fails or is interrupted half-way
+        triton.start()
+        cfg = helm.Config(kubeconfig_path=str(cp.kubeconfig))
+        stack.callback(cfg.close)
+        values = {"image": {"pullPolicy": "Never"},
+                  "worker": {"resources": WORKER_RESOURCES, "maxAttempts": 1},
+                  "watchNamespaces": [ns], "repositoryClaims": ["triton-models"],
+                  "rolloutInterval": 1}  # as tests/e2e sets it: the two runs' wall times compare
+        t0 = time.monotonic()
         try:
-            print("operator log tail:\n" + _kubectl(cp, "-n", OPERATOR_NS, "logs", f"deploy/{RELEASE}-operator",
-                                                     "--tail=60", check=False))
-            cfg.uninstall(RELEASE, wait="watcher", timeout=120, ignore_not_found=True)
+            release = cfg.install(str(CHART), RELEASE, values, namespace=OPERATOR_NS, wait="watcher", timeout=240)
+            install_s = time.monotonic() - t0
+            print(f"helm install (to a ready operator pod) took {install_s:.1f}s")
+            yield {"cp": cp, "core": core, "api": api, "ns": ns, "sample": sample, "triton": triton, "repo": repo,
+                   "release": release, "cluster": Cluster(api, cp.kubeconfig, ns), "node": real_cluster.node,
+                   "images": real_cluster.images}
         finally:
-            cfg.close()
-            triton.stop()
-            api.close()
+            try:
+                print("operator log tail:\n" + _kubectl(cp, "-n", OPERATOR_NS, "logs", f"deploy/{RELEASE}-operator",
+                                                         "--tail=60", check=False))
+            finally:
+                cfg.uninstall(RELEASE, wait="watcher", timeout=120, ignore_not_found=True)
 
 
 def _kubectl(cp, *args: str, check: bool = True) -> str:

@@ -6,6 +6,7 @@ traffic -> promoted. A corrupt model ends Failed/InvalidInput through the same p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from e2e.controlplane.fixture import free_port
+from e2e.controlplane.fixture import free_port, kill_process_group
 from e2e.triton.server import TritonServer
 from tests.waiting import wait_for
 
@@ -84,6 +86,26 @@ class Load(threading.Thread):
             time.sleep(0.01)
 
 
+class Operator:
+    """`lathe operator` in its own process (what the chart's Deployment runs), restartable; its
+    output appended to one log across restarts."""
+
+    def __init__(self, env: dict, ns: str, log_path: Path):
+        self.env, self.ns, self.log_path = env, ns, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen([str(BIN / "lathe"), "operator", "--namespace", self.ns,
+                                          "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            kill_process_group(proc, grace=30)
+
+
 @pytest.fixture(scope="module")
 def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
     from lathe.worker.samples import make_digits
@@ -102,31 +124,30 @@ def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
     repo.mkdir(parents=True)
     work = tmp_path_factory.mktemp("e2e")
     triton = TritonServer(repo, workdir=work / "triton")
-    triton.start()
     metrics_port = free_port()
     env = dict(os.environ, KUBECONFIG=str(control_plane.kubeconfig),
                LATHE_WORKER_COMMAND=f"{BIN / 'lathe'} worker",
                LATHE_PVC_MOUNTS=json.dumps({"triton-models": str(repo)}),
                LATHE_METRICS_PORT=str(metrics_port), LATHE_ROLLOUT_INTERVAL="1", LATHE_MAX_ATTEMPTS="1")
-    log = open(work / "operator.log", "w")
-    op = subprocess.Popen([str(BIN / "lathe"), "operator", "--namespace", ns,
-                           "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
-                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield {"ns": ns, "cluster": Cluster(k8s_client, control_plane.kubeconfig, ns), "sample": sample,
-               "triton": triton, "repo": repo, "operator_log": work / "operator.log", "metrics_port": metrics_port}
-    finally:
-        try:  # what a user would see at the end (also the README's example output)
-            print("kubectl get mopt:\n" + Cluster(k8s_client, control_plane.kubeconfig, ns).kubectl("get", "mopt"))
-        except AssertionError as e:
-            print(e)
-        op.terminate()
+    op = Operator(env, ns, work / "operator.log")
+    # Both servers are stopped on every path: a failed start of either (a missing binary, a port
+    # taken, an interrupt) included; stop() of one not started does nothing.
+    with contextlib.ExitStack() as stack:
+        stack.callback(triton.stop)  # callbacks run last first: the operator, its log, then Triton
+        stack.callback(lambda: print("operator log tail:\n" + (work / "operator.log").read_text()[-4000:])
+                       if (work / "operator.log").exists() else None)
+        stack.callback(op.stop)
+        triton.start()
+        op.start()
         try:
-            op.wait(30)
-        except subprocess.TimeoutExpired:
-            op.kill()
-        triton.stop()
-        print("operator log tail:\n" + (work / "operator.log").read_text()[-4000:])
+            yield {"ns": ns, "cluster": Cluster(k8s_client, control_plane.kubeconfig, ns), "sample": sample,
+                   "triton": triton, "repo": repo, "operator": op, "operator_log": work / "operator.log",
+                   "metrics_port": metrics_port, "batch": client.BatchV1Api(k8s_client)}
+        finally:
+            try:  # what a user would see at the end (also the README's example output)
+                print("kubectl get mopt:\n" + Cluster(k8s_client, control_plane.kubeconfig, ns).kubectl("get", "mopt"))
+            except (AssertionError, OSError, subprocess.SubprocessError) as e:
+                print(e)
 
 
 def resource(name: str, e2e: dict, *, model: str = "pvc://models/digits/digits_cnn.pt", fmt="torchscript",
@@ -287,3 +308,84 @@ def test_corrupt_model_is_refused_with_a_clear_reason(e2e):
     cond = {c["type"]: c for c in st["conditions"]}["Validated"]
     assert cond["reason"] == "InvalidInput" and "corrupt.onnx" in cond["message"]
     assert sorted(p.name for p in (e2e["repo"] / "digits").iterdir()) == versions  # nothing published
+
+
+def test_operator_restart_mid_canary_continues_the_same_rollout(e2e):
+    """The operator restarted in the middle of a canary carries on from status: the same step (its
+    start kept), the same canary, the same Job, nothing published again, traffic unbroken; the step
+    ends `pause` after it began, not `pause` after the restart.
+
+    Its own resource and model, so it needs no other test before it; objective size (the int8
+    candidate is the smallest): what is tested is the restart, not the speed of this busy box."""
+    k, triton, sample = e2e["cluster"], e2e["triton"], e2e["sample"]
+    from tritonclient.http import InferenceServerClient
+
+    name, model, pause, down = "restart", "digits_restart", 30, 8
+
+    def doc(candidate: dict, rollout=None) -> dict:
+        d = resource(name, e2e, candidates=[candidate], rollout=rollout)
+        d["spec"]["objective"] = "size"
+        d["spec"]["publish"]["modelName"] = model
+        return d
+
+    def jobs() -> list[str]:
+        return sorted(j.metadata.uid for j in e2e["batch"].list_namespaced_job(
+            e2e["ns"], label_selector=f"lathe.dev/name={name}").items)
+
+    def when(t: str) -> datetime:
+        return datetime.fromisoformat(t.replace("Z", "+00:00"))
+
+    # Version 1, served at once (nothing served before).
+    k.apply(doc({"name": "optimized", "passes": [{"type": "graph-optimize", "level": "all"}]}))
+    st = k.wait(name, lambda s: s.get("phase") in ("Succeeded", "Failed", "Rejected", "RolledBack"), 300,
+                "version 1 done")
+    assert st["phase"] == "Succeeded" and st["published"]["version"] == 1, st.get("message")
+    c = InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+    held = {"steps": [{"weight": 30, "pauseSeconds": pause, "minRequests": 1}, {"weight": 100}],
+            "analysis": {"maxErrorRate": 0.0, "maxLatencyRatio": 5.0}}
+    load = Load(f"127.0.0.1:{triton.http_port}", f"{model}_router", np.load(sample["validation"])["input"])
+    load.start()
+    try:
+        wait_for(lambda: load.ok > 0 or load.failed > 0, 30, what="a first request to the router")
+        assert load.failed == 0, load.errors[:3]
+        # Generation 2: version 2 as a canary held at 30% for `pause` seconds.
+        k.apply(doc({"name": "int8-static", "passes": [{"type": "quantize", "precision": "int8", "mode": "static"}]},
+                    rollout=held))
+        st = k.wait(name, lambda s: s.get("observedGeneration") == 2
+                    and (s.get("rollout") or {}).get("state") == "Progressing"
+                    and (s["rollout"].get("weights") or {}).get(str(s["rollout"]["canaryVersion"])) == 30,
+                    300, "canary at 30%")
+        ro, job, published = st["rollout"], st["job"], st["published"]
+        assert ro["stableVersion"] == 1 and ro["canaryVersion"] == published["version"] == 2, ro
+        (measuring,) = [h for h in ro["history"] if h["decision"] == "Measuring"]
+        step_start = when(measuring["time"])
+        versions, uids = sorted(p.name for p in (e2e["repo"] / model).iterdir()), jobs()
+        e2e["operator"].stop()
+        stopped = datetime.now(UTC)
+        assert (stopped - step_start).total_seconds() < pause - down - 5, "the restart must land inside the step"
+        time.sleep(down)
+        restarted = datetime.now(UTC)
+        e2e["operator"].start()
+        st = k.wait(name, lambda s: (s.get("rollout") or {}).get("state") != "Progressing", 120,
+                    "canary decided after the restart")
+        time.sleep(1)  # requests in flight during the swap are counted too
+    finally:
+        load.stop.set()
+        load.join(10)
+    assert st["observedGeneration"] == 2 and st["phase"] == "Succeeded", st.get("message")
+    after = st["rollout"]
+    assert after["state"] == "Promoted" and after["stableVersion"] == 2, after
+    assert st["published"] == published
+    assert {f: st["job"][f] for f in ("name", "attempt", "generation")} == {
+        f: job[f] for f in ("name", "attempt", "generation")}
+    assert jobs() == uids  # the worker did not run again
+    assert sorted(p.name for p in (e2e["repo"] / model).iterdir()) == versions  # nothing published again
+    step = [h for h in after["history"] if h["step"] == 0 and h["weight"] == 30][-1]
+    decided = when(step["time"])
+    # Resumed, the step passes about `pause` after it began; measured afresh by the new operator,
+    # not before `pause` after the restart (`down` seconds and more after the step began).
+    assert step["decision"] == "Passed", after["history"]
+    assert (decided - step_start).total_seconds() >= pause, (step_start, decided)
+    assert decided < restarted + timedelta(seconds=pause - 3), (step_start, stopped, restarted, decided)
+    assert c.is_model_ready(model, "2") and not c.is_model_ready(model, "1")
+    assert load.failed == 0 and load.ok > 0, load.errors[:5]

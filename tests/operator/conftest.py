@@ -47,8 +47,12 @@ class OperatorThread:
 
         self.thread = threading.Thread(target=main, name="lathe-operator", daemon=True)
         self.thread.start()
-        if not ready.wait(30):
-            raise RuntimeError(f"operator did not become ready: {self.error!r}")
+        try:
+            if not ready.wait(30):
+                raise RuntimeError(f"operator did not become ready: {self.error!r}")
+        except BaseException:  # not ready, or interrupted: it must not keep running behind the tests
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -85,8 +89,10 @@ def operator_env(kubeconfig):
 @pytest.fixture(scope="session")
 def operator(operator_env, node_agent):
     op = OperatorThread(int(operator_env["LATHE_METRICS_PORT"])).start()
-    yield op
-    op.stop()
+    try:
+        yield op
+    finally:
+        op.stop()  # also the operator a test restarted (stop() of a stopped one does nothing)
 
 
 @pytest.fixture()

@@ -150,15 +150,36 @@ def test_spec_change_supersedes_the_running_job(operator, mopt):
     wait_for(lambda: any(e.reason == "SpecChanged" for e in mopt.events("changing")), what="SpecChanged event")
 
 
+def _job_finished(job) -> bool:
+    return bool(job.status.succeeded or job.status.failed)
+
+
 def test_restart_resumes_without_repeating_work(operator, mopt):
+    # Three resources across one restart: done before it, their Job finishing while the operator is
+    # down, and their Job running through it (stopped early in its run, started long before its end).
     mopt.create(mopt.body("resume", mopt.script("r", message=_result())))
     before = mopt.wait_phase("resume", "Succeeded")
+    mopt.create(mopt.body("whiledown", mopt.script("wd", sleep=8, message=_result())))
+    mopt.create(mopt.body("midrun", mopt.script("mr", sleep=25, message=_result())))
+    started = {n: wait_for(lambda n=n: mopt.status(n).get("stage") == "worker" and mopt.jobs(n), what=f"{n} job")
+               for n in ("whiledown", "midrun")}
+    assert all(len(jobs) == 1 and not _job_finished(jobs[0]) for jobs in started.values()), started
     operator.stop()
+    # Nothing reconciles now: the Job finishes and its result waits in the pod's termination message.
+    wait_for(lambda: _job_finished(mopt.jobs("whiledown")[0]), timeout=60, what="whiledown Job done, operator down")
+    assert mopt.status("whiledown")["stage"] == "worker", mopt.status("whiledown")
     operator.start()
-    # The resumed operator re-reconciles everything it finds; give it time to act if it were to.
-    wait_for(lambda: operator.thread.is_alive(), what="operator alive")
+    (running,) = mopt.jobs("midrun")
+    assert not _job_finished(running), "midrun's Job ended before the restart: the test needs a longer sleep"
+    assert mopt.status("midrun")["stage"] == "worker"
     mopt.create(mopt.body("after-restart", mopt.script("ar", message=_result())))
     mopt.wait_phase("after-restart", "Succeeded")
+    for name in ("whiledown", "midrun"):
+        st = mopt.wait_phase(name, "Succeeded", timeout=90)
+        (job,) = mopt.jobs(name)  # no second Job
+        assert job.metadata.uid == started[name][0].metadata.uid, f"{name}: its Job was deleted and made again"
+        assert st["job"]["name"] == job.metadata.name and st["job"]["attempt"] == 1, st["job"]
+        assert st["winner"] == "int8-dynamic" and [c["name"] for c in st["candidates"]] == ["int8-dynamic", "fp16"]
     assert len(mopt.jobs("resume")) == 1
     after = mopt.status("resume")
     assert after["job"] == before["job"] and after["candidates"] == before["candidates"]
@@ -166,11 +187,16 @@ def test_restart_resumes_without_repeating_work(operator, mopt):
 
 def test_delete_cleans_up_through_the_finalizer(operator, mopt):
     mopt.create(mopt.body("gone", mopt.script("g", sleep=60)))
-    wait_for(lambda: mopt.jobs("gone"), what="job")
+    (job,) = wait_for(lambda: mopt.jobs("gone"), what="job")
     # The first pass creates the Job before kopf adds the finalizer (the Job's ownerReference
     # covers that moment); the finalizer must follow.
     wait_for(lambda: "lathe.dev/finalizer" in (mopt.get("gone")["metadata"].get("finalizers") or []),
              what="finalizer")
+    # Owner-reference garbage collection deletes an owned Job once its owner is gone, finalizer or
+    # not. Out of its reach (no ownerReference), only the finalizer's own cleanup can delete the Job.
+    name = job.metadata.name
+    mopt.batch.patch_namespaced_job(name, mopt.ns, [{"op": "remove", "path": "/metadata/ownerReferences"}])
+    assert not mopt.batch.read_namespaced_job(name, mopt.ns).metadata.owner_references
     mopt.api.delete_namespaced_custom_object("lathe.dev", "v1alpha1", mopt.ns, "modeloptimizations", "gone")
 
     def gone():
@@ -179,8 +205,17 @@ def test_delete_cleans_up_through_the_finalizer(operator, mopt):
             return False
         except ApiException as e:
             return e.status == 404
+
+    def job_deleted():
+        try:
+            return mopt.batch.read_namespaced_job(name, mopt.ns).metadata.deletion_timestamp is not None
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return True
     wait_for(gone, what="resource removed")
-    wait_for(lambda: all(j.metadata.deletion_timestamp for j in mopt.jobs("gone")), what="jobs deleted")
+    # No waiting here: the finalizer held the resource until its cleanup had deleted the Job.
+    assert job_deleted(), f"Job {name} outlived its ModelOptimization"
 
 
 def test_metrics_are_served(operator, operator_env, mopt):

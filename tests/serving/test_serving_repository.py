@@ -110,9 +110,13 @@ def test_schema_check_rejects_bad_configs():
                      'output { name: "y" data_type: TYPE_FP32 dims: [4] }')
 
 
-def test_openvino_hook(tmp_path, digits_models):
-    """Another engineer's flavour plugs in through register_flavour()."""
+def test_openvino_hook(tmp_path, digits_models, monkeypatch):
+    """Another engineer's flavour plugs in through register_flavour(); the real one is back after."""
     from lathe.serving.config import Signature, TensorSig
+    from lathe.serving.openvino_flavour import OpenVINOFlavour
+
+    real = FLAVOURS["openvino"]
+    assert type(real) is OpenVINOFlavour  # registered by importing lathe.serving
 
     class OpenVINO(Flavour):
         name = "openvino"
@@ -128,14 +132,15 @@ def test_openvino_hook(tmp_path, digits_models):
 
     (tmp_path / "model.xml").write_text("<net/>")
     (tmp_path / "model.bin").write_bytes(b"\0")
-    register_flavour(OpenVINO())
-    try:
+    with monkeypatch.context() as m:
+        m.setitem(FLAVOURS, "openvino", real)  # restored on leaving the block, whatever happens in it
+        register_flavour(OpenVINO())
+        assert type(FLAVOURS["openvino"]) is OpenVINO
         p = publish(tmp_path / "r", "ov", [tmp_path / "model.xml", tmp_path / "model.bin"], "openvino",
                     spec(tmp_path), "ov-int8")  # flavour auto + runtime openvino
         assert p.flavour == "openvino"
         assert check_config((tmp_path / "r/ov/config.pbtxt").read_text()).backend == "openvino"
-    finally:
-        FLAVOURS.pop("openvino")
+    assert FLAVOURS["openvino"] is real
 
 
 def test_publish_versions_sha_report_and_policy(tmp_path, digits_models):

@@ -3,7 +3,9 @@ gate, selection, the reports."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 
 import numpy as np
 import onnx
@@ -51,19 +53,45 @@ def test_int8_is_smaller_and_accurate(run):
     assert result.baseline.accuracy > 0.97
 
 
+def _interval(c) -> tuple[float, float]:
+    """The speedup's 95% interval (the point estimate where none was computed)."""
+    return (c.speedup if c.speedup_low is None else c.speedup_low, c.speedup if c.speedup_high is None else c.speedup_high)
+
+
 def test_every_candidate_has_a_verdict_and_reason(run):
     result, _ = run
     for c in result.candidates:
         assert c.verdict in (Verdict.passed, Verdict.rejected), (c.name, c.verdict, c.reason)
         assert c.reason
-        assert c.p50_ms and c.p99_ms >= c.p50_ms and c.speedup and c.size_bytes
+        assert c.p50_ms and c.speedup and c.size_bytes
+        if c.p99_ms is not None:
+            assert c.p99_ms >= c.p50_ms
+        else:  # too few timed calls for a 99th percentile
+            assert c.latency and all(lat.samples < 500 for lat in c.latency), c.latency
+        low = _interval(c)[0]
         if c.verdict == Verdict.passed:
-            assert c.accuracy_drop <= 0.01 and c.speedup >= 1.0
-    if result.winner:
+            assert c.accuracy_drop <= 0.01 and c.speedup >= 1.0 and low > 1.0, c
+        else:  # rejected for a gate it broke: the accuracy budget, or not measurably faster
+            assert c.accuracy_drop > 0.01 or low <= 1.0, c
+    # Objective latency: the fastest candidate within budget wins; those whose speedup intervals
+    # overlap the fastest one's are tied with it, and the tie goes to the smallest drop, then size.
+    # None within budget, no winner.
+    passed = [c for c in result.candidates if c.verdict == Verdict.passed]
+    assert (result.winner is None) == (not passed), [(c.name, c.verdict, c.reason) for c in result.candidates]
+    if passed:
+        fastest = max(passed, key=lambda c: c.speedup)
+        lo, hi = _interval(fastest)
+        tied = [c for c in passed if _interval(c)[0] <= hi and lo <= _interval(c)[1]]
         w = result.winner_result()
-        assert w.verdict == Verdict.passed
+        assert w in tied, ([(c.name, c.speedup_low, c.speedup, c.speedup_high) for c in passed], w.name)
+        assert (w.accuracy_drop, w.size_bytes) == min((c.accuracy_drop, c.size_bytes) for c in tied), tied
         assert w.sha256 == sha256_file(w.artifact)
-        assert result.winner in result.pareto or w.p50_ms >= min(c.p50_ms for c in result.candidates)
+    # the Pareto front: exactly the measured points no other is both at least as fast and as accurate as
+    measured = [c for c in [result.baseline, *result.candidates] if c.verdict != Verdict.failed]
+    front = [c.name for c in sorted(measured, key=lambda c: c.p50_ms)
+             if not any(o is not c and o.p50_ms <= c.p50_ms and o.accuracy >= c.accuracy
+                        and (o.p50_ms < c.p50_ms or o.accuracy > c.accuracy) for o in measured)]
+    assert front and result.pareto == front, (result.pareto, [(c.name, c.p50_ms, c.accuracy) for c in measured])
 
 
 def test_structured_pruning_removes_parameters_and_time(run):
@@ -130,4 +158,20 @@ def test_mixed_precision_keeps_the_most_sensitive_nodes_in_float(digits, make_sp
     assert 1 <= len(q.float_nodes) <= 2
     assert q.float_nodes == ranked[: len(q.float_nodes)]
     assert q.verdict == Verdict.rejected and "kept in float" in q.reason
-    assert "Sensitivity" in (tmp_path / "w" / "report.html").read_text()
+    scores = dict(details["candidates"]["int8-static"]["sensitivity"])
+    rows = _sensitivity_rows((tmp_path / "w" / "report.html").read_text(), "int8-static")
+    assert [n for n, _, _ in rows] == ranked[:24], rows  # the ranking, most sensitive first (24 shown)
+    kept = [(n, score) for n, score, marked in rows if marked]
+    assert [n for n, _ in kept] == q.float_nodes, (kept, q.float_nodes)  # marked kept in float: those only
+    for n, score in kept:
+        assert score == pytest.approx(scores[n], rel=1e-3), (n, score, scores[n])
+
+
+def _sensitivity_rows(report: str, candidate: str) -> list[tuple[str, float, bool]]:
+    """(node, error added, marked as kept in float) per row of `candidate`'s table in the report's
+    sensitivity section."""
+    section = re.split(r"<h2>|<p style=", report.split("<h2>Sensitivity of nodes kept in float</h2>", 1)[1])[0]
+    assert f"<h3>{html.escape(candidate)}</h3>" in section, section[:500]
+    table = section.split(f"<h3>{html.escape(candidate)}</h3>", 1)[1].split("</table>", 1)[0]
+    return [(html.unescape(name), float(score), bool(mark))
+            for mark, name, score in re.findall(r"<tr><td>(● )?([^<]*)</td><td>([^<]*)</td>", table)]
