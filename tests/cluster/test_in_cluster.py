@@ -23,7 +23,7 @@ from kubernetes import client
 
 from e2e.node.fixture import NODE_IP
 from e2e.triton.server import TritonServer
-from tests.e2e.test_end_to_end import Cluster, canary_under_load, resource, triton_top1
+from tests.e2e.test_end_to_end import Cluster, assert_report_kept, canary_under_load, resource, triton_top1
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,7 +145,7 @@ def test_operator_runs_as_a_real_pod_with_its_own_identity(installed):
     assert "host=198.18.1.1" in env and "kc=none" in env and "token" in env, env
 
 
-def test_apply_to_promoted_canary_on_the_real_node(installed):
+def test_apply_to_promoted_canary_on_the_real_node(installed, tmp_path):
     k, triton, sample, core, ns = (installed[x] for x in ("cluster", "triton", "sample", "core", "ns"))
     e2e = {"triton": triton}
     t0 = time.monotonic()
@@ -168,6 +168,8 @@ def test_apply_to_promoted_canary_on_the_real_node(installed):
     assert st["published"]["version"] == 1 and st["rollout"]["state"] == "Promoted"
     win = next(c for c in st["candidates"] if c["name"] == st["winner"])
     assert triton_top1(triton, "digits", sample) == pytest.approx(win["accuracy"], abs=1e-5)
+    # The full result read from the real container's log (kubelet -> API server) by the operator pod.
+    assert_report_kept(k, st, "digits", tmp_path)
 
     # The worker ran as a real container from the worker image, placed by the scheduler.
     pods = core.list_namespaced_pod(ns, label_selector="lathe.dev/name=digits").items

@@ -142,7 +142,7 @@ def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
         try:
             yield {"ns": ns, "cluster": Cluster(k8s_client, control_plane.kubeconfig, ns), "sample": sample,
                    "triton": triton, "repo": repo, "operator": op, "operator_log": work / "operator.log",
-                   "metrics_port": metrics_port, "batch": client.BatchV1Api(k8s_client)}
+                   "metrics_port": metrics_port, "batch": client.BatchV1Api(k8s_client), "tmp": work}
         finally:
             try:  # what a user would see at the end (also the README's example output)
                 print("kubectl get mopt:\n" + Cluster(k8s_client, control_plane.kubeconfig, ns).kubectl("get", "mopt"))
@@ -172,6 +172,23 @@ def resource(name: str, e2e: dict, *, model: str = "pvc://models/digits/digits_c
                     {"name": "int8-static", "passes": [{"type": "quantize", "precision": "int8", "mode": "static"}]}],
                 "budget": {"maxAccuracyDrop": budget, "minSpeedup": 0.0},
                 "publish": publish}}
+
+
+def assert_report_kept(k: Cluster, st: dict, name: str, tmp: Path) -> None:
+    """The full result outlived the worker pod: in the resource's ConfigMap (read from the pod's
+    log through the API server), beside the published version, and readable by `lathe report`."""
+    assert st.get("reportConfigMap") == f"{name}-report", st.get("conditions")
+    cond = {c["type"]: c for c in st["conditions"]}["ReportKept"]
+    assert cond["status"] == "True", cond
+    version = st["published"]["version"]
+    assert f"pvc://triton-models/digits/{version}/report.html" in st["reportCopies"], st["reportCopies"]
+    html = tmp / f"{name}-report.html"
+    out = subprocess.run([str(BIN / "lathe"), "report", name, "-n", k.ns, "--html", str(html)],
+                         env={**os.environ, "KUBECONFIG": k.kubeconfig}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"result from ConfigMap {name}-report" in out.stdout and f"{st['winner']} *" in out.stdout, out.stdout
+    text = html.read_text()
+    assert 'class="box"' in text and 'class="interval"' in text  # distributions: the details came along
 
 
 def triton_top1(triton: TritonServer, model: str, sample: dict) -> float:
@@ -233,6 +250,8 @@ def test_apply_optimize_publish_serve_then_canary(e2e):
     table = k.kubectl("get", "mopt")
     print(f"kubectl get mopt after generation 1:\n{table}")
     assert "digits" in table and "Succeeded" in table and st["winner"] in table and st["speedup"] in table
+    assert (e2e["repo"] / "digits" / "1" / "report.html").is_file()
+    assert_report_kept(k, st, "digits", e2e["tmp"])
 
     # 2. A spec change (generation 2) publishes version 2 and rolls it out as a canary under traffic.
     st, load, canary_s = canary_under_load(k, e2e, sample, timeout=600)

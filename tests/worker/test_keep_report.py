@@ -64,7 +64,9 @@ def test_the_published_version_folder_is_listed(tmp_path, monkeypatch):
     wr.published = {"repository": str(tmp_path / "repo"), "model_name": "digits", "version": 4, "flavour": "onnx",
                     "sha256": "0" * 64, "candidate": "int8", "path": str(version)}
     wr = WorkerResult.model_validate(wr.model_dump())
-    assert keep(_spec(None), wr, work) == [str(version / "report.json"), str(version / "report.html")]
+    wr.published.repository = "pvc://triton-models/"  # as the spec names it; the pod mounts it elsewhere
+    assert keep(_spec(None), wr, work) == ["pvc://triton-models/digits/4/report.json",
+                                           "pvc://triton-models/digits/4/report.html"]
 
 
 def test_emit_prints_a_block_holding_result_details_and_budget(tmp_path):

@@ -48,7 +48,10 @@ def keep(spec: ModelOptimizationSpec, result: WorkerResult, workdir: Path) -> li
     copies: list[str] = []
     if result.published and result.published.path:
         version_dir = Path(result.published.path)
-        copies += [str(version_dir / n) for n in ("report.json", "report.html") if (version_dir / n).exists()]
+        # As the user wrote the repository (pvc://claim/...), not where this pod mounts it.
+        shown = (f"{result.published.repository.rstrip('/')}/{result.published.model_name}/"
+                 f"{result.published.version}")
+        copies += [f"{shown}/{n}" for n in ("report.json", "report.html") if (version_dir / n).exists()]
     dest = None
     if spec.artifacts:
         sub = _subfolder()
