@@ -155,6 +155,14 @@ def test_mixed_precision_keeps_the_most_sensitive_nodes_in_float(digits, make_sp
     q = result.candidates[0]
     details = json.loads((tmp_path / "w" / "details.json").read_text())
     ranked = [n for n, _ in details["candidates"]["int8-static"]["sensitivity"]]
+    # Every quantized Conv and Gemm is ranked, also the Convs whose Relu the quantizer fused into
+    # them (their own output tensor is gone from the quantized graph), and with real differences.
+    import onnx
+
+    float_graph = onnx.load(str(result.baseline.artifact)).graph
+    quantizable = {n.name for n in float_graph.node if n.op_type in ("Conv", "Gemm")}
+    assert set(ranked) == quantizable, (ranked, quantizable)
+    assert sum(score > 1e-6 for _, score in details["candidates"]["int8-static"]["sensitivity"]) >= 2
     assert 1 <= len(q.float_nodes) <= 2
     assert q.float_nodes == ranked[: len(q.float_nodes)]
     assert q.verdict == Verdict.rejected and "kept in float" in q.reason

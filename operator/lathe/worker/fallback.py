@@ -16,6 +16,7 @@ import numpy as np
 from .data import Dataset
 
 log = logging.getLogger("lathe.worker.fallback")
+_FUSED_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid"}
 
 
 def _expose(path: Path, tensors: list[str], dst: Path) -> list[str]:
@@ -62,8 +63,20 @@ def sensitivity(float_path: Path, quant_path: Path, nodes: list[str], data: Data
     by_name = {n.name: n for n in g.node}
     nodes = [n for n in nodes if n in by_name]
     producer_out = {n: by_name[n].output[0] for n in nodes}
+    # ONNX Runtime's QDQ quantizer fuses an activation into the node before it (Conv+Relu): the
+    # quantized graph has no tensor of the Conv's own output, only the activation's. Compare there.
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    fused_out = {}
+    for n, out in producer_out.items():
+        after = consumers.get(out, [])
+        if len(after) == 1 and after[0].op_type in _FUSED_ACTIVATIONS:
+            fused_out[n] = after[0].output[0]
     data_in = {n: [i for i in by_name[n].input[:1]] for n in nodes}
-    tensors = list(dict.fromkeys(list(producer_out.values()) + [t for v in data_in.values() for t in v]))
+    tensors = list(dict.fromkeys(list(producer_out.values()) + list(fused_out.values())
+                                 + [t for v in data_in.values() for t in v]))
     sub = data.head(samples)
     with tempfile.TemporaryDirectory(prefix="lathe-sens-") as tmp:
         f_names = _expose(float_path, tensors, Path(tmp) / "f.onnx")
@@ -80,6 +93,8 @@ def sensitivity(float_path: Path, quant_path: Path, nodes: list[str], data: Data
     scores = []
     for n in nodes:
         out = producer_out[n]
+        if out not in err:
+            out = fused_out.get(n, out)
         if out not in err:
             continue
         inherited = max((err.get(t, 0.0) for t in data_in[n]), default=0.0)
