@@ -45,7 +45,7 @@ def _write_or_check(text: str, path: Path | None, check: bool, cmd: str) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from lathe.local_run import run_local
 
-    return run_local(args.file, Path(args.out), quick=args.quick)
+    return run_local(args.file, Path(args.out), quick=args.quick, example=args.example)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lathe", description=__doc__)
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="optimize, validate and select locally, no cluster needed")
-    r.add_argument("file", nargs="?", help="a ModelOptimization YAML (default: the embedded digits example)")
+    r.add_argument("file", nargs="?", help="a ModelOptimization YAML (default: the embedded example)")
+    r.add_argument("--example", metavar="NAME",
+                   help="the embedded example to run without a file: digits (default; a 32x32 CNN trained in "
+                        "seconds) or minilm (all-MiniLM-L6-v2 sentence embeddings, the transformer path)")
     r.add_argument("--out", default="lathe-out", help="working folder for models, data and the report")
     r.add_argument("--quick", action="store_true", help="fewer benchmark rounds (for smoke runs)")
     r.set_defaults(fn=_cmd_run)
