@@ -80,7 +80,7 @@ def run_local(file: str | None, out: Path, quick: bool = False, example: str | N
         print("lathe run: invalid spec:\n  " + "\n  ".join(found), file=sys.stderr)
         return 2
     try:
-        result = run(spec, out, bench_rounds=3 if quick else None)
+        result = run(spec, out, bench_rounds=5 if quick else None)
         published = publish_winner(spec, result, out)
         keep(spec, result, out)
     except InvalidInput as e:

@@ -40,7 +40,8 @@ from .progress import Progress, ProgressFn
 log = logging.getLogger("lathe.worker")
 
 BENCH_SECONDS = float(os.environ.get("LATHE_BENCH_SECONDS", "30"))
-BENCH_ROUNDS = int(os.environ.get("LATHE_BENCH_ROUNDS", "5"))
+# Rounds are paired samples of the speedup: ten halve the interval of five for the same seconds.
+BENCH_ROUNDS = int(os.environ.get("LATHE_BENCH_ROUNDS", "10"))
 REPORT_NODES = 400  # per-node precision kept for the report, per candidate
 FALLBACK_PROBE = 32  # samples a mixed-precision step is tried on before the full validation set
 
