@@ -165,15 +165,17 @@ def _finished(core, name, namespace):
     return p if p.status and p.status.phase in ("Succeeded", "Failed") else None
 
 
+def _python_pod(name: str, script: str) -> dict:
+    """A one-container pod the agent runs as `python -c script` (its image is ignored)."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"restartPolicy": "Never",
+                     "containers": [{"name": "main", "image": "ignored", "command": ["python", "-c", script]}]}}
+
+
 def test_pod_log_through_the_api_server(k8s_client, node_agent, namespace):
     """kube-apiserver proxies pods/log to the agent's log server, as it does to a kubelet."""
     core = client.CoreV1Api(k8s_client)
-    core.create_namespaced_pod(namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "talker"},
-        "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "main", "image": "ignored",
-            "command": ["python", "-c", "for i in range(1, 6): print(f'line {i}', flush=True)"]}]},
-    })
+    core.create_namespaced_pod(namespace, _python_pod("talker", "for i in range(1, 6): print(f'line {i}', flush=True)"))
     pod = wait_for(lambda: _finished(core, "talker", namespace), timeout=60.0, interval=0.2, what="talker to finish")
     assert pod.status.phase == "Succeeded", pod_log(pod)
 
@@ -205,12 +207,8 @@ def test_pod_log_through_the_api_server(k8s_client, node_agent, namespace):
 def test_followed_pod_log_ends_with_the_container(k8s_client, node_agent, namespace):
     """``follow=true`` streams what a running container prints and ends when it exits."""
     core = client.CoreV1Api(k8s_client)
-    core.create_namespaced_pod(namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "follower"},
-        "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "main", "image": "ignored",
-            "command": ["python", "-c", "import time; print('a', flush=True); time.sleep(1.5); print('b')"]}]},
-    })
+    core.create_namespaced_pod(namespace, _python_pod(
+        "follower", "import time; print('a', flush=True); time.sleep(1.5); print('b')"))
     wait_for(lambda: (lambda p: p.status and p.status.phase == "Running")(core.read_namespaced_pod("follower", namespace)),
              timeout=60.0, interval=0.1, what="follower Running")
     assert core.read_namespaced_pod_log("follower", namespace, follow=True, _request_timeout=30) == "a\nb\n"

@@ -61,7 +61,7 @@ def test_full_result_kept_in_a_config_map_and_read_by_lathe_report(operator, mop
     out = _lathe_report(kubeconfig, "digits", "-n", mopt.ns, "--html", str(html), "--json", str(js))
     assert out.returncode == 0, out.stderr
     assert "result from ConfigMap digits-report" in out.stdout
-    assert "int8-dynamic *" in out.stdout and "1.73x [1.60-1.85]" in out.stdout
+    assert "int8-dynamic *" in out.stdout and "1.73x [1.60, 1.85]" in out.stdout
     assert "winner: int8-dynamic" in out.stdout
     assert WorkerResult.model_validate_json(js.read_text()).winner == "int8-dynamic"
     text = html.read_text()

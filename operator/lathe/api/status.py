@@ -82,6 +82,15 @@ class CandidateResult(Model):
     artifact: str | None = None
     sha256: str | None = None
 
+    def speedup_text(self) -> str | None:
+        """'1.52x [1.45, 1.60]' (with the 95% interval when measured); None without a speedup.
+        The one spelling of a speedup: table, report, reasons, status."""
+        if self.speedup is None:
+            return None
+        if self.speedup_low is None or self.speedup_high is None:
+            return f"{self.speedup:.2f}x"
+        return f"{self.speedup:.2f}x [{self.speedup_low:.2f}, {self.speedup_high:.2f}]"
+
 
 class Published(Model):
     repository: str

@@ -130,11 +130,7 @@ def condition(status: ModelOptimizationStatus, type_: str) -> Condition | None:
 
 
 def _fmt_speedup(c: CandidateResult | None) -> str | None:
-    if c is None or c.speedup is None:
-        return None
-    if c.speedup_low is None or c.speedup_high is None:
-        return f"{c.speedup:.2f}x"
-    return f"{c.speedup:.2f}x [{c.speedup_low:.2f}, {c.speedup_high:.2f}]"
+    return c.speedup_text() if c else None
 
 
 def _fmt_drop(c: CandidateResult | None) -> str | None:

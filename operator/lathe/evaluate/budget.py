@@ -53,9 +53,8 @@ def performance_failures(c: CandidateResult, b: dict) -> list[str]:
     if b.get("_require_faster") and c.speedup is not None:
         low = c.speedup_low if c.speedup_low is not None else c.speedup
         if low <= 1.0:
-            shown = f"{c.speedup:.2f}x" + (f" [{c.speedup_low:.2f}, {c.speedup_high:.2f}]"
-                                           if c.speedup_low is not None and c.speedup_high is not None else "")
-            out.append(f"not measurably faster than the baseline: speedup {shown}, 95% interval reaches 1.0")
+            out.append(f"not measurably faster than the baseline: speedup {c.speedup_text()}, 95% interval "
+                       "reaches 1.0")
     if b.get("min_speedup") is not None and c.speedup is not None and c.speedup < b["min_speedup"]:
         out.append(f"speedup {c.speedup:.2f}x < {b['min_speedup']:.2f}x required")
     if b.get("max_p99_latency_ms") is not None and c.p99_ms is not None and c.p99_ms > b["max_p99_latency_ms"]:
@@ -71,9 +70,7 @@ def passed_reason(c: CandidateResult, metric: str, b: dict) -> str:
         limit = b.get("max_accuracy_drop")
         bits.append(f"drop {c.accuracy_drop:.4f}" + (f" <= {limit:.3f}" if limit is not None else ""))
     if c.speedup is not None:
-        bits.append(f"speedup {c.speedup:.2f}x" + (f" [{c.speedup_low:.2f}, {c.speedup_high:.2f}]"
-                                                  if c.speedup_low is not None and c.speedup_high is not None
-                                                  else ""))
+        bits.append(f"speedup {c.speedup_text()}")
     if c.p99_ms is not None:
         bits.append(f"p99 {c.p99_ms:.2f} ms")
     if c.size_ratio is not None:

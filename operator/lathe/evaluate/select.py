@@ -23,11 +23,7 @@ class Selection:
 
 
 def _interval(c: CandidateResult) -> str:
-    if c.speedup is None:
-        return "speedup not measured"
-    if c.speedup_low is None or c.speedup_high is None:
-        return f"{c.speedup:.2f}x"
-    return f"{c.speedup:.2f}x [{c.speedup_low:.2f}, {c.speedup_high:.2f}]"
+    return c.speedup_text() or "speedup not measured"
 
 
 def _overlap(a: CandidateResult, b: CandidateResult) -> bool:

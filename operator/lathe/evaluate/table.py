@@ -10,11 +10,7 @@ def _fmt(v, spec: str = ".4f") -> str:
 
 
 def speedup_text(c: CandidateResult) -> str:
-    if c.speedup is None:
-        return "-"
-    if c.speedup_low is None or c.speedup_high is None:
-        return f"{c.speedup:.2f}x"
-    return f"{c.speedup:.2f}x [{c.speedup_low:.2f}-{c.speedup_high:.2f}]"
+    return c.speedup_text() or "-"
 
 
 def table(result: WorkerResult, reason_width: int = 70) -> str:

@@ -65,16 +65,24 @@ def make_digits(outdir: str | Path, seed: int = 0, epochs: int = 6) -> dict:
             opt.zero_grad()
             torch.nn.functional.cross_entropy(net(xt[b]), yt[b]).backward()
             opt.step()
+    return _save_digits(net, outdir, "digits", x, y, cal, val)
+
+
+def _save_digits(net, outdir: Path, stem: str, x: np.ndarray, y: np.ndarray, cal, val) -> dict:
+    """Held-out top-1, then the TorchScript model and the calibration/validation .npz files."""
+    import torch  # noqa: PLC0415
+
     net.eval()
     with torch.no_grad():
-        acc = float((net(xt[val]).argmax(1) == yt[val]).float().mean())
-    model = outdir / "digits_cnn.pt"
+        acc = float((net(torch.from_numpy(x[val])).argmax(1) == torch.from_numpy(y[val])).float().mean())
+    model = outdir / f"{stem}_cnn.pt"
     torch.jit.script(net).save(str(model))
-    np.savez(outdir / "digits_calibration.npz", input=x[cal], labels=y[cal])
-    np.savez(outdir / "digits_validation.npz", input=x[val], labels=y[val])
-    return {"model": model, "calibration": outdir / "digits_calibration.npz",
-            "validation": outdir / "digits_validation.npz", "format": "torchscript", "task": "classification",
-            "inputs": [{"name": "input", "shape": ["batch", 1, 8, 8], "dtype": "float32"}], "top1": acc}
+    np.savez(outdir / f"{stem}_calibration.npz", input=x[cal], labels=y[cal])
+    np.savez(outdir / f"{stem}_validation.npz", input=x[val], labels=y[val])
+    side = x.shape[-1]
+    return {"model": model, "calibration": outdir / f"{stem}_calibration.npz",
+            "validation": outdir / f"{stem}_validation.npz", "format": "torchscript", "task": "classification",
+            "inputs": [{"name": "input", "shape": ["batch", 1, side, side], "dtype": "float32"}], "top1": acc}
 
 
 def _digits32_net():
@@ -140,18 +148,8 @@ def make_digits32(outdir: str | Path, seed: int = 0, epochs: int = 2) -> dict:
             torch.nn.functional.cross_entropy(net(xt[b]), yt[b]).backward()
             opt.step()
             sched.step()
-    net.eval()
-    with torch.no_grad():
-        acc = float((net(xt[val]).argmax(1) == yt[val]).float().mean())
     seconds = time.monotonic() - t0
-    model = outdir / "digits32_cnn.pt"
-    torch.jit.script(net).save(str(model))
-    np.savez(outdir / "digits32_calibration.npz", input=x[cal], labels=y[cal])
-    np.savez(outdir / "digits32_validation.npz", input=x[val], labels=y[val])
-    return {"model": model, "calibration": outdir / "digits32_calibration.npz",
-            "validation": outdir / "digits32_validation.npz", "format": "torchscript", "task": "classification",
-            "inputs": [{"name": "input", "shape": ["batch", 1, 32, 32], "dtype": "float32"}], "top1": acc,
-            "train_seconds": round(seconds, 1)}
+    return {**_save_digits(net, outdir, "digits32", x, y, cal, val), "train_seconds": round(seconds, 1)}
 
 
 def minilm_dir() -> Path:
