@@ -1,11 +1,13 @@
 """CPU benchmark: Lathe's automatically chosen candidate vs FP32 ONNX Runtime vs ONNX Runtime's
 plain `quantize_static` and `quantize_dynamic` (default settings), side by side in one run, on
-all-MiniLM-L6-v2 (sequence 128, batch 1 and 32) and the digits CNN (batch 1 and 64).
+all-MiniLM-L6-v2 (sequence 128, batch 1 and 32) and the 32x32 digits CNN `lathe run` trains (batch 1
+and 64).
 
     PYTHONPATH=operator .venv/bin/python e2e/bench/cpu_bench.py [--out e2e/bench/cpu_results.md]
 
-Latency ratios are medians of per-round ratios against FP32 in interleaved rounds (the machine
-drifts); accuracy is measured on the validation set of each sample."""
+Speedups are the worker's own statistic (lathe.evaluate.benchmark): the geometric mean over
+interleaved rounds of the per-round ratio against FP32 (the machine drifts; pairing cancels it),
+with a 95% interval; accuracy is measured on the validation set of each sample."""
 
 from __future__ import annotations
 
@@ -103,18 +105,21 @@ def compare(title: str, sample: dict, result, metric: str, batches: list[int], t
     feeds = {b: ds.batch_of(b) for b in batches}
     ratios = {}
     p50 = {}
+    intervals = {}
     for b in batches:
         res = benchmark(runners, {b: feeds[b]}, "FP32 ONNX Runtime", rounds=rounds, seconds=seconds, min_iters=2)
         for k, r in res.items():
             ratios[(k, b)] = r.speedup
             p50[(k, b)] = r.timings[b].p50
+            intervals[(k, b)] = (r.latency.low, r.latency.high)
     base_size = fp32.stat().st_size
     label = {"top1": "top-1", "cosine": "mean cosine"}[metric]
     lines = [f"### {title}", "",
-             "| model | " + " | ".join(f"speedup b{b} (p50 ms)" for b in batches) + f" | size ratio | {label} | min cosine |",
+             "| model | " + " | ".join(f"speedup b{b} [95%] (p50 ms)" for b in batches) + f" | size ratio | {label} | min cosine |",
              "|---|" + "---|" * (len(batches) + 3)]
     for k, (_, p) in models.items():
-        cells = [f"{ratios[(k, b)]:.2f}x ({p50[(k, b)]:.2f})" for b in batches]
+        cells = [f"{ratios[(k, b)]:.2f}x [{intervals[(k, b)][0]:.2f}, {intervals[(k, b)][1]:.2f}] ({p50[(k, b)]:.2f})"
+                 for b in batches]
         a = acc[k]
         size = p.stat().st_size + (p.with_suffix(".bin").stat().st_size if p.suffix == ".xml" else 0)
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {size / base_size:.2f} | "
@@ -138,7 +143,7 @@ def candidates_table(result) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for c in [result.baseline, *result.candidates]:
         acc = f"{c.accuracy:.4f}" if c.accuracy is not None else "–"
-        sp = f"{c.speedup:.2f}x" if c.speedup else "–"
+        sp = c.speedup_text() or "–"
         sr = f"{c.size_ratio:.2f}" if c.size_ratio else "–"
         lines.append(f"| {c.name}{' ★' if c.name == result.winner else ''} | {c.verdict} | {c.passes} | {acc} | "
                      f"{sp} | {sr} | {len(c.float_nodes)} | {c.reason.replace('|', '/')} |")
@@ -147,19 +152,19 @@ def candidates_table(result) -> list[str]:
 
 def _sample(outdir: Path, kind: str, reuse: bool) -> dict:
     if kind == "digits":
-        if reuse and (outdir / "digits_cnn.pt").exists():
+        if reuse and (outdir / "digits32_cnn.pt").exists():
             import torch
 
             from lathe.worker.intake import torch_args  # noqa: F401
 
-            val = np.load(outdir / "digits_validation.npz")
+            val = np.load(outdir / "digits32_validation.npz")
             with torch.no_grad():
-                top1 = float((torch.jit.load(str(outdir / "digits_cnn.pt"))(torch.from_numpy(val["input"])).argmax(1).numpy()
+                top1 = float((torch.jit.load(str(outdir / "digits32_cnn.pt"))(torch.from_numpy(val["input"])).argmax(1).numpy()
                               == val["labels"]).mean())
-            return {"model": outdir / "digits_cnn.pt", "calibration": outdir / "digits_calibration.npz",
-                    "validation": outdir / "digits_validation.npz", "format": "torchscript", "task": "classification",
-                    "inputs": [{"name": "input", "shape": ["batch", 1, 8, 8], "dtype": "float32"}], "top1": top1}
-        return samples.make_digits(outdir)
+            return {"model": outdir / "digits32_cnn.pt", "calibration": outdir / "digits32_calibration.npz",
+                    "validation": outdir / "digits32_validation.npz", "format": "torchscript", "task": "classification",
+                    "inputs": [{"name": "input", "shape": ["batch", 1, 32, 32], "dtype": "float32"}], "top1": top1}
+        return samples.make_digits32(outdir)
     if reuse and (outdir / "minilm.onnx").exists():
         return {"model": outdir / "minilm.onnx", "calibration": outdir / "minilm_calibration.npz",
                 "validation": outdir / "minilm_validation.npz", "format": "onnx", "task": "embedding",
@@ -184,7 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).with_name("cpu_results.md")))
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--seconds", type=float, default=30.0, help="benchmark budget per comparison")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--skip-minilm", action="store_true")
     ap.add_argument("--digits-batches", default="1,64", help="batch sizes of the digits run; the first decides")
     ap.add_argument("--reuse", action="store_true", help="reuse samples and worker results already in --workdir")
@@ -199,12 +204,13 @@ def main(argv=None) -> int:
     out = ["# Lathe CPU benchmark (ONNX Runtime, OpenVINO)", "",
            f"Machine: {platform.machine()} {_cpu_name()}, {threads} cores, threads={threads}; load average at start "
            f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}{busy}. "
-           "Speedups are medians of per-round ratios against FP32 in interleaved rounds.", ""]
+           "Speedups are geometric means of paired per-round ratios against FP32 in interleaved rounds, "
+           "with 95% intervals (the worker's own statistic).", ""]
     sections = []
     d = _sample(root / "digits", "digits", args.reuse)
     dbatches = [int(b) for b in args.digits_batches.split(",")]
     dres, dsec = worker(d, root / "digits-run", dbatches, 20, args.reuse)
-    sections += [f"## Digits CNN (TorchScript, trained in-run, top-1 {d['top1']:.4f}; batch sizes {dbatches}, "
+    sections += [f"## Digits CNN, 32x32 (TorchScript, trained in-run, top-1 {d['top1']:.4f}; batch sizes {dbatches}, "
                  f"the first decides)", "",
                  f"Lathe worker run (default candidates, no hand tuning): {dsec:.0f}s, winner **{dres.winner}**.", ""]
     sections += candidates_table(dres)
