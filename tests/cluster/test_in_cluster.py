@@ -87,7 +87,7 @@ def installed(real_cluster, tmp_path_factory):
         cfg = helm.Config(kubeconfig_path=str(cp.kubeconfig))
         stack.callback(cfg.close)
         values = {"image": {"pullPolicy": "Never"},
-                  "worker": {"resources": WORKER_RESOURCES, "maxAttempts": 1},
+                  "worker": {"resources": WORKER_RESOURCES, "maxAttempts": 1, "benchSeconds": 6},
                   "watchNamespaces": [ns], "repositoryClaims": ["triton-models"],
                   "rolloutInterval": 1}  # as tests/e2e sets it: the two runs' wall times compare
         t0 = time.monotonic()

@@ -55,3 +55,14 @@ def test_gpu_job_asks_for_gpus_and_tolerates_the_taint():
 def test_long_names_stay_valid_and_distinct():
     a, b = job_name("x" * 70, 1, 1), job_name("x" * 69 + "y", 1, 1)
     assert len(a) <= 63 and len(b) <= 63 and a != b and a.endswith("-g1-a1")
+
+
+def test_the_benchmark_budget_reaches_the_worker():
+    s = spec()
+    cfg = OperatorConfig.from_env({"LATHE_BENCH_SECONDS": "6"})
+    env = {e["name"]: e.get("value") for e in job_manifest(OWNER, s, "{}", 1, cfg)["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert env["LATHE_BENCH_SECONDS"] == "6"
+    default = {e["name"]: e.get("value") for e in job_manifest(OWNER, s, "{}", 1, OperatorConfig())["spec"]
+               ["template"]["spec"]["containers"][0]["env"]}
+    assert default["LATHE_BENCH_SECONDS"] == "30"

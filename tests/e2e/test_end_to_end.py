@@ -128,7 +128,9 @@ def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
     env = dict(os.environ, KUBECONFIG=str(control_plane.kubeconfig),
                LATHE_WORKER_COMMAND=f"{BIN / 'lathe'} worker",
                LATHE_PVC_MOUNTS=json.dumps({"triton-models": str(repo)}),
-               LATHE_METRICS_PORT=str(metrics_port), LATHE_ROLLOUT_INTERVAL="1", LATHE_MAX_ATTEMPTS="1")
+               LATHE_METRICS_PORT=str(metrics_port), LATHE_ROLLOUT_INTERVAL="1", LATHE_MAX_ATTEMPTS="1",
+               # The chain is under test here, not the speed (minSpeedup 0): a short benchmark.
+               LATHE_BENCH_SECONDS="6")
     op = Operator(env, ns, work / "operator.log")
     # Both servers are stopped on every path: a failed start of either (a missing binary, a port
     # taken, an interrupt) included; stop() of one not started does nothing.

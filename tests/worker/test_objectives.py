@@ -11,7 +11,6 @@ from lathe.worker import pipeline
 
 CANDIDATES = [
     {"name": "int8-static", "passes": [{"type": "quantize", "precision": "int8", "mode": "static", "perChannel": True}]},
-    {"name": "int8-dynamic", "passes": [{"type": "quantize", "precision": "int8", "mode": "dynamic"}]},
     {"name": "ort-all", "passes": [{"type": "graph-optimize", "level": "all"}]},
 ]
 
@@ -19,7 +18,7 @@ CANDIDATES = [
 def _run(digits, make_spec, tmp_path, objective):
     spec = make_spec(digits, candidates=CANDIDATES, objective=objective,
                      target={"batchSizes": [1, 32], "threads": 2}, budget={"maxAccuracyDrop": 0.02})
-    return pipeline.run(spec, tmp_path / objective, bench_seconds=4, bench_rounds=5)
+    return pipeline.run(spec, tmp_path / objective, bench_seconds=3, bench_rounds=5)
 
 
 def assert_consistent(result: WorkerResult, by_throughput: bool = False) -> None:

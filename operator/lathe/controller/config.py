@@ -23,6 +23,7 @@ class OperatorConfig:
     rollout_interval: float = 5.0
     resync_interval: float = 10.0  # retry of a pass that failed before it wrote status
     metrics_port: int = 9090
+    bench_seconds: float = 30.0  # the worker's benchmark budget (LATHE_BENCH_SECONDS in its pod)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:

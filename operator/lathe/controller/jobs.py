@@ -73,6 +73,7 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
             {"name": "LATHE_PVC_MOUNTS", "value": json.dumps({c: f"{config.pvc_root}/{c}" for c in claims})},
             {"name": "LATHE_RESOURCE", "value": f"{namespace}/{name}"},
             {"name": "LATHE_GENERATION", "value": str(generation)},
+            {"name": "LATHE_BENCH_SECONDS", "value": f"{config.bench_seconds:g}"},
             {"name": "HOME", "value": SCRATCH},
             {"name": "TMPDIR", "value": SCRATCH},
         ],
