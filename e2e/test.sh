@@ -28,4 +28,4 @@ echo "test.sh: set-up took $(( $(date +%s) - t0 ))s"
 .venv/bin/python -m e2e.images.locks --check   # images/*.lock still cut from requirements.lock + pyproject
 .venv/bin/lathe crd --check -o crds/modeloptimization.yaml
 .venv/bin/lathe reference --check -o docs/reference.md
-exec .venv/bin/python -m pytest tests -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest tests -p no:cacheprovider --durations=25 "$@"  # the slowest, for CI time

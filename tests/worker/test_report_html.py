@@ -45,7 +45,8 @@ def test_scatter_draws_every_candidate_its_interval_and_the_budget(run, tmp_path
     assert "nan" not in svg.lower()
     img = _page(tmp_path, "scatter", svg)
     # Each point is drawn where its attributes say, in its verdict's colour, unless a later point
-    # covers it (two candidates with the same accuracy and latency): the page is 1:1 with the SVG.
+    # covers it (two candidates with the same accuracy and latency; bars and labels lie beneath
+    # the points): the page is 1:1 with the SVG.
     points = [(float(x), float(y), float(r), fill) for x, y, r, fill in re.findall(
         r'<circle class="point" cx="([^"]+)" cy="([^"]+)" r="([^"]+)" fill="([^"]+)"', svg)]
     assert len(points) == 1 + sum(c.verdict != Verdict.failed for c in result.candidates)

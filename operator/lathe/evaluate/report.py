@@ -89,17 +89,21 @@ def scatter(wr: WorkerResult, allowed: float | None, details: dict[str, Any], ma
     if len(front) > 1:
         d = " ".join(f"{ax(c.p50_ms):.1f},{ay(c.accuracy):.1f}" for c in front)
         parts.append(f'<polyline points="{d}" fill="none" stroke="#8250df" stroke-width="1.5"/>')
+    # Layers: every interval bar, then every label, then every point, so that no bar or label of
+    # one candidate hides another's point (candidates often share an accuracy).
     for c in pts:
-        col = COLORS.get(str(c.verdict), "#000")
         lo, hi = interval(c)
         y = ay(c.accuracy)
         parts.append(f'<line class="interval" x1="{ax(lo):.1f}" x2="{ax(hi):.1f}" y1="{y:.1f}" y2="{y:.1f}" '
-                     f'stroke="{col}" stroke-width="3"/>')
+                     f'stroke="{COLORS.get(str(c.verdict), "#000")}" stroke-width="3"/>')
+    for c in pts:
+        parts.append(f'<text x="{ax(c.p50_ms) + 7:.1f}" y="{ay(c.accuracy) - 6:.1f}">{html.escape(c.name)}</text>')
+    for c in pts:
         r = 7 if c.name == wr.winner else 4.5
         ring = ' stroke="#000" stroke-width="2"' if c.name == wr.winner else ""
-        parts.append(f'<circle class="point" cx="{ax(c.p50_ms):.1f}" cy="{y:.1f}" r="{r}" fill="{col}"{ring}>'
-                     f'<title>{html.escape(c.name)}: {speedup_text(c)}</title></circle>'
-                     f'<text x="{ax(c.p50_ms) + 7:.1f}" y="{y - 6:.1f}">{html.escape(c.name)}</text>')
+        parts.append(f'<circle class="point" cx="{ax(c.p50_ms):.1f}" cy="{ay(c.accuracy):.1f}" r="{r}" '
+                     f'fill="{COLORS.get(str(c.verdict), "#000")}"{ring}>'
+                     f'<title>{html.escape(c.name)}: {speedup_text(c)}</title></circle>')
     parts.append("</svg>")
     return "".join(parts)
 
