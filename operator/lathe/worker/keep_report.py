@@ -91,7 +91,7 @@ def emit(result: WorkerResult, workdir: Path, budget: dict | None, out=None) -> 
     except (OSError, ValueError):
         details = {}
     doc = {"result": result.model_dump(by_alias=True, mode="json"), "details": details,
-           "budget": {k: v for k, v in (budget or {}).items()}}
+           "budget": dict(budget or {})}
     for line in result_log.encode(doc):
         print(line, file=out)
     out.flush()

@@ -91,6 +91,7 @@ class Pipeline:
         self.bench_rounds = bench_rounds or BENCH_ROUNDS
         self.warnings: list[str] = []
         self.details: dict[str, Any] = {"candidates": {}}
+        self.speedup_basis = ""  # what the speedups are ratios of: set by the benchmark
 
     # ------------------------------------------------------------------ stages
     def load(self) -> None:
@@ -315,7 +316,7 @@ class Pipeline:
             w.reason = f"{w.reason}; selected: {chosen.reason}"
         front = pareto([base.result] + results, self.metric)
         wr = WorkerResult(metric=self.metric, baseline=base.result, candidates=results, winner=winner, pareto=front,
-                          selection=chosen.reason, speedup_basis=getattr(self, "speedup_basis", ""),
+                          selection=chosen.reason, speedup_basis=self.speedup_basis,
                           warnings=list(dict.fromkeys(self.warnings)), environment=self._environment(),
                           report=str(self.workdir / "result.json"), html_report=str(self.workdir / "report.html"))
         wr.seconds = round(time.time() - t0, 1)
