@@ -40,7 +40,8 @@ def test_worker_image_runs_a_real_job(docker, images, digits, tmp_path):
     out.mkdir()
     out.chmod(0o777)  # the worker writes as 65532
     spec = spec_for(_inside(sample, "/data"), candidates=CANDIDATES, target={"batchSizes": [8], "threads": 2},
-                    budget={"maxAccuracyDrop": 0.02}, publish={"repository": "/out/repo", "modelName": "digits"})
+                    budget={"maxAccuracyDrop": 0.02, "minSpeedup": 0},  # the chain, not speed: 8x8 digits
+                    publish={"repository": "/out/repo", "modelName": "digits"})
     p = docker.run(images["worker"], "worker", "--workdir", "/out/work", "--termination-log", "/out/result.json",
                    "--bench-seconds", "2", network="none", timeout=1200,
                    flags=("-v", f"{host_data}:/data:ro", "-v", f"{out}:/out", "-e", f"LATHE_SPEC={json.dumps(spec)}"))
