@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what it needs (Debian's containerd/docker/CNI, .venv,
-# the control-plane and node binaries built from Go modules, Lathe's images), checks style and
+# the control-plane and node binaries and the S3 server built from Go modules, Lathe's images), checks style and
 # generated files, then runs pytest against real components (kube-apiserver + etcd, a kubelet on
 # containerd, Triton Inference Server, ONNX Runtime, torch). Needs root (the node's bridge, cgroups).
 set -euo pipefail
@@ -15,8 +15,10 @@ export LATHE_IMAGE_CACHE="${LATHE_IMAGE_CACHE:-$HOME/.cache/lathe/images}"
 logs="$(mktemp -d)"
 bash e2e/controlplane/build.sh >"$logs/controlplane.log" 2>&1 & cp_pid=$!
 bash images/build.sh >"$logs/images.log" 2>&1 & img_pid=$!
+bash e2e/s3/build.sh >"$logs/s3.log" 2>&1 & s3_pid=$!  # versitygw, the S3 server of tests/s3 and tests/e2e
 status=0
 wait "$cp_pid" || { echo "test.sh: control-plane build failed:"; tail -n 40 "$logs/controlplane.log"; status=1; }
+wait "$s3_pid" || { echo "test.sh: S3 server build failed:"; tail -n 40 "$logs/s3.log"; status=1; }
 wait "$img_pid" || { echo "test.sh: image build failed:"; tail -n 40 "$logs/images.log"; status=1; }
 (( status == 0 )) || exit 1
 grep -h -E "^(IMAGE|images/build.sh)" "$logs/images.log" | tail -n 8 || true

@@ -8,7 +8,9 @@ with `bash e2e/controlplane/build.sh`):
   the repo's crds/*.yaml are installed and Established;
 * ``kubeconfig`` (session): the admin kubeconfig path, exported as KUBECONFIG (kopf logs in with it);
 * ``k8s_client`` (session): a configured ``kubernetes.client.ApiClient``;
-* ``node_agent`` (session): e2e/nodeagent/agent.py running pods as local processes.
+* ``node_agent`` (session): e2e/nodeagent/agent.py running pods as local processes;
+* ``s3_server`` (session), ``s3_bucket``, ``s3_client``: a real S3 server (versitygw, built by
+  `bash e2e/s3/build.sh`, see e2e/s3/fixture.py).
 
 A failing test gets the tails of the component logs appended to its report.
 """
@@ -27,3 +29,4 @@ from e2e.controlplane.fixture import (  # noqa: E402,F401
     node_agent,
     pytest_runtest_makereport,
 )
+from e2e.s3.fixture import s3_bucket, s3_client, s3_server  # noqa: E402,F401

@@ -74,7 +74,8 @@ class TritonServer:
                  start_timeout: float = 60.0, log_verbose: int = 0, exit_timeout: int = 3,
                  host: str = "127.0.0.1"):
         """``host``: the address to serve on (loopback; the test node's bridge for pods to reach)."""
-        self.repository = Path(repository)
+        # A local folder (created at start) or a URL Triton reads itself (s3://host:port/bucket/prefix).
+        self.repository = str(repository) if "://" in str(repository) else Path(repository)
         self.host = host
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lathe-triton-"))
@@ -116,7 +117,8 @@ class TritonServer:
             shutil.copytree(ts / "backends" / "python", backends / "python",
                             ignore=shutil.ignore_patterns("__pycache__"))
             shutil.copy2(ts / "python_backend_stubs" / pyver / "triton_python_backend_stub", backends / "python")
-        self.repository.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.repository, Path):
+            self.repository.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = f"{libs}" + (f":{env['LD_LIBRARY_PATH']}" if env.get("LD_LIBRARY_PATH") else "")
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"

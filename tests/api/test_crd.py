@@ -54,11 +54,15 @@ def test_schema_carries_enums_ranges_and_rules():
     assert spec["x-kubernetes-validations"][0]["message"] == "tensorrt needs target.device gpu"
 
 
-@pytest.mark.parametrize("name", ["digits-cnn.yaml", "minilm-embeddings.yaml", "gpu-tensorrt.yaml"])
+@pytest.mark.parametrize("name", ["digits-cnn.yaml", "digits-s3.yaml", "minilm-embeddings.yaml", "gpu-tensorrt.yaml"])
 def test_examples_parse(name):
     doc = yaml.safe_load((ROOT / "examples" / name).read_text())
     assert doc["apiVersion"] == "lathe.dev/v1alpha1" and doc["kind"] == "ModelOptimization"
-    ModelOptimizationSpec.model_validate(doc["spec"])
+    spec = ModelOptimizationSpec.model_validate(doc["spec"])
+    from lathe.controller.validate import problems
+
+    keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert problems(spec, secret_keys=lambda name: keys) == []  # and the operator's checks pass too
 
 
 def test_unknown_field_is_rejected():

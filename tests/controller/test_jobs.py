@@ -66,3 +66,25 @@ def test_the_benchmark_budget_reaches_the_worker():
     default = {e["name"]: e.get("value") for e in job_manifest(OWNER, s, "{}", 1, OperatorConfig())["spec"]
                ["template"]["spec"]["containers"][0]["env"]}
     assert default["LATHE_BENCH_SECONDS"] == "30"
+
+
+def test_s3_credentials_reach_the_worker_by_secret_reference_only():
+    s = ModelOptimizationSpec.model_validate({
+        "model": {"uri": "s3://models/digits/model.onnx"}, "data": {"validation": {"uri": "s3://data/val.npz"}},
+        "storage": {"s3": {"secretRef": "s3-creds", "region": "eu-west-1"}}})
+    job = job_manifest(OWNER, s, "{}", 1, OperatorConfig(),
+                       {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "ca.crt"})
+    pod = job["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": key}}}
+    assert env["AWS_REGION"]["value"] == "eu-west-1"  # the spec's region wins over the Secret's
+    assert "AWS_SESSION_TOKEN" not in env  # not in the Secret: not referenced (the pod would not start)
+    assert env["AWS_CA_BUNDLE"]["value"] == "/etc/lathe/s3/ca.crt"
+    vol = next(v for v in pod["volumes"] if v["name"] == "s3-ca")
+    assert vol["secret"] == {"secretName": "s3-creds", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert pod["automountServiceAccountToken"] is False
+    validate(job, "1.33", strict=True)
+    # Without spec.storage.s3 nothing of the kind is added.
+    plain = job_manifest(OWNER, spec(), "{}", 1, OperatorConfig(), {"AWS_ACCESS_KEY_ID"})
+    assert not [e for e in plain["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"].startswith("AWS_")]

@@ -57,23 +57,45 @@ def test_https_sha_is_checked_before_reachability():
     assert "https://example.com/val.npz" in asked  # still probed: both problems are worth knowing
 
 
-S3 = "s3:// is not supported by this build yet (no S3 client in the worker image)"
+S3_LOCATIONS = dict(model={"uri": "s3://bucket/model.onnx"},
+                    data={"validation": {"uri": "s3://bucket/val.npz"}, "calibration": {"uri": "s3://bucket/cal.npz"}},
+                    publish={"repository": "s3://bucket/repo", "modelName": "m"}, artifacts="s3://bucket/artifacts")
 
 
-def test_every_s3_location_is_refused_naming_its_field():
+def test_s3_locations_need_spec_storage_s3_naming_each_field():
     asked = []
-    out = problems(spec(model={"uri": "s3://bucket/model.onnx", "sha256": SHA},
-                        data={"validation": {"uri": "s3://bucket/val.npz"},
-                              "calibration": {"uri": "s3://bucket/cal.npz"}},
-                        publish={"repository": "s3://bucket/repo", "modelName": "m"},
-                        artifacts="s3://bucket/artifacts"),
-                   reachable=lambda uri: asked.append(uri))
+    out = problems(spec(**S3_LOCATIONS), reachable=lambda uri: asked.append(uri))
     fields = ["spec.model.uri", "spec.data.validation.uri", "spec.data.calibration.uri",
               "spec.publish.repository", "spec.artifacts"]
     assert [p.split(": ", 1)[0] for p in out] == fields
-    assert all(S3 in p for p in out)
-    assert "or https:// with a sha256" in out[0] and "https" not in out[3] and "https" not in out[4]
+    assert all("set spec.storage.s3.secretRef" in p for p in out)
     assert asked == []  # nothing to probe for a location refused outright
+    ok = spec(**S3_LOCATIONS, storage={"s3": {"secretRef": "creds", "endpoint": "http://minio.storage:9000"}})
+    assert problems(ok, reachable=lambda uri: asked.append(uri)) == [] and asked == []
+
+
+def test_s3_secret_must_exist_with_both_keys_and_values_are_never_read():
+    ok = spec(**S3_LOCATIONS, storage={"s3": {"secretRef": "creds"}})
+    looked = []
+
+    def keys(found):
+        return lambda name: looked.append(name) or found
+
+    assert problems(ok, secret_keys=keys({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ca.crt"})) == []
+    assert problems(ok, secret_keys=keys("Secret 'creds' not found in namespace ns")) == [
+        "spec.storage.s3.secretRef: Secret 'creds' not found in namespace ns"]
+    assert problems(ok, secret_keys=keys({"AWS_ACCESS_KEY_ID"})) == [
+        "spec.storage.s3.secretRef: Secret 'creds' has no key AWS_SECRET_ACCESS_KEY (keys present: AWS_ACCESS_KEY_ID)"]
+    assert looked == ["creds"] * 3
+
+
+def test_s3_object_locations_and_rollout_from_s3():
+    st = {"s3": {"secretRef": "creds"}}
+    out = problems(spec(model={"uri": "s3://bucket/"}, storage=st))
+    assert out == ["spec.model.uri: s3://bucket/: expected s3://bucket/key of an object"]
+    out = problems(spec(publish={"repository": "s3://bucket/repo", "modelName": "m", "tritonUrl": "t:8000",
+                                 "rollout": {}}, storage=st))
+    assert out == [p for p in out if p.startswith("spec.publish.rollout: a rollout from an s3:// repository")] != []
 
 
 def test_triton_url_without_a_rollout_is_refused():

@@ -12,6 +12,7 @@ CODE_CALLS = {
     ("controller/reconcile.py", "delete_namespaced_job"): ("batch", "jobs", "delete"),
     ("controller/reconcile.py", "read_namespaced_persistent_volume_claim"): ("", "persistentvolumeclaims", "get"),
     ("controller/reconcile.py", "create_namespaced_event"): ("", "events", "create"),
+    ("controller/reconcile.py", "read_namespaced_secret"): ("", "secrets", "get"),
     ("controller/report_store.py", "read_namespaced_pod_log"): ("", "pods/log", "get"),
     ("controller/report_store.py", "create_namespaced_config_map"): ("", "configmaps", "create"),
     ("controller/report_store.py", "replace_namespaced_config_map"): ("", "configmaps", "update"),
@@ -54,7 +55,7 @@ NAMESPACED = sorted(set(CODE_CALLS.values()) | set(KOPF_CALLS))
 
 # What a least-privilege grant must refuse: neighbours of what is used, and the usual escalations.
 DENIED = [
-    ("", "secrets", "get"), ("", "secrets", "list"), ("", "secrets", "watch"),
+    ("", "secrets", "list"), ("", "secrets", "watch"), ("", "secrets", "update"), ("", "secrets", "create"),
     ("", "configmaps", "get"), ("", "configmaps", "list"),
     ("", "pods", "get"), ("", "pods", "create"), ("", "pods", "delete"), ("", "pods/exec", "create"),
     ("", "serviceaccounts/token", "create"), ("", "serviceaccounts", "impersonate"),

@@ -35,6 +35,11 @@ granted and every neighbour is not, against a real API server. */}}
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [create, update]
+# Validation: spec.storage.s3.secretRef names a Secret with the keys the worker needs (only its key
+# names are looked at; the values reach the worker pod by secretKeyRef, never through the operator).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 # Validation: the claim behind a pvc:// URI exists.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]

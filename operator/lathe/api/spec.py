@@ -117,7 +117,7 @@ class InputSpec(Model):
 
 
 class ModelSource(Model):
-    uri: str = Field(min_length=1, description="Where the model is: a path, pvc://claim/path or https://... (needs sha256); s3:// is not supported yet.")
+    uri: str = Field(min_length=1, description="Where the model is: a path, pvc://claim/path, s3://bucket/key (needs spec.storage.s3) or https://... (needs sha256).")
     format: ModelFormat = Field(ModelFormat.onnx, description="onnx, torchscript (torch.jit.save) or pytorch-export (torch.export.save).")
     sha256: str | None = Field(None, pattern=r"^[a-f0-9]{64}$", description="Verified before anything runs when given.")
     inputs: list[InputSpec] = Field(default_factory=list, description="Input names, shapes and dtypes; required to export PyTorch models.")
@@ -130,7 +130,7 @@ class Task(Model):
 
 
 class DataSet(Model):
-    uri: str = Field(min_length=1, description="An .npz file of arrays keyed by model input name, with optional `labels`: a path, pvc://claim/path or https://... (needs sha256).")
+    uri: str = Field(min_length=1, description="An .npz file of arrays keyed by model input name, with optional `labels`: a path, pvc://claim/path, s3://bucket/key or https://... (needs sha256).")
     sha256: str | None = Field(None, pattern=r"^[a-f0-9]{64}$", description="Verified before anything runs when given; required for https://.")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many samples.")
 
@@ -294,8 +294,18 @@ class Rollout(Model):
     gateway: GatewayRoute = Field(default_factory=GatewayRoute, description="Where the HTTPRoute points and attaches (router: gateway).")
 
 
+class S3Storage(Model):
+    secret_ref: str = Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="A Secret in the resource's namespace with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optional: AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION, ca.crt); mounted into the worker as environment, never shown in status.")
+    endpoint: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$", description="S3-compatible endpoint (MinIO, Ceph, ...), e.g. http://minio.storage:9000; default: the Secret's AWS_ENDPOINT_URL, else AWS.")
+    region: str | None = Field(None, max_length=64, description="Default: the Secret's AWS_REGION, else us-east-1.")
+
+
+class Storage(Model):
+    s3: S3Storage | None = Field(None, description="Credentials and endpoint for every s3:// location of this resource.")
+
+
 class Publish(Model):
-    repository: str = Field(min_length=1, description="Triton model repository: a path or pvc://claim/path.")
+    repository: str = Field(min_length=1, description="Triton model repository: a path, pvc://claim/path or s3://bucket/prefix (needs spec.storage.s3).")
     model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     flavour: str = Field("auto", pattern=r"^(auto|onnxruntime|python|tensorrt|openvino)$", description="Triton backend; auto picks from the winner's runtime.")
     triton_url: str | None = Field(None, description="Triton HTTP endpoint (host:port); without it nothing is loaded or rolled out.")
@@ -321,7 +331,8 @@ class ModelOptimizationSpec(Model):
     objective: Objective = Objective.latency
     tensorrt: TensorRTOptions | None = None
     publish: Publish | None = None
-    artifacts: str | None = Field(None, description="Where the worker keeps copies of result.json, details.json and report.html (a path or pvc://claim/path; a Job writes under <namespace>/<name>/generation-<n>/). Default: none beside the published version's copy and the operator's report ConfigMap.")
+    storage: Storage | None = None
+    artifacts: str | None = Field(None, description="Where the worker keeps copies of result.json, details.json and report.html (a path, pvc://claim/path or s3://bucket/prefix; a Job writes under <namespace>/<name>/generation-<n>/). Default: none beside the published version's copy and the operator's report ConfigMap.")
 
 
 def parse_spec(obj: dict[str, Any]) -> ModelOptimizationSpec:

@@ -18,6 +18,7 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 WORKDIR = "/lathe/work"
 SCRATCH = "/lathe/tmp"  # TMPDIR and HOME: the root filesystem is read-only
 TERMINATION_LOG = "/dev/termination-log"
+S3_CA_DIR = "/etc/lathe/s3"
 
 
 def job_name(name: str, generation: int, attempt: int) -> str:
@@ -38,8 +39,39 @@ def labels(name: str, generation: int | None = None, attempt: int | None = None)
     return out
 
 
+def s3_access(spec: ModelOptimizationSpec, keys: frozenset[str] | set[str]
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, volumes, mounts) that hand spec.storage.s3's Secret to the worker: values by secretKeyRef, so
+    the operator never copies one into the Job; `keys`: the key names validation saw in the Secret."""
+    s3 = spec.storage.s3 if spec.storage else None
+    if s3 is None:
+        return [], [], []
+
+    def ref(key: str) -> dict[str, Any]:
+        return {"name": key, "valueFrom": {"secretKeyRef": {"name": s3.secret_ref, "key": key}}}
+
+    env = [ref("AWS_ACCESS_KEY_ID"), ref("AWS_SECRET_ACCESS_KEY")]
+    if "AWS_SESSION_TOKEN" in keys:
+        env.append(ref("AWS_SESSION_TOKEN"))
+    if s3.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint.rstrip("/")})
+    elif "AWS_ENDPOINT_URL" in keys:
+        env.append(ref("AWS_ENDPOINT_URL"))
+    if s3.region:
+        env.append({"name": "AWS_REGION", "value": s3.region})
+    elif "AWS_REGION" in keys:
+        env.append(ref("AWS_REGION"))
+    volumes, mounts = [], []
+    if "ca.crt" in keys:
+        volumes.append({"name": "s3-ca", "secret": {"secretName": s3.secret_ref,
+                                                    "items": [{"key": "ca.crt", "path": "ca.crt"}]}})
+        mounts.append({"name": "s3-ca", "mountPath": S3_CA_DIR, "readOnly": True})
+        env.append({"name": "AWS_CA_BUNDLE", "value": f"{S3_CA_DIR}/ca.crt"})
+    return env, volumes, mounts
+
+
 def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, attempt: int,
-                 config: OperatorConfig) -> dict[str, Any]:
+                 config: OperatorConfig, secret_keys: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     meta = owner["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], int(meta.get("generation") or 1)
     gpu = spec.target.device == Device.gpu
@@ -59,6 +91,9 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
     for i, claim in enumerate(claims):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}})
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{config.pvc_root}/{claim}"})
+    s3_env, s3_volumes, s3_mounts = s3_access(spec, secret_keys)
+    volumes += s3_volumes
+    mounts += s3_mounts
 
     container = {
         "name": "worker",
@@ -76,6 +111,7 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
             {"name": "LATHE_BENCH_SECONDS", "value": f"{config.bench_seconds:g}"},
             {"name": "HOME", "value": SCRATCH},
             {"name": "TMPDIR", "value": SCRATCH},
+            *s3_env,
         ],
         "resources": resources,
         "volumeMounts": mounts,

@@ -288,9 +288,10 @@ def plan(world: World) -> Plan:
     job.log_tail = (current.log_tail or current.message or "")[-LOG_TAIL:] or None
     detail = _failure_detail(current)
     if current.exit_code == EXIT_BAD_INPUT:
-        set_condition(st, "Validated", False, "InvalidInput", detail, now, gen)
-        set_condition(st, "Ready", False, "InvalidInput", detail, now, gen)
-        transition(Phase.failed, "worker", detail, ("Warning", "InvalidInput"))
+        reason = _failure_kind(current)
+        set_condition(st, "Validated", False, reason, detail, now, gen)
+        set_condition(st, "Ready", False, reason, detail, now, gen)
+        transition(Phase.failed, "worker", detail, ("Warning", reason))
         return out
     if current.attempt < world.policy.max_attempts:
         due_at = recorded.next_retry if recorded and recorded.attempt == current.attempt else None
@@ -330,6 +331,15 @@ def job_create_refused(st: ModelOptimizationStatus, attempt: int, error: str, no
     st.phase, st.stage, st.message = Phase.pending, "retry", message
     set_condition(st, "Ready", False, "JobCreateRefused", message, now, gen)
     return [] if repeated else [Event("Warning", "JobCreateRefused", message)]
+
+
+def _failure_kind(job: ObservedJob) -> str:
+    """The worker's own reason for a bad-input exit (StorageNotFound, StorageAccessDenied, ...)."""
+    try:
+        kind = parse_result(job.message or "").get("kind")
+    except ValueError:
+        kind = None
+    return kind if isinstance(kind, str) and kind.isidentifier() and kind != "Crash" else "InvalidInput"
 
 
 def _failure_detail(job: ObservedJob) -> str:

@@ -84,6 +84,24 @@ def reachability(namespace: str):
     return check
 
 
+def secret_keys(namespace: str):
+    """Secret name -> its key names (never the values), or why it cannot be read."""
+    core = kube.core()
+    seen: dict[str, set[str] | str] = {}
+
+    def keys(secret: str) -> set[str] | str:
+        if secret not in seen:
+            try:
+                obj = kube.call(core.read_namespaced_secret, secret, namespace)
+                seen[secret] = set((obj.get("data") or {}).keys()) | set((obj.get("stringData") or {}).keys())
+            except ApiException as e:
+                seen[secret] = (f"Secret {secret!r} not found in namespace {namespace}" if e.status == 404 else
+                                f"Secret {secret!r}: {e.status} {kube.api_message(e)}")
+        return seen[secret]
+
+    return keys
+
+
 def reconcile(namespace: str, name: str, config: OperatorConfig, body: dict[str, Any] | None = None
               ) -> float | None:
     """Run one pass; returns seconds after which another pass is wanted, if any. `body`: the
@@ -119,8 +137,9 @@ def _once(namespace: str, name: str, config: OperatorConfig, body: dict[str, Any
         return None
     generation = int(obj["metadata"].get("generation") or 1)
     spec, found = parse(obj.get("spec") or {})
+    keys = secret_keys(namespace)
     if spec is not None:
-        found = problems(spec, reachability(namespace))
+        found = problems(spec, reachability(namespace), keys)
     raw_status = obj.get("status") or {}
     try:
         status = ModelOptimizationStatus.model_validate(raw_status)
@@ -134,7 +153,9 @@ def _once(namespace: str, name: str, config: OperatorConfig, body: dict[str, Any
     world = World(generation=generation, spec=spec, problems=found, status=status, jobs=jobs,
                   now=datetime.now(UTC), policy=Policy(config.max_attempts, config.backoff_seconds))
     result = plan(world)
-    requeue = _apply(obj, result, world, config)
+    s3 = spec.storage.s3 if spec is not None and spec.storage else None
+    s3_keys = keys(s3.secret_ref) if s3 else set()
+    requeue = _apply(obj, result, world, config, s3_keys if isinstance(s3_keys, set) else set())
     _write_status(api, obj, result.status)
     metrics.record_phase(f"{namespace}/{name}", result.status.phase)
     return requeue
@@ -165,13 +186,14 @@ def _write_status(api: client.CustomObjectsApi, obj: dict[str, Any], status: Mod
               _content_type="application/merge-patch+json")
 
 
-def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConfig) -> float | None:
+def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConfig,
+           s3_keys: set[str]) -> float | None:
     ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     requeue: float | None = None
     for action in result.actions:
         if isinstance(action, CreateJob):
             spec_json = json.dumps(obj["spec"], separators=(",", ":"))
-            manifest = job_manifest(obj, world.spec, spec_json, action.attempt, config)
+            manifest = job_manifest(obj, world.spec, spec_json, action.attempt, config, s3_keys)
             try:
                 kube.call(kube.batch().create_namespaced_job, ns, manifest)
                 metrics.JOBS_CREATED.inc()

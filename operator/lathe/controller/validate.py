@@ -15,6 +15,9 @@ from lathe.storage.uri import SCHEMES, parse_uri
 
 # uri -> None when reachable, else why not
 Reachability = Callable[[str], str | None]
+# Secret name -> its key names, or why it cannot be read (values never come in here)
+SecretKeys = Callable[[str], "set[str] | str"]
+S3_KEYS_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -31,7 +34,8 @@ def parse(obj: dict[str, Any]) -> tuple[ModelOptimizationSpec | None, list[str]]
         return None, [f"{_path(err['loc'])}: {err['msg']}" for err in e.errors()]
 
 
-def problems(spec: ModelOptimizationSpec, reachable: Reachability | None = None) -> list[str]:
+def problems(spec: ModelOptimizationSpec, reachable: Reachability | None = None,
+             secret_keys: SecretKeys | None = None) -> list[str]:
     """Everything wrong with a schema-valid spec, each message naming its field."""
     from lathe.worker.passes import validate_candidates  # light: no torch/onnxruntime imported
 
@@ -55,7 +59,22 @@ def problems(spec: ModelOptimizationSpec, reachable: Reachability | None = None)
 
     out.extend(_location_problems(spec, reachable))
     out.extend(_publish_problems(spec))
+    out.extend(_secret_problems(spec, secret_keys))
     return out
+
+
+def _secret_problems(spec: ModelOptimizationSpec, secret_keys: SecretKeys | None) -> list[str]:
+    s3 = spec.storage.s3 if spec.storage else None
+    if s3 is None or secret_keys is None:
+        return []
+    keys = secret_keys(s3.secret_ref)
+    if isinstance(keys, str):
+        return [f"spec.storage.s3.secretRef: {keys}"]
+    missing = [k for k in S3_KEYS_REQUIRED if k not in keys]
+    if missing:
+        return [f"spec.storage.s3.secretRef: Secret {s3.secret_ref!r} has no key {', '.join(missing)} "
+                f"(keys present: {', '.join(sorted(keys)) or 'none'})"]
+    return []
 
 
 def _location_problems(spec: ModelOptimizationSpec, reachable: Reachability | None) -> list[str]:
@@ -75,17 +94,20 @@ def _location_problems(spec: ModelOptimizationSpec, reachable: Reachability | No
     out = []
     for field, uri, sha_field in locations:
         try:
-            scheme, _, _ = parse_uri(uri)
+            scheme, _, path = parse_uri(uri)
         except ValueError as e:
             out.append(f"{field}: {e}")
             continue
         if scheme == "s3":
-            # Refused whatever the worker image holds: the operator cannot see which image a Job
-            # runs, and the one we build has no S3 client (no boto3 in the worker extra or
-            # images/worker.lock; repository and artifact writes have no S3 path at all).
-            # S3 support is its own issue (15).
-            out.append(f"{field}: s3:// is not supported by this build yet (no S3 client in the worker image); "
-                       "use a path, pvc://claim/path" + (" or https:// with a sha256" if sha_field else ""))
+            if spec.storage is None or spec.storage.s3 is None:
+                out.append(f"{field}: s3:// needs credentials: set spec.storage.s3.secretRef to a Secret with "
+                           "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            elif sha_field is not None and (not path or path.endswith("/")):
+                out.append(f"{field}: {uri}: expected s3://bucket/key of an object")
+            elif field == "spec.publish.repository" and spec.publish and spec.publish.rollout:
+                out.append("spec.publish.rollout: a rollout from an s3:// repository is not supported yet (the "
+                           "operator edits config.pbtxt and the router model in the repository and has no S3 "
+                           "path for that); publish to s3:// without a rollout, or use a path or pvc://")
             continue
         if scheme == "https" and sha_field is None:
             out.append(f"{field}: https:// can only be read, not written")

@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from lathe.api.spec import Publish
@@ -35,6 +36,7 @@ from lathe.storage.uri import pvc_path
 from .config import (
     ConfigError,
     ConfigOptions,
+    Flavour,
     check_config,
     config_versions,
     flavour_for,
@@ -168,6 +170,69 @@ def _normalise(artifact_files) -> dict[str, Path]:
     return items
 
 
+@dataclass
+class Staged:
+    """A version built in a local folder, ready to be made visible as N+1 (files, lathe.json, report)."""
+    dir: Path
+    flavour: Flavour
+    signature: object
+    options: ConfigOptions
+    files: dict[str, Path]
+    digest: str
+
+
+def stage_version(into: Path, model_name: str, artifact_files, runtime: str, spec: Publish, candidate_name: str,
+                  report_path: str | os.PathLike | None, flavour: str | None) -> Staged:
+    fl = flavour_for(flavour or spec.flavour, runtime)
+    arts = _normalise(artifact_files)
+    files = fl.files(arts)
+    sig = fl.signature(arts, files)
+    main_file = next(n for n in files if n.startswith("model"))
+    digest = sha256_file(files[main_file])
+    vstage = into / "version"
+    vstage.mkdir()
+    for name, src in files.items():
+        _link_or_copy(src, vstage / name)
+    opts = ConfigOptions(max_batch_size=spec.max_batch_size, dynamic_batching=spec.dynamic_batching,
+                         instances=spec.instances)
+    for name, data in fl.generated(model_name, sig, opts).items():
+        (vstage / name).write_bytes(data)
+    if report_path is not None:
+        shutil.copy2(report_path, vstage / "report.json")
+        html_report = Path(report_path).with_name("report.html")
+        if html_report.exists():  # the human-readable report travels with the version too
+            shutil.copy2(html_report, vstage / "report.html")
+    meta = {"candidate": candidate_name, "flavour": fl.name, "runtime": runtime, "sha256": digest,
+            "file": main_file, "files": {n: sha256_file(vstage / n) for n in sorted(os.listdir(vstage))},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "report": "report.json" if report_path is not None else None}
+    (vstage / "lathe.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    for p in vstage.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    return Staged(vstage, fl, sig, opts, files, digest)
+
+
+def next_config(st: Staged, model_name: str, old: str | None, existing: list[int], version: int) -> str:
+    """config.pbtxt once `version` is in: a first version lists itself; later ones keep the served
+    versions in version_policy (loading N+1 is the rollout's call) and must keep the served signature."""
+    opts = st.options
+    if old is None:  # a model folder without config.pbtxt keeps serving what it has
+        opts.versions = [max(existing)] if existing else [version]
+        cfg = st.flavour.config(model_name, st.signature, opts, st.files)
+        check_config(cfg, name=model_name)
+        return cfg
+    opts.versions = config_versions(old) or ([max(existing)] if existing else [version])
+    cfg = st.flavour.config(model_name, widen(st.signature, old, opts.max_batch_size), opts, st.files)
+    check_config(cfg, name=model_name)
+    if not io_compatible(io_of(old), io_of(cfg)):
+        raise PublishError(
+            f"{model_name}: new version's signature/platform differs from the served config "
+            f"(all versions share config.pbtxt); publish under another model name.\n"
+            f"served: {io_of(old)}\nnew:    {io_of(cfg)}")
+    return cfg
+
+
 def publish(repository: str | os.PathLike, model_name: str, artifact_files: Sequence[str | os.PathLike]
             | Mapping[str, str | os.PathLike] | str | os.PathLike, runtime: str, publish_spec: Publish | None,
             candidate_name: str, report_path: str | os.PathLike | None = None, *,
@@ -179,93 +244,61 @@ def publish(repository: str | os.PathLike, model_name: str, artifact_files: Sequ
     runtime: the candidate's runtime (onnxruntime/openvino/tensorrt) — picks the flavour when the spec says auto.
     reuse_existing: a version already holding the same candidate and artifact sha256 is returned instead of
     publishing a duplicate (an operator restarted between publish and status write must not add N+2).
+    An s3://bucket/prefix repository is written by serving.s3_repository (same layout, same guarantees).
     """
     spec = publish_spec or Publish(repository=str(repository), model_name=model_name)
+    if str(repository).startswith("s3://"):
+        from .s3_repository import publish_s3  # noqa: PLC0415
+
+        with tempfile.TemporaryDirectory(prefix=f"lathe-{model_name}-") as tmp:
+            st = stage_version(Path(tmp), model_name, artifact_files, runtime, spec, candidate_name, report_path,
+                               flavour)
+            return publish_s3(str(repository), model_name, st, candidate_name, reuse_existing=reuse_existing)
     repo = resolve_repository(repository)
-    fl = flavour_for(flavour or spec.flavour, runtime)
-    arts = _normalise(artifact_files)
-    files = fl.files(arts)
-    sig = fl.signature(arts, files)
-    main_file = next(n for n in files if n.startswith("model"))
-    digest = sha256_file(files[main_file])
     model_dir = repo / model_name
     if not repo.is_dir():
         repo.mkdir(parents=True, exist_ok=True)
-
-    if reuse_existing:
-        for v in reversed(versions(model_dir)):
-            meta = read_meta(model_dir, v)
-            if meta and meta.get("sha256") == digest and meta.get("candidate") == candidate_name:
-                return Published(repository=str(repository), model_name=model_name, version=v,
-                                 flavour=meta.get("flavour", fl.name), sha256=digest, candidate=candidate_name,
-                                 path=str(model_dir / str(v)))
-
     stage_root = _staging_root(repo, model_dir if model_dir.is_dir() else repo)
-    if stage_root == repo:  # no model dir yet and no usable sibling: stage under a hidden name in repo
-        stage_root = repo
     stage = Path(tempfile.mkdtemp(prefix=f".lathe-{model_name}-{uuid.uuid4().hex[:8]}-", dir=stage_root))
     try:
-        vstage = stage / "version"
-        vstage.mkdir()
-        for name, src in files.items():
-            _link_or_copy(src, vstage / name)
-        opts = ConfigOptions(max_batch_size=spec.max_batch_size, dynamic_batching=spec.dynamic_batching,
-                             instances=spec.instances)
-        for name, data in fl.generated(model_name, sig, opts).items():
-            (vstage / name).write_bytes(data)
-        if report_path is not None:
-            shutil.copy2(report_path, vstage / "report.json")
-            html_report = Path(report_path).with_name("report.html")
-            if html_report.exists():  # the human-readable report travels with the version too
-                shutil.copy2(html_report, vstage / "report.html")
-        meta = {"candidate": candidate_name, "flavour": fl.name, "runtime": runtime, "sha256": digest,
-                "file": main_file, "files": {n: sha256_file(vstage / n) for n in sorted(os.listdir(vstage))},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "report": "report.json" if report_path is not None else None}
-        (vstage / "lathe.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        for p in vstage.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-
+        st = stage_version(stage, model_name, artifact_files, runtime, spec, candidate_name, report_path, flavour)
+        digest, vstage = st.digest, st.dir
+        if reuse_existing:
+            for v in reversed(versions(model_dir)):
+                meta = read_meta(model_dir, v)
+                if meta and meta.get("sha256") == digest and meta.get("candidate") == candidate_name:
+                    return Published(repository=str(repository), model_name=model_name, version=v,
+                                     flavour=meta.get("flavour", st.flavour.name), sha256=digest,
+                                     candidate=candidate_name, path=str(model_dir / str(v)))
         for _attempt in range(100):
             existing = versions(model_dir)
             version = (max(existing) if existing else 0) + 1
             if not model_dir.exists():
                 # first version: build the whole model dir, rename it in (config lists version 1 only)
-                opts.versions = [version]
-                cfg = fl.config(model_name, sig, opts, files)
-                check_config(cfg, name=model_name)
                 mstage = stage / "model"
                 mstage.mkdir(exist_ok=True)
-                (mstage / "config.pbtxt").write_text(cfg)
+                (mstage / "config.pbtxt").write_text(next_config(st, model_name, None, existing, version))
                 os.rename(vstage, mstage / str(version))
                 try:
                     rename_noreplace(mstage, model_dir)
-                    return _published(repository, model_name, version, fl.name, digest, candidate_name, model_dir)
+                    return _published(repository, model_name, version, st.flavour.name, digest, candidate_name,
+                                      model_dir)
                 except FileExistsError:  # a concurrent publisher created the model: publish beside it
                     os.rename(mstage / str(version), vstage)
                     shutil.rmtree(mstage)
                     continue
             cfg_path = model_dir / "config.pbtxt"
             old = cfg_path.read_text() if cfg_path.exists() else None
-            served = (config_versions(old) if old else None) or ([max(existing)] if existing else [])
-            opts.versions = served or [version]
-            cfg = fl.config(model_name, widen(sig, old, opts.max_batch_size) if old else sig, opts, files)
-            check_config(cfg, name=model_name)
-            if old is not None and not io_compatible(io_of(old), io_of(cfg)):
-                raise PublishError(
-                    f"{model_name}: new version's signature/platform differs from the served config "
-                    f"(all versions share config.pbtxt); publish under another model name.\n"
-                    f"served: {io_of(old)}\nnew:    {io_of(cfg)}")
+            cfg = next_config(st, model_name, old, existing, version)
             try:
                 rename_noreplace(vstage, model_dir / str(version))
             except FileExistsError:
                 continue  # lost the race for this number: take the next one
             # batching/instances from the spec take effect at the next load; keep the served versions
             if old is not None:
-                cfg = set_version_policy(cfg, config_versions(_current(cfg_path)) or opts.versions)
+                cfg = set_version_policy(cfg, config_versions(_current(cfg_path)) or st.options.versions)
             write_atomic(cfg_path, cfg.encode())
-            return _published(repository, model_name, version, fl.name, digest, candidate_name, model_dir)
+            return _published(repository, model_name, version, st.flavour.name, digest, candidate_name, model_dir)
         raise PublishError(f"{model_name}: could not claim a version number after 100 attempts")
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -1,7 +1,11 @@
 """Model and data locations: a local path (or file://), `pvc://claim/path` (mounted into Jobs under
 $LATHE_PVC_ROOT, default /mnt/pvc), `https://…` (sha256 required, for data sets as for models:
-spec.data.*.sha256; downloaded once to a cache) and `s3://bucket/key` (only when boto3 is installed;
-the worker image has none, so the operator refuses s3:// locations before any Job runs)."""
+spec.data.*.sha256; downloaded once to a cache) and `s3://bucket/key` (storage.s3; credentials from
+the AWS variables the operator sets from spec.storage.s3.secretRef). Downloads stream to disk under a
+size limit ($LATHE_MAX_DOWNLOAD_BYTES, default 64 GiB) and the free space of the cache.
+
+Each StorageError has a `reason` the resource's status shows: StorageNotFound, StorageAccessDenied,
+StorageUnreachable, StorageTooLarge, ChecksumMismatch, or StorageError."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +22,36 @@ from .uri import pvc_path
 
 class StorageError(ValueError):
     """A location that cannot be resolved or whose content does not match its sha256."""
+
+    reason = "StorageError"
+
+
+class StorageNotFound(StorageError):
+    reason = "StorageNotFound"  # no such bucket, key or file
+
+
+class StorageAccessDenied(StorageError):
+    reason = "StorageAccessDenied"  # wrong or missing credentials, or a policy that refuses us
+
+
+class StorageUnreachable(StorageError):
+    reason = "StorageUnreachable"  # endpoint down, DNS, TLS, timeouts, 5xx, a cut transfer
+
+
+class StorageTooLarge(StorageError):
+    reason = "StorageTooLarge"
+
+
+class ChecksumMismatch(StorageError):
+    reason = "ChecksumMismatch"
+
+
+class StorageConflict(StorageError):
+    reason = "StorageConflict"  # a conditional write found the key taken
+
+
+def max_download_bytes() -> int:
+    return int(os.environ.get("LATHE_MAX_DOWNLOAD_BYTES") or 64 << 30)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -40,7 +75,7 @@ def verify(path: Path, sha256: str | None, uri: str) -> None:
         return
     actual = sha256_file(path)
     if actual != sha256.lower():
-        raise StorageError(f"sha256 mismatch for {uri}: expected {sha256.lower()}, got {actual}")
+        raise ChecksumMismatch(f"sha256 mismatch for {uri}: expected {sha256.lower()}, got {actual}")
 
 
 def resolve(uri: str, sha256: str | None = None) -> Path:
@@ -64,7 +99,7 @@ def resolve(uri: str, sha256: str | None = None) -> Path:
     else:
         path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
     if not path.exists():
-        raise StorageError(f"{uri}: no such file ({path})")
+        raise StorageNotFound(f"{uri}: no such file ({path})")
     verify(path, sha256, uri)
     return path
 
@@ -76,15 +111,25 @@ def _download(uri: str, sha256: str) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+    limit = max_download_bytes()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(uri, timeout=60) as resp:  # noqa: S310
-            shutil.copyfileobj(resp, out)
+            n = 0
+            while block := resp.read(1 << 20):
+                n += len(block)
+                if n > limit:
+                    raise StorageTooLarge(f"{uri}: more than {limit} bytes (LATHE_MAX_DOWNLOAD_BYTES)")
+                out.write(block)
         verify(Path(tmp), sha256, uri)
         os.replace(tmp, dest)
     except StorageError:
         raise
-    except Exception as e:
-        raise StorageError(f"{uri}: download failed: {e}") from e
+    except urllib.error.HTTPError as e:
+        cls = StorageNotFound if e.code in (404, 410) else StorageAccessDenied if e.code in (401, 403) \
+            else StorageUnreachable if e.code >= 500 else StorageError
+        raise cls(f"{uri}: download failed: HTTP {e.code} {e.reason}") from None
+    except OSError as e:  # URLError, timeouts, TLS, a cut connection
+        raise StorageUnreachable(f"{uri}: download failed: {getattr(e, 'reason', e)}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -92,20 +137,24 @@ def _download(uri: str, sha256: str) -> Path:
 
 
 def _s3(uri: str, sha256: str | None) -> Path:
-    try:
-        import boto3  # noqa: PLC0415
-    except ImportError:
-        raise StorageError(f"{uri}: s3:// needs boto3, which is not installed in this worker image; "
-                           "use pvc:// or https:// with a sha256") from None
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    if not bucket or not key:
-        raise StorageError(f"{uri}: expected s3://bucket/key")
+    """Download once into the cache; a cached copy is reused while its size and ETag match the store's."""
+    from .s3 import S3Client, parse_s3  # noqa: PLC0415
+
+    bucket, key = parse_s3(uri)
+    if not key or key.endswith("/"):
+        raise StorageError(f"{uri}: expected s3://bucket/key (an object, not a prefix)")
+    client = S3Client()
+    head = client.head(bucket, key)
     dest = cache_dir() / "s3" / bucket / key
-    if not (dest.exists() and (sha256 is None or sha256_file(dest) == sha256)):
+    tag = dest.with_name(f".{dest.name}.etag")
+    stamp = f"{head.size} {head.etag}"
+    if not (dest.exists() and tag.exists() and tag.read_text() == stamp):
+        limit = max_download_bytes()
         dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            boto3.client("s3").download_file(bucket, key, str(dest))
-        except Exception as e:
-            raise StorageError(f"{uri}: download failed: {e}") from e
+        free = shutil.disk_usage(dest.parent).free
+        if head.size > free:
+            raise StorageTooLarge(f"{uri}: {head.size} bytes, but only {free} free in {dest.parent}")
+        client.download(bucket, key, dest, max_bytes=limit)
+        tag.write_text(stamp)
     verify(dest, sha256, uri)
     return dest

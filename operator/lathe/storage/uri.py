@@ -2,7 +2,7 @@
 
 Forms: a plain path, file:///path, pvc://claim/path (a PersistentVolumeClaim mounted into the
 Job at $LATHE_PVC_ROOT/claim), https://host/path (read-only, needs a sha256 for models and data) and
-s3://bucket/key (parsed, but refused by validation in this build: no S3 client in the worker)."""
+s3://bucket/key (credentials from spec.storage.s3; docs/storage.md)."""
 
 from __future__ import annotations
 

@@ -10,10 +10,12 @@ class WorkerError(Exception):
     kind = "Crash"
     exit_code = 1
 
-    def __init__(self, stage: str, message: str):
+    def __init__(self, stage: str, message: str, kind: str | None = None):
         super().__init__(f"{stage}: {message}")
         self.stage = stage
         self.message = message
+        if kind:  # a finer reason for status (StorageNotFound, StorageAccessDenied, ...)
+            self.kind = kind
 
     def to_dict(self) -> dict[str, str]:
         return {"error": self.message, "stage": self.stage, "kind": self.kind}

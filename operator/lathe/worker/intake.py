@@ -47,7 +47,7 @@ def fetch(uri: str, sha256: str | None, what: str) -> Path:
     try:
         return storage.resolve(uri, sha256)
     except storage.StorageError as e:
-        raise InvalidInput("fetch", f"{what}: {e}") from e
+        raise InvalidInput("fetch", f"{what}: {e}", kind=e.reason) from e
 
 
 def onnx_inputs(path: Path) -> tuple[list[InputMeta], list[str]]:

@@ -1,5 +1,6 @@
 """Keeping the report after the pod: copies of result.json, details.json and report.html under
-spec.artifacts (a path or pvc://claim/path, in <namespace>/<name>/generation-<n>/ for a Job), the
+spec.artifacts (a path, pvc://claim/path or s3://bucket/prefix, in <namespace>/<name>/generation-<n>/
+for a Job), the
 Triton version folder's own copy (written by the publisher), and the whole result in the worker's
 last log lines for the operator to keep in a ConfigMap (lathe.api.result_log)."""
 
@@ -31,7 +32,7 @@ def artifacts_dir(uri: str) -> Path:
             raise WorkerError("report", f"spec.artifacts {uri!r}: want pvc://claim/path")
         return pvc_path(claim, sub)
     if "://" in uri and not uri.startswith("file://"):
-        raise WorkerError("report", f"spec.artifacts {uri!r}: only a path or pvc://claim/path can be written")
+        raise WorkerError("report", f"spec.artifacts {uri!r}: only a path, pvc://claim/path or s3:// can be written")
     return Path(uri.removeprefix("file://")).expanduser()
 
 
@@ -46,33 +47,41 @@ def keep(spec: ModelOptimizationSpec, result: WorkerResult, workdir: Path) -> li
     """Copy the reports where they outlive the pod; returns their locations as the user wrote them
     (also in result.copies). A location that cannot be written costs a warning, not the run."""
     copies: list[str] = []
-    if result.published and result.published.path:
-        version_dir = Path(result.published.path)
+    pub = result.published
+    if pub and pub.path and pub.path.startswith("s3://"):  # the publisher uploaded what the folder had
+        if result.report:
+            copies.append(f"{pub.path}/report.json")
+            if Path(result.report).with_name("report.html").exists():
+                copies.append(f"{pub.path}/report.html")
+    elif pub and pub.path:
+        version_dir = Path(pub.path)
         # As the user wrote the repository (pvc://claim/...), not where this pod mounts it.
-        shown = (f"{result.published.repository.rstrip('/')}/{result.published.model_name}/"
-                 f"{result.published.version}")
+        shown = f"{pub.repository.rstrip('/')}/{pub.model_name}/{pub.version}"
         copies += [f"{shown}/{n}" for n in ("report.json", "report.html") if (version_dir / n).exists()]
     dest = None
+    sub = _subfolder()
+    shown_artifacts = (spec.artifacts or "").rstrip("/") + (f"/{sub}" if sub else "")
     if spec.artifacts:
-        sub = _subfolder()
         try:
-            dest = artifacts_dir(spec.artifacts) / sub
+            dest = "s3" if spec.artifacts.startswith("s3://") else artifacts_dir(spec.artifacts) / sub
         except WorkerError as e:
             result.warnings.append(e.message)
         else:
-            shown = spec.artifacts.rstrip("/") + (f"/{sub}" if sub else "")
-            copies += [f"{shown}/{n}" for n in FILES]
+            copies += [f"{shown_artifacts}/{n}" for n in FILES]
     result.copies = copies
     (workdir / "result.json").write_text(result.model_dump_json(by_alias=True, indent=2))
     if dest is not None:
         try:
-            dest.mkdir(parents=True, exist_ok=True)
-            for n in FILES:
-                if (workdir / n).exists():
-                    tmp = dest / f".{n}.part"
-                    shutil.copyfile(workdir / n, tmp)
-                    os.replace(tmp, dest / n)  # a reader never sees half a report
-        except OSError as e:
+            if dest == "s3":
+                _upload(shown_artifacts, workdir)
+            else:
+                dest.mkdir(parents=True, exist_ok=True)
+                for n in FILES:
+                    if (workdir / n).exists():
+                        tmp = dest / f".{n}.part"
+                        shutil.copyfile(workdir / n, tmp)
+                        os.replace(tmp, dest / n)  # a reader never sees half a report
+        except (OSError, ValueError) as e:  # StorageError is a ValueError
             msg = f"report not kept in spec.artifacts {spec.artifacts}: {e}"
             log.warning("%s", msg)
             result.warnings.append(msg)
@@ -81,6 +90,17 @@ def keep(spec: ModelOptimizationSpec, result: WorkerResult, workdir: Path) -> li
     if result.copies:
         log.info("report kept at %s", ", ".join(result.copies))
     return result.copies
+
+
+def _upload(prefix_uri: str, workdir: Path) -> None:
+    """One PUT per file: S3 makes each object visible whole or not at all."""
+    from lathe.storage.s3 import S3Client, parse_s3  # noqa: PLC0415
+
+    bucket, prefix = parse_s3(prefix_uri)
+    client = S3Client()
+    for n in FILES:
+        if (workdir / n).exists():
+            client.upload(bucket, f"{prefix.strip('/')}/{n}".lstrip("/"), workdir / n)
 
 
 def emit(result: WorkerResult, workdir: Path, budget: dict | None, out=None) -> None:

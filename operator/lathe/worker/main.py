@@ -89,7 +89,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         keep(spec, result, Path(args.workdir))
     except InvalidInput as e:
         log.error("invalid input at %s: %s", e.stage, e.message)
-        _failure(term, "InvalidInput", e.stage, e.message)
+        _failure(term, e.kind, e.stage, e.message)
         return 2
     except WorkerError as e:
         log.error("worker failed at %s: %s\n%s", e.stage, e.message, traceback.format_exc())

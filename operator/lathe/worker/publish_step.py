@@ -31,11 +31,17 @@ def publish_winner(spec: ModelOptimizationSpec, result: WorkerResult, workdir: P
     if not winner.artifact:
         raise WorkerError("publish", f"winner {winner.name} has no artifact to publish")
     from lathe.serving.repository import PublishError, publish
+    from lathe.storage import StorageError
+
+    from .errors import InvalidInput
 
     try:
         published = publish(spec.publish.repository, spec.publish.model_name,
                             artifact_files(Path(winner.artifact)), winner.runtime, spec.publish, winner.name,
                             report_path=result.report)
+    except StorageError as e:  # a store that refuses us or is gone: the user's to fix, not a crash to retry
+        raise InvalidInput("publish", f"publishing {winner.name} to {spec.publish.repository} failed: {e}",
+                           kind=e.reason) from e
     except (PublishError, OSError, ValueError) as e:
         raise WorkerError("publish", f"publishing {winner.name} to {spec.publish.repository} failed: {e}") from e
     log.info("published %s as %s version %d (%s)", winner.name, published.model_name, published.version,

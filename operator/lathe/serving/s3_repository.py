@@ -1,0 +1,179 @@
+"""Version N+1 of a model in a Triton repository on S3 (`s3://bucket/prefix`), same layout as on disk.
+
+S3 has no rename and no directories, and a conditional create (`If-None-Match: *`) is not exclusive on
+every S3 server (versitygw checks it before it reads the body; see e2e/s3/README.md), so:
+
+1. Claim a number. A publisher writes `<model>/.lathe-claims/<V>/<token>` for V = 1 + the highest version
+   or claim it sees, then lists that folder: it owns V only if its claim is the only one there and no
+   object exists under `<model>/<V>/`. Two publishers that claim V together both see two claims, both
+   withdraw and retry after a random pause; one that lists first and sees itself alone was written before
+   the other's claim, so the other sees it. (Needs read-after-write listing, which S3 has had since 2020.)
+   A claim left by a crashed publisher only makes the next one take V+1: a gap, never a clobber.
+2. Upload the version under `<model>/.lathe-staging/<token>/`, check every object's size and MD5, then
+   copy it into `<model>/<V>/` server-side, `lathe.json` last: a version is complete when its lathe.json
+   exists (what `read_meta`-style readers and the rollout look for). Triton never loads it before the
+   rollout does: config.pbtxt's version_policy names the served versions only, and a first version's
+   config.pbtxt is written after the version itself.
+3. Replace config.pbtxt (a PUT is atomic per object), keeping the served versions, then drop the
+   staging objects and the claim. Existing versions are never written to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+import uuid
+
+from lathe.api.status import Published
+from lathe.storage import StorageError
+from lathe.storage.s3 import S3Client, parse_s3
+
+from .config import config_versions, set_version_policy
+from .repository import PublishError, Staged, next_config
+
+log = logging.getLogger("lathe.publish")
+CLAIMS = ".lathe-claims"
+STAGING = ".lathe-staging"
+
+
+def model_prefix(repository: str, model_name: str) -> tuple[str, str]:
+    bucket, prefix = parse_s3(repository.rstrip("/"))
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/{model_name}" if prefix else model_name
+
+
+def s3_versions(client: S3Client, bucket: str, base: str) -> list[int]:
+    """Numeric version folders under the model, as Triton sees them."""
+    _, prefixes = client.list(bucket, f"{base}/", delimiter="/")
+    names = [p[len(base) + 1:].rstrip("/") for p in prefixes]
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def s3_meta(client: S3Client, bucket: str, base: str, version: int) -> dict | None:
+    try:
+        return json.loads(client.get_bytes(bucket, f"{base}/{version}/lathe.json"))
+    except (StorageError, ValueError):
+        return None
+
+
+def _claims(client: S3Client, bucket: str, base: str) -> dict[int, list[str]]:
+    objs, _ = client.list(bucket, f"{base}/{CLAIMS}/")
+    out: dict[int, list[str]] = {}
+    for o in objs:
+        v, _, token = o.key[len(base) + len(CLAIMS) + 2:].partition("/")
+        if v.isdigit():
+            out.setdefault(int(v), []).append(token)
+    return out
+
+
+def _claim(client: S3Client, bucket: str, base: str, token: str) -> int | None:
+    """A version number this publisher now owns, or None when it lost a race (retry)."""
+    existing = s3_versions(client, bucket, base)
+    claims = _claims(client, bucket, base)
+    version = max([0, *existing, *claims]) + 1
+    key = f"{base}/{CLAIMS}/{version}/{token}"
+    client.put_bytes(bucket, key, json.dumps({"token": token, "at": time.time()}).encode(),
+                     content_type="application/json")
+    mine_alone = _claims(client, bucket, base).get(version) == [token]
+    taken = bool(client.list(bucket, f"{base}/{version}/")[0])
+    if mine_alone and not taken:
+        return version
+    client.delete(bucket, key)
+    return None
+
+
+def publish_s3(repository: str, model_name: str, st: Staged, candidate: str, *,
+               reuse_existing: bool = True, client: S3Client | None = None) -> Published:
+    client = client or S3Client()
+    bucket, base = model_prefix(repository, model_name)
+    client.check_bucket(bucket)
+    if reuse_existing:
+        for v in reversed(s3_versions(client, bucket, base)):
+            meta = s3_meta(client, bucket, base, v)
+            if meta and meta.get("sha256") == st.digest and meta.get("candidate") == candidate:
+                return _published(repository, model_name, v, meta.get("flavour", st.flavour.name), st.digest,
+                                  candidate, bucket, base)
+    token = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+    version = None
+    for attempt in range(50):
+        version = _claim(client, bucket, base, token)
+        if version is not None:
+            break
+        time.sleep(random.uniform(0.05, 0.25) * min(attempt + 1, 8))
+    if version is None:
+        raise PublishError(f"{model_name}: could not claim a version number in s3://{bucket}/{base} "
+                           "after 50 attempts")
+    claim = f"{base}/{CLAIMS}/{version}/{token}"
+    staging = f"{base}/{STAGING}/{token}"
+    names = sorted(p.name for p in st.dir.iterdir())
+    try:
+        for n in names:
+            client.upload(bucket, f"{staging}/{n}", st.dir / n)
+        _check(client, bucket, staging, st)
+        for n in [n for n in names if n != "lathe.json"] + ["lathe.json"]:
+            client.copy(bucket, f"{staging}/{n}", f"{base}/{version}/{n}")
+        existing = [v for v in s3_versions(client, bucket, base) if v != version]
+        old = _text(client, bucket, f"{base}/config.pbtxt")
+        cfg = next_config(st, model_name, old, existing, version)
+        if old is not None:  # keep what the rollout serves now (it may have changed while we uploaded)
+            current = _text(client, bucket, f"{base}/config.pbtxt") or old
+            cfg = set_version_policy(cfg, config_versions(current) or st.options.versions)
+        client.put_bytes(bucket, f"{base}/config.pbtxt", cfg.encode(), content_type="text/plain")
+    except PublishError:
+        _drop_partial(client, bucket, base, version)
+        raise
+    except StorageError:
+        _drop_partial(client, bucket, base, version)
+        raise
+    finally:
+        for n in names:
+            _quiet_delete(client, bucket, f"{staging}/{n}")
+        _quiet_delete(client, bucket, claim)
+    log.info("published s3://%s/%s/%d (%s)", bucket, base, version, candidate)
+    return _published(repository, model_name, version, st.flavour.name, st.digest, candidate, bucket, base)
+
+
+def _check(client: S3Client, bucket: str, staging: str, st: Staged) -> None:
+    """Every staged object has its file's size, and its MD5 where the ETag is one (single-part PUT)."""
+    objs, _ = client.list(bucket, f"{staging}/")
+    got = {o.key[len(staging) + 1:]: o for o in objs}
+    for p in st.dir.iterdir():
+        o = got.get(p.name)
+        if o is None or o.size != p.stat().st_size:
+            raise PublishError(f"s3://{bucket}/{staging}/{p.name}: upload incomplete "
+                               f"({o.size if o else 'missing'} of {p.stat().st_size} bytes)")
+        if "-" not in o.etag and o.etag != hashlib.md5(p.read_bytes()).hexdigest():  # noqa: S324
+            raise PublishError(f"s3://{bucket}/{staging}/{p.name}: stored content differs from the upload")
+
+
+def _drop_partial(client: S3Client, bucket: str, base: str, version: int) -> None:
+    """A version we claimed but could not finish is removed, so no reader meets half of it."""
+    try:
+        for o in client.list(bucket, f"{base}/{version}/")[0]:
+            client.delete(bucket, o.key)
+    except StorageError as e:
+        log.warning("could not remove the unfinished s3://%s/%s/%d: %s", bucket, base, version, e)
+
+
+def _quiet_delete(client: S3Client, bucket: str, key: str) -> None:
+    try:
+        client.delete(bucket, key)
+    except StorageError as e:
+        log.warning("could not delete s3://%s/%s: %s", bucket, key, e)
+
+
+def _text(client: S3Client, bucket: str, key: str) -> str | None:
+    from lathe.storage import StorageNotFound
+
+    try:
+        return client.get_bytes(bucket, key).decode()
+    except StorageNotFound:
+        return None
+
+
+def _published(repository, model_name, version, flavour, digest, candidate, bucket, base) -> Published:
+    return Published(repository=repository, model_name=model_name, version=version, flavour=flavour,
+                     sha256=digest, candidate=candidate, path=f"s3://{bucket}/{base}/{version}")

@@ -1,0 +1,170 @@
+"""The chain with everything on a real S3 server (versitygw): model, calibration and validation data read
+from s3://, the winner published into a Triton repository on s3://, the reports kept under an s3://
+artifacts prefix, credentials from a Secret named by spec.storage.s3.secretRef (handed to the worker pod
+by secretKeyRef). The real Triton then serves the published version straight from S3. And each way a
+store can fail, through the operator: its own reason in status, no retry, no secret value anywhere."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kubernetes import client
+
+from e2e.controlplane.fixture import free_port
+from e2e.triton.server import TritonServer
+from tests.e2e.test_end_to_end import BIN, Cluster, Operator
+from tests.waiting import wait_for
+
+DONE = ("Succeeded", "Failed", "Rejected", "RolledBack")
+
+
+@pytest.fixture(scope="module")
+def s3e2e(control_plane, k8s_client, node_agent, s3_server, tmp_path_factory):
+    from lathe.worker.samples import make_digits
+
+    ns = f"s3-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(k8s_client)
+    core.create_namespace({"metadata": {"name": ns}})
+    bucket = s3_server.make_bucket(f"lathe-e2e-{uuid.uuid4().hex[:8]}")
+    work = tmp_path_factory.mktemp("s3e2e")
+    sample = make_digits(work / "digits")
+    s3 = s3_server.client()
+    for role in ("model", "calibration", "validation"):
+        s3.upload(bucket, f"models/{Path(sample[role]).name}", Path(sample[role]))
+
+    def secret(name: str, **data: str) -> None:
+        core.create_namespaced_secret(ns, {"metadata": {"name": name}, "type": "Opaque",
+                                           "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+
+    secret("s3-creds", AWS_ACCESS_KEY_ID=s3_server.access_key, AWS_SECRET_ACCESS_KEY=s3_server.secret_key,
+           AWS_REGION=s3_server.region)
+    secret("s3-wrong", AWS_ACCESS_KEY_ID=s3_server.access_key, AWS_SECRET_ACCESS_KEY="wrong-secret-value-1234")
+    secret("s3-half", AWS_ACCESS_KEY_ID=s3_server.access_key)
+    env = dict(os.environ, KUBECONFIG=str(control_plane.kubeconfig), LATHE_WORKER_COMMAND=f"{BIN / 'lathe'} worker",
+               LATHE_METRICS_PORT=str(free_port()), LATHE_ROLLOUT_INTERVAL="1",
+               LATHE_MAX_ATTEMPTS="2",  # a failure taken for a crash would show as a second attempt
+               LATHE_BENCH_SECONDS="4")
+    creds = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
+    assert not [k for k in creds if k in env], "the worker must get its credentials from the Secret alone"
+    op = Operator(env, ns, work / "operator.log")
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: print("operator log tail:\n" + (work / "operator.log").read_text()[-4000:])
+                       if (work / "operator.log").exists() else None)
+        stack.callback(op.stop)
+        op.start()
+        yield {"ns": ns, "k": Cluster(k8s_client, control_plane.kubeconfig, ns), "bucket": bucket, "s3": s3,
+               "server": s3_server, "sample": sample, "work": work, "log": work / "operator.log",
+               "batch": client.BatchV1Api(k8s_client), "core": core}
+
+
+def resource(name: str, e: dict, *, model: str | None = None, secret: str = "s3-creds",
+             endpoint: str | None = None, publish: bool = False) -> dict:
+    b = e["bucket"]
+    spec = {
+        "model": {"uri": model or f"s3://{b}/models/digits_cnn.pt", "format": "torchscript",
+                  "inputs": [{"name": "input", "shape": ["batch", 1, 8, 8], "dtype": "float32"}]},
+        "data": {"calibration": {"uri": f"s3://{b}/models/digits_calibration.npz"},
+                 "validation": {"uri": f"s3://{b}/models/digits_validation.npz"}},
+        "target": {"runtimes": ["onnxruntime"], "batchSizes": [1]},
+        "candidates": [{"name": "int8-static", "passes": [{"type": "quantize", "precision": "int8",
+                                                           "mode": "static"}]}],
+        "budget": {"maxAccuracyDrop": 0.02, "minSpeedup": 0.0},  # the storage path is under test, not speed
+        "storage": {"s3": {"secretRef": secret, "endpoint": endpoint or e["server"].endpoint}},
+    }
+    if publish:
+        spec["publish"] = {"repository": f"s3://{b}/triton", "modelName": "digits", "flavour": "python"}
+        spec["artifacts"] = f"s3://{b}/reports"
+    return {"apiVersion": "lathe.dev/v1alpha1", "kind": "ModelOptimization", "metadata": {"name": name},
+            "spec": spec}
+
+
+def test_model_data_repository_and_reports_on_s3(s3e2e):
+    e, k, s3, b = s3e2e, s3e2e["k"], s3e2e["s3"], s3e2e["bucket"]
+    k.apply(resource("s3-digits", e, publish=True))
+    st = k.wait("s3-digits", lambda s: s.get("phase") in DONE, 600, "s3-digits done")
+    assert st["phase"] == "Succeeded", (st.get("message"), st.get("conditions"))
+    pub = st["published"]
+    assert pub["version"] == 1 and pub["repository"] == f"s3://{b}/triton"
+    keys = {o.key for o in s3.list(b, "triton/")[0]}
+    assert {"triton/digits/config.pbtxt", "triton/digits/1/model.onnx", "triton/digits/1/model.py",
+            "triton/digits/1/lathe.json", "triton/digits/1/report.json"} <= keys, sorted(keys)
+    assert not [k_ for k_ in keys if ".lathe-" in k_]
+    prefix = f"reports/{e['ns']}/s3-digits/generation-1"
+    assert {f"{prefix}/result.json", f"{prefix}/report.html"} <= {o.key for o in s3.list(b, "reports/")[0]}
+    assert f"s3://{b}/{prefix}/report.html" in st["reportCopies"]
+    kept = json.loads(s3.get_bytes(b, f"{prefix}/result.json"))
+    assert kept["winner"] == st["winner"] and kept["published"]["version"] == 1
+
+    # The real Triton serves version 1 from the S3 repository, with the accuracy the worker measured.
+    server = e["server"]
+    triton = TritonServer(f"s3://{server.host}:{server.port}/{b}/triton", workdir=e["work"] / "triton",
+                          env={"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
+                               "AWS_DEFAULT_REGION": server.region}, start_timeout=90)
+    try:
+        triton.start()
+        import tritonclient.http as http
+
+        c = http.InferenceServerClient(triton.http_url)
+        c.load_model("digits")
+        data = np.load(e["sample"]["validation"])
+        x, y = data["input"].astype(np.float32), data["labels"]
+        name = c.get_model_metadata("digits")["outputs"][0]["name"]
+        outs = []
+        for i in range(0, len(x), 8):
+            inp = http.InferInput("input", list(x[i:i + 8].shape), "FP32")
+            inp.set_data_from_numpy(x[i:i + 8])
+            outs.append(c.infer("digits", [inp]).as_numpy(name))
+        win = next(cand for cand in st["candidates"] if cand["name"] == st["winner"])
+        assert float((np.concatenate(outs).argmax(1) == y).mean()) == pytest.approx(win["accuracy"], abs=1e-5)
+    finally:
+        triton.stop()
+    assert not triton.alive()
+
+
+def test_each_store_failure_has_its_reason_and_is_not_retried(s3e2e):
+    e, k, b = s3e2e, s3e2e["k"], s3e2e["bucket"]
+    cases = {  # name -> (resource, condition reason, text in the message)
+        "s3-no-key": (resource("s3-no-key", e, model=f"s3://{b}/models/missing.pt"), "StorageNotFound", "NoSuchKey"),
+        "s3-no-bucket": (resource("s3-no-bucket", e, model="s3://lathe-no-such-bucket/m.pt"), "StorageNotFound",
+                         "NoSuchBucket"),
+        "s3-denied": (resource("s3-denied", e, secret="s3-wrong"), "StorageAccessDenied", "SignatureDoesNotMatch"),
+        "s3-down": (resource("s3-down", e, endpoint=f"http://127.0.0.1:{free_port()}"), "StorageUnreachable",
+                    "unreachable"),
+    }
+    invalid = {  # refused by validation: no Job at all
+        "s3-no-secret": (resource("s3-no-secret", e, secret="nope"), "Secret 'nope' not found"),
+        "s3-half-secret": (resource("s3-half-secret", e, secret="s3-half"), "has no key AWS_SECRET_ACCESS_KEY"),
+    }
+    for doc, *_ in [*cases.values(), *invalid.values()]:
+        k.apply(doc)
+    for name, (_, reason, text) in cases.items():
+        st = k.wait(name, lambda s: s.get("phase") in DONE, 300, f"{name} done")
+        cond = {c["type"]: c for c in st["conditions"]}["Validated"]
+        assert st["phase"] == "Failed" and cond["reason"] == reason and text in cond["message"], (name, cond)
+        assert st["job"]["attempt"] == 1 and st["job"]["exitCode"] == 2, (name, st["job"])
+        print(f"{name}: {reason}: {cond['message']}")  # quoted in docs/storage.md
+    for name, (_, text) in invalid.items():
+        st = k.wait(name, lambda s: s.get("phase") in DONE, 120, f"{name} refused")
+        assert st["phase"] == "Failed" and "spec.storage.s3.secretRef: " in st["message"] and text in st["message"], st
+    jobs = e["batch"].list_namespaced_job(e["ns"]).items
+    by_resource = {}
+    for j in jobs:
+        by_resource.setdefault(j.metadata.labels["lathe.dev/name"], []).append(j.metadata.name)
+    assert all(len(by_resource.get(n, [])) == 1 for n in cases), by_resource  # one attempt each
+    assert not set(invalid) & set(by_resource), by_resource
+    # No secret value in any status, event or the operator's log.
+    secrets = [e["server"].secret_key, "wrong-secret-value-1234"]
+    events = k.kubectl("get", "events", "-o", "json")
+    statuses = json.dumps([k.status(n) for n in [*cases, *invalid]])
+    for text in (events, statuses, e["log"].read_text()):
+        assert not any(s in text for s in secrets)
+    wait_for(lambda: {"StorageNotFound", "StorageAccessDenied", "StorageUnreachable"}
+             <= {ev["reason"] for ev in json.loads(k.kubectl("get", "events", "-o", "json"))["items"]},
+             timeout=30, interval=0.5, what="an event per reason")
