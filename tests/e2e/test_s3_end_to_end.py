@@ -1,8 +1,10 @@
 """The chain with everything on a real S3 server (versitygw): model, calibration and validation data read
 from s3://, the winner published into a Triton repository on s3://, the reports kept under an s3://
 artifacts prefix, credentials from a Secret named by spec.storage.s3.secretRef (handed to the worker pod
-by secretKeyRef). The real Triton then serves the published version straight from S3. And each way a
-store can fail, through the operator: its own reason in status, no retry, no secret value anywhere."""
+by secretKeyRef). The real Triton serves that repository straight from S3, and the operator rolls
+version 2 out as a canary under live traffic there (config.pbtxt and the router model written on S3
+with the operator's own copy of the credentials). And each way a store can fail, through the operator:
+its own reason in status, no retry, no secret value anywhere."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from kubernetes import client
 
 from e2e.controlplane.fixture import free_port
 from e2e.triton.server import TritonServer
-from tests.e2e.test_end_to_end import BIN, Cluster, Operator
+from tests.e2e.test_end_to_end import BIN, GENERATION_2, Cluster, Load, Operator
 from tests.waiting import wait_for
 
 DONE = ("Succeeded", "Failed", "Rejected", "RolledBack")
@@ -54,18 +56,26 @@ def s3e2e(control_plane, k8s_client, node_agent, s3_server, tmp_path_factory):
     creds = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
     assert not [k for k in creds if k in env], "the worker must get its credentials from the Secret alone"
     op = Operator(env, ns, work / "operator.log")
+    # Triton only starts on a prefix that exists (else "repository path is not a valid directory").
+    s3.put_bytes(bucket, "triton/.keep", b"")
+    triton = TritonServer(f"s3://{s3_server.host}:{s3_server.port}/{bucket}/triton", workdir=work / "triton",
+                          env={"AWS_ACCESS_KEY_ID": s3_server.access_key,
+                               "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+                               "AWS_DEFAULT_REGION": s3_server.region}, start_timeout=90)
     with contextlib.ExitStack() as stack:
+        stack.callback(triton.stop)
         stack.callback(lambda: print("operator log tail:\n" + (work / "operator.log").read_text()[-4000:])
                        if (work / "operator.log").exists() else None)
         stack.callback(op.stop)
+        triton.start()
         op.start()
         yield {"ns": ns, "k": Cluster(k8s_client, control_plane.kubeconfig, ns), "bucket": bucket, "s3": s3,
                "server": s3_server, "sample": sample, "work": work, "log": work / "operator.log",
-               "batch": client.BatchV1Api(k8s_client), "core": core}
+               "batch": client.BatchV1Api(k8s_client), "core": core, "triton": triton}
 
 
 def resource(name: str, e: dict, *, model: str | None = None, secret: str = "s3-creds",
-             endpoint: str | None = None, publish: bool = False) -> dict:
+             endpoint: str | None = None, publish: bool = False, candidates: list | None = None) -> dict:
     b = e["bucket"]
     spec = {
         "model": {"uri": model or f"s3://{b}/models/digits_cnn.pt", "format": "torchscript",
@@ -73,13 +83,18 @@ def resource(name: str, e: dict, *, model: str | None = None, secret: str = "s3-
         "data": {"calibration": {"uri": f"s3://{b}/models/digits_calibration.npz"},
                  "validation": {"uri": f"s3://{b}/models/digits_validation.npz"}},
         "target": {"runtimes": ["onnxruntime"], "batchSizes": [1]},
-        "candidates": [{"name": "int8-static", "passes": [{"type": "quantize", "precision": "int8",
-                                                           "mode": "static"}]}],
+        "candidates": candidates or [{"name": "int8-static", "passes": [{"type": "quantize", "precision": "int8",
+                                                                         "mode": "static"}]}],
         "budget": {"maxAccuracyDrop": 0.02, "minSpeedup": 0.0},  # the storage path is under test, not speed
         "storage": {"s3": {"secretRef": secret, "endpoint": endpoint or e["server"].endpoint}},
     }
     if publish:
-        spec["publish"] = {"repository": f"s3://{b}/triton", "modelName": "digits", "flavour": "python"}
+        t = e["triton"]
+        spec["publish"] = {"repository": f"s3://{b}/triton", "modelName": "digits", "flavour": "python",
+                           "tritonUrl": t.http_url, "metricsUrl": t.metrics_url,
+                           "rollout": {"steps": [{"weight": 30, "pauseSeconds": 3, "minRequests": 10},
+                                                 {"weight": 100, "pauseSeconds": 0, "minRequests": 0}],
+                                       "analysis": {"maxErrorRate": 0.0, "maxLatencyRatio": 50.0}}}  # storage under test
         spec["artifacts"] = f"s3://{b}/reports"
     return {"apiVersion": "lathe.dev/v1alpha1", "kind": "ModelOptimization", "metadata": {"name": name},
             "spec": spec}
@@ -102,30 +117,45 @@ def test_model_data_repository_and_reports_on_s3(s3e2e):
     kept = json.loads(s3.get_bytes(b, f"{prefix}/result.json"))
     assert kept["winner"] == st["winner"] and kept["published"]["version"] == 1
 
-    # The real Triton serves version 1 from the S3 repository, with the accuracy the worker measured.
-    server = e["server"]
-    triton = TritonServer(f"s3://{server.host}:{server.port}/{b}/triton", workdir=e["work"] / "triton",
-                          env={"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
-                               "AWS_DEFAULT_REGION": server.region}, start_timeout=90)
-    try:
-        triton.start()
-        import tritonclient.http as http
+    assert st["rollout"]["state"] == "Promoted" and st["rollout"]["stableVersion"] == 1, st["rollout"]
 
-        c = http.InferenceServerClient(triton.http_url)
-        c.load_model("digits")
-        data = np.load(e["sample"]["validation"])
-        x, y = data["input"].astype(np.float32), data["labels"]
-        name = c.get_model_metadata("digits")["outputs"][0]["name"]
-        outs = []
-        for i in range(0, len(x), 8):
-            inp = http.InferInput("input", list(x[i:i + 8].shape), "FP32")
-            inp.set_data_from_numpy(x[i:i + 8])
-            outs.append(c.infer("digits", [inp]).as_numpy(name))
-        win = next(cand for cand in st["candidates"] if cand["name"] == st["winner"])
-        assert float((np.concatenate(outs).argmax(1) == y).mean()) == pytest.approx(win["accuracy"], abs=1e-5)
+    # The real Triton serves version 1 from the S3 repository, with the accuracy the worker measured.
+    import tritonclient.http as http
+
+    c = http.InferenceServerClient(e["triton"].http_url)
+    data = np.load(e["sample"]["validation"])
+    x, y = data["input"].astype(np.float32), data["labels"]
+    name = c.get_model_metadata("digits")["outputs"][0]["name"]
+    outs = []
+    for i in range(0, len(x), 8):
+        inp = http.InferInput("input", list(x[i:i + 8].shape), "FP32")
+        inp.set_data_from_numpy(x[i:i + 8])
+        outs.append(c.infer("digits", [inp]).as_numpy(name))
+    win = next(cand for cand in st["candidates"] if cand["name"] == st["winner"])
+    assert float((np.concatenate(outs).argmax(1) == y).mean()) == pytest.approx(win["accuracy"], abs=1e-5)
+
+    # Generation 2: version 2 published beside it on S3 and rolled out as a canary under live traffic.
+    load = Load(e["triton"].http_url, "digits_router", x)
+    load.start()
+    try:
+        wait_for(lambda: load.ok > 0, 30, interval=0.2, what="traffic through the router")
+        k.apply(resource("s3-digits", e, publish=True, candidates=GENERATION_2))
+        st = k.wait("s3-digits", lambda s: s.get("observedGeneration") == 2 and s.get("phase") in DONE, 600,
+                    "generation 2 decided")
     finally:
-        triton.stop()
-    assert not triton.alive()
+        load.stop.set()
+        load.join(10)
+    assert st["phase"] == "Succeeded", (st.get("message"), st.get("rollout"))
+    ro = st["rollout"]
+    assert ro["state"] == "Promoted" and ro["stableVersion"] == 2, ro
+    passed = [h for h in ro["history"] if h["decision"] == "Passed"]
+    assert passed and passed[0]["weight"] == 30 and passed[0]["requests"]["2"] >= 10, ro["history"]
+    assert load.failed == 0 and load.ok > 0, load.errors[:5]
+    assert c.is_model_ready("digits", "2") and not c.is_model_ready("digits", "1")
+    from lathe.serving.config import config_versions
+
+    assert config_versions(s3.get_bytes(b, "triton/digits/config.pbtxt").decode()) == [2]
+    assert "weights" in s3.get_bytes(b, "triton/digits_router/config.pbtxt").decode()
 
 
 def test_each_store_failure_has_its_reason_and_is_not_retried(s3e2e):

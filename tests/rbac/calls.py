@@ -13,6 +13,7 @@ CODE_CALLS = {
     ("controller/reconcile.py", "read_namespaced_persistent_volume_claim"): ("", "persistentvolumeclaims", "get"),
     ("controller/reconcile.py", "create_namespaced_event"): ("", "events", "create"),
     ("controller/reconcile.py", "read_namespaced_secret"): ("", "secrets", "get"),
+    ("controller/storage_secret.py", "read_namespaced_secret"): ("", "secrets", "get"),
     ("controller/report_store.py", "read_namespaced_pod_log"): ("", "pods/log", "get"),
     ("controller/report_store.py", "create_namespaced_config_map"): ("", "configmaps", "create"),
     ("controller/report_store.py", "replace_namespaced_config_map"): ("", "configmaps", "update"),

@@ -35,8 +35,8 @@ granted and every neighbour is not, against a real API server. */}}
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [create, update]
-# Validation: spec.storage.s3.secretRef names a Secret with the keys the worker needs (only its key
-# names are looked at; the values reach the worker pod by secretKeyRef, never through the operator).
+# Validation: spec.storage.s3.secretRef names a Secret with the keys the worker needs (the values reach
+# the worker pod by secretKeyRef); a rollout from an s3:// repository reads them to edit it.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]

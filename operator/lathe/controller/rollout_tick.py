@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lathe.api.spec import ModelOptimizationSpec, Publish, Rollout
+from lathe.api.spec import ModelOptimizationSpec, Publish, Rollout, Storage
 from lathe.api.status import Phase, RolloutStatus
 from lathe.rollout.executor import RolloutExecutor
 from lathe.rollout.machine import start
 from lathe.rollout.router import RouteRefused, RouteUnavailable
 from lathe.serving.triton import TritonControl, TritonError
+from lathe.storage import StorageError
 
 from .config import OperatorConfig
 from .kube import api_message
@@ -58,9 +59,14 @@ def gateway_options(rollout: Rollout, namespace: str) -> dict[str, Any]:
             "parent_refs": [p.model_dump(by_alias=True, exclude_none=True) for p in g.parent_refs]}
 
 
-def executor_for(pub: Publish, namespace: str) -> RolloutExecutor:
+def executor_for(pub: Publish, namespace: str, storage: Storage | None = None) -> RolloutExecutor:
     rollout = pub.rollout or Rollout()
-    triton = TritonControl(pub.triton_url, pub.repository, metrics_url=pub.metrics_url)
+    s3 = None
+    if pub.repository.startswith("s3://"):
+        from .storage_secret import s3_client_for
+
+        s3 = s3_client_for(storage, namespace)
+    triton = TritonControl(pub.triton_url, pub.repository, metrics_url=pub.metrics_url, s3_client=s3)
     return RolloutExecutor(triton, pub.model_name, router=rollout.router, apply_manifest=_apply_manifest(namespace),
                            gateway_options=gateway_options(rollout, namespace))
 
@@ -70,7 +76,7 @@ def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig
     pub = world.spec.publish
     rollout = st.rollout or RolloutStatus(canary_version=st.published.version if st.published else None)
     try:
-        ex = executor_for(pub, obj["metadata"]["namespace"])
+        ex = executor_for(pub, obj["metadata"]["namespace"], world.spec.storage)
         if rollout.state == "Pending" and rollout.stable_version is None and rollout.canary_version is not None:
             served = [v for v in ex.triton.ready_versions(pub.model_name) if v != rollout.canary_version]
             rollout = start(max(served) if served else None, rollout.canary_version).model_copy(
@@ -78,6 +84,8 @@ def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig
         new, _ = ex.step(pub.rollout, rollout, now)
     except TritonError as e:
         new = rollout.model_copy(update={"reason": f"Triton: {e}; retrying"})
+    except StorageError as e:  # the repository on S3 refused or is gone: the step waits, nothing moved
+        new = rollout.model_copy(update={"reason": f"model repository: {e}; retrying"})
     st.rollout = new
     st.message = new.reason
     if new.state == "Promoted":
@@ -110,13 +118,19 @@ def abandon(namespace: str, name: str, spec: dict[str, Any], rollout: RolloutSta
     if rollout.stable_version is None:
         return  # no traffic was moved yet
     try:
-        pub = rollout.publish or ModelOptimizationSpec.model_validate(spec).publish
+        try:  # the spec that superseded the canary may be invalid; the recorded publish still holds
+            parsed = ModelOptimizationSpec.model_validate(spec)
+        except ValueError:
+            if rollout.publish is None:
+                raise
+            parsed = None
+        pub = rollout.publish or parsed.publish
         if not pub or not pub.triton_url:
             return
-        ex = executor_for(pub, namespace)
+        ex = executor_for(pub, namespace, parsed.storage if parsed else None)
         ex.apply([Route(((rollout.stable_version, 100),)), Serve((rollout.stable_version,))])
         log.info("%s/%s: canary %s abandoned, back on version %s at %s", namespace, name, rollout.canary_version,
                  rollout.stable_version, pub.triton_url)
-    except (TritonError, ValueError) as e:
+    except (TritonError, ValueError) as e:  # StorageError is a ValueError
         log.warning("%s/%s: canary %s abandoned; could not restore version %s: %s", namespace, name,
                     rollout.canary_version, rollout.stable_version, e)

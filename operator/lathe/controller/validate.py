@@ -104,10 +104,6 @@ def _location_problems(spec: ModelOptimizationSpec, reachable: Reachability | No
                            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
             elif sha_field is not None and (not path or path.endswith("/")):
                 out.append(f"{field}: {uri}: expected s3://bucket/key of an object")
-            elif field == "spec.publish.repository" and spec.publish and spec.publish.rollout:
-                out.append("spec.publish.rollout: a rollout from an s3:// repository is not supported yet (the "
-                           "operator edits config.pbtxt and the router model in the repository and has no S3 "
-                           "path for that); publish to s3:// without a rollout, or use a path or pvc://")
             continue
         if scheme == "https" and sha_field is None:
             out.append(f"{field}: https:// can only be read, not written")

@@ -10,15 +10,12 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from google.protobuf import text_format
 
 from lathe.serving.config import check_config, parse_config
-from lathe.serving.repository import rename_noreplace, write_atomic
 from lathe.serving.triton import TritonControl, TritonLoadError, TritonUnavailable
 
 
@@ -56,45 +53,38 @@ class TritonRouter:
     def __init__(self, triton: TritonControl, model: str, instances: int = 1):
         self.triton, self.model, self.instances = triton, model, instances
         self.name = router_name(model)
-        self.dir = triton.repository / self.name
+        self.files = triton.files  # the same repository, on disk or on S3
 
     def current(self) -> dict[int, int] | None:
+        text = self.files.read_text(f"{self.name}/config.pbtxt")
         try:
-            p = parse_config((self.dir / "config.pbtxt").read_text()).parameters["weights"].string_value
-        except (OSError, KeyError):
+            p = parse_config(text).parameters["weights"].string_value if text else None
+        except KeyError:
+            p = None
+        if p is None:
             return None
         return {int(v): int(w) for v, w in (x.split(":") for x in p.split(",") if x)}
 
     def set_weights(self, weights: dict[int, int]) -> None:
         """Write the router config with `weights` and (re)load it; Triton keeps the old router serving until
         the new one is ready. A failed reload restores the previous config."""
-        model_cfg = (self.triton.repository / self.model / "config.pbtxt").read_text()
+        model_cfg = self.files.read_text(f"{self.model}/config.pbtxt")
+        if model_cfg is None:
+            raise TritonLoadError(f"{self.model}: no config.pbtxt in the repository {self.triton.repository}")
         text = router_config(self.model, model_cfg, weights, self.instances)
         code = (Path(__file__).parent / "router_model.py").read_bytes()
-        old = None
-        if not self.dir.exists():
-            stage = Path(tempfile.mkdtemp(prefix=f".lathe-{self.name}-", dir=self.triton.repository))
-            try:
-                (stage / "1").mkdir()
-                (stage / "1" / "model.py").write_bytes(code)
-                (stage / "config.pbtxt").write_text(text)
-                try:
-                    rename_noreplace(stage, self.dir)
-                except FileExistsError:
-                    pass
-            finally:
-                shutil.rmtree(stage, ignore_errors=True)
-        if (self.dir / "1" / "model.py").read_bytes() != code:
-            write_atomic(self.dir / "1" / "model.py", code)
-        cfg_path = self.dir / "config.pbtxt"
-        old = cfg_path.read_text()
+        self.files.create_model(self.name, {"1/model.py": code, "config.pbtxt": text.encode()})
+        if self.files.read_text(f"{self.name}/1/model.py") != code.decode():
+            self.files.write_text(f"{self.name}/1/model.py", code.decode())
+        cfg_rel = f"{self.name}/config.pbtxt"
+        old = self.files.read_text(cfg_rel)
         if old != text:
-            write_atomic(cfg_path, text.encode())
+            self.files.write_text(cfg_rel, text)
         try:
             self.triton.load(self.name)
         except TritonLoadError:
-            if old != text:
-                write_atomic(cfg_path, old.encode())
+            if old is not None and old != text:
+                self.files.write_text(cfg_rel, old)
             raise
 
     def remove(self) -> None:

@@ -78,7 +78,7 @@ def _claim(client: S3Client, bucket: str, base: str, token: str) -> int | None:
     client.put_bytes(bucket, key, json.dumps({"token": token, "at": time.time()}).encode(),
                      content_type="application/json")
     mine_alone = _claims(client, bucket, base).get(version) == [token]
-    taken = bool(client.list(bucket, f"{base}/{version}/")[0])
+    taken = bool(client.list(bucket, f"{base}/{version}/", limit=1)[0])
     if mine_alone and not taken:
         return version
     client.delete(bucket, key)

@@ -1,6 +1,6 @@
 """Triton control in explicit model-control mode, through the repository API (tritonclient.http).
 
-The model's `config.pbtxt` on disk is the source of truth for which versions are served
+The model's `config.pbtxt` in the repository (a folder, or S3: serving.repo_files) is the source of truth for which versions are served
 (`version_policy: specific`), so that a restarted Triton or operator sees the same state:
 `serve(model, [N, N+1])` rewrites the policy atomically and asks Triton to (re)load the model;
 Triton keeps serving N while N+1 loads. If the load fails, the previous config is restored and the
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import config_versions, set_version_policy
-from .repository import resolve_repository, write_atomic
+from .repo_files import repository_files
 
 
 class TritonError(RuntimeError):
@@ -40,11 +40,13 @@ def _client(url: str, timeout: float):
 
 class TritonControl:
     def __init__(self, url: str, repository: str | Path, *, metrics_url: str | None = None,
-                 timeout: float = 120.0, poll: float = 0.05):
-        """url: Triton HTTP host:port. repository: the model repository as this process sees it (path or pvc://).
+                 timeout: float = 120.0, poll: float = 0.05, s3_client=None):
+        """url: Triton HTTP host:port. repository: the model repository as this process sees it (path, pvc://
+        or s3://bucket/prefix, read and written with `s3_client`, default one from the AWS variables).
         metrics_url: Prometheus endpoint; default http://<host>:8002/metrics."""
         self.url = url.removeprefix("http://")
-        self.repository = resolve_repository(repository)
+        self.files = repository_files(repository, s3_client)
+        self.repository = self.files.where
         host = self.url.rsplit(":", 1)[0]
         self.metrics_url = metrics_url or f"http://{host}:8002/metrics"
         self.timeout = timeout
@@ -97,9 +99,6 @@ class TritonControl:
         except TritonLoadError:
             return False
 
-    def config_path(self, model: str) -> Path:
-        return self.repository / model / "config.pbtxt"
-
     def metrics_text(self) -> str:
         try:
             with urllib.request.urlopen(self.metrics_url, timeout=min(self.timeout, 10)) as r:
@@ -119,23 +118,25 @@ class TritonControl:
         want = sorted(set(int(v) for v in versions))
         if not want:
             raise ValueError("serve() needs at least one version; use unload() to stop serving a model")
-        missing = [v for v in want if not (self.repository / model / str(v)).is_dir()]
+        missing = [v for v in want if not self.files.has_version(model, v)]
         if missing:
             raise TritonLoadError(f"{model}: versions {missing} are not in the repository {self.repository}")
         self.require_live()
-        path = self.config_path(model)
-        old = path.read_text()
+        rel = f"{model}/config.pbtxt"
+        old = self.files.read_text(rel)
+        if old is None:
+            raise TritonLoadError(f"{model}: no config.pbtxt in the repository {self.repository}")
         before = self.ready_versions(model)
         new = set_version_policy(old, want) if config_versions(old) != want else old
         if new != old:
-            write_atomic(path, new.encode())
+            self.files.write_text(rel, new)
         try:
             self.load(model)
             if wait:
                 self._wait(model, want)
         except TritonError as e:
             if new != old:
-                write_atomic(path, old.encode())
+                self.files.write_text(rel, old)
             restored = ""
             if before and not isinstance(e, TritonUnavailable):
                 try:

@@ -53,7 +53,7 @@ def parse_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class S3Settings:
     access_key: str
     secret_key: str
@@ -61,6 +61,7 @@ class S3Settings:
     endpoint: str | None = None  # scheme://host[:port]; None: AWS
     ca_bundle: str | None = None
     session_token: str | None = None
+    ca_data: str | None = None  # PEM text, for a caller that holds the CA in memory (the operator)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
@@ -73,6 +74,9 @@ class S3Settings:
         return cls(key, secret, env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
                    endpoint.rstrip("/") if endpoint else None, env.get("AWS_CA_BUNDLE") or None,
                    env.get("AWS_SESSION_TOKEN") or None)
+
+    def __repr__(self) -> str:  # never the secret key
+        return f"S3Settings(access_key={self.access_key!r}, region={self.region!r}, endpoint={self.endpoint!r})"
 
     def env(self) -> dict[str, str]:
         """The same settings as AWS variables (for a child process such as Triton)."""
@@ -133,7 +137,9 @@ class S3Client:
         if u.scheme not in ("http", "https") or not u.hostname:
             raise StorageError(f"S3 endpoint {ep!r}: expected http(s)://host[:port]")
         self._scheme, self._netloc = u.scheme, u.netloc
-        kw = {"ca_certs": self.settings.ca_bundle} if self.settings.ca_bundle else {}
+        kw: dict = {"ca_certs": self.settings.ca_bundle} if self.settings.ca_bundle else {}
+        if self.settings.ca_data:
+            kw["ca_cert_data"] = self.settings.ca_data
         # Connection errors are retried with backoff here; HTTP answers never are (a 403 stays a 403).
         self._http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
@@ -271,16 +277,19 @@ class S3Client:
     def delete(self, bucket: str, key: str) -> None:
         self._request("DELETE", bucket, key, ok=(200, 204, 404))
 
-    def list(self, bucket: str, prefix: str = "", delimiter: str | None = None, max_keys: int | None = None
-             ) -> tuple[list[S3Object], list[str]]:
-        """(objects, common prefixes) under `prefix`, all pages (of `max_keys` each, default the server's)."""
+    def list(self, bucket: str, prefix: str = "", delimiter: str | None = None, max_keys: int | None = None,
+             limit: int | None = None) -> tuple[list[S3Object], list[str]]:
+        """(objects, common prefixes) under `prefix`: all pages (of `max_keys` each, default the server's),
+        or the first page with at least `limit` entries (an existence check)."""
         objs: list[S3Object] = []
         prefixes: list[str] = []
-        for root in self._pages(bucket, prefix, delimiter, max_keys):
+        for root in self._pages(bucket, prefix, delimiter, max_keys or limit):
             for c in root.iter(f"{_NS}Contents"):
                 objs.append(S3Object(c.findtext(f"{_NS}Key") or "", int(c.findtext(f"{_NS}Size") or 0),
                                      (c.findtext(f"{_NS}ETag") or "").strip('"')))
             prefixes += [p.findtext(f"{_NS}Prefix") or "" for p in root.iter(f"{_NS}CommonPrefixes")]
+            if limit and len(objs) + len(prefixes) >= limit:
+                break
         return objs, prefixes
 
     def _pages(self, bucket: str, prefix: str, delimiter: str | None, max_keys: int | None
