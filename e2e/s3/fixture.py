@@ -204,9 +204,12 @@ class S3Server:
         port: int | None = None,
         start_timeout: float = 30.0,
         extra_args: list[str] | None = None,
+        tls: bool = False,
     ):
         """``port``: serve there (no retry when it is taken); by default a free one is picked, and a
-        new one tried if it was taken meanwhile.  ``extra_args``: more global versitygw options."""
+        new one tried if it was taken meanwhile.  ``extra_args``: more global versitygw options.
+        ``tls``: serve HTTPS with a certificate for 127.0.0.1 signed by a CA made at start
+        (``ca_path``), as a store behind a company CA is."""
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lathe-s3-"))
         self.binary = Path(binary) if binary else None
         self.access_key = access_key or f"LATHE{secrets.token_hex(8).upper()}"
@@ -216,6 +219,8 @@ class S3Server:
         self.port = port or 0
         self.start_timeout = start_timeout
         self.extra_args = list(extra_args or [])
+        self.tls = tls
+        self.ca_path = self.workdir / "ca.crt"
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "versitygw.log"
         self.proc: subprocess.Popen | None = None
@@ -223,7 +228,20 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    def _make_certificates(self) -> list[str]:
+        """A CA and a server certificate for the host, signed by it (openssl); the versitygw flags."""
+        d = self.workdir
+        run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lathe test CA",
+            "-keyout", str(d / "ca.key"), "-out", str(self.ca_path))
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={self.host}", "-keyout", str(d / "tls.key"),
+            "-out", str(d / "tls.csr"))
+        (d / "san.ext").write_text(f"subjectAltName=IP:{self.host}\nbasicConstraints=CA:FALSE\n")
+        run("x509", "-req", "-in", str(d / "tls.csr"), "-CA", str(self.ca_path), "-CAkey", str(d / "ca.key"),
+            "-CAcreateserial", "-days", "2", "-extfile", str(d / "san.ext"), "-out", str(d / "tls.crt"))
+        return [f"--cert={d / 'tls.crt'}", f"--key={d / 'tls.key'}"]
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> S3Server:
@@ -252,10 +270,11 @@ class S3Server:
         # Only our settings: no VGW_*/ROOT_* from the caller's environment (versitygw reads them).
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VGW_", "ROOT_"))}
         env.update(ROOT_ACCESS_KEY_ID=self.access_key, ROOT_SECRET_ACCESS_KEY=self.secret_key)
+        tls_args = self._make_certificates() if self.tls else []
         for attempt in range(1 if self._fixed_port else 3):
             self.port = self._fixed_port or free_port()
             args = [str(binary), f"--port={self.host}:{self.port}", f"--region={self.region}",
-                    "--health=/health", "--quiet", *self.extra_args, *backend, str(self.data_dir)]
+                    "--health=/health", "--quiet", *tls_args, *self.extra_args, *backend, str(self.data_dir)]
             with open(self.log_path, "ab") as out:
                 out.write(f"$ {' '.join(args)}\n".encode())
                 out.flush()
@@ -275,7 +294,13 @@ class S3Server:
 
     def _ready(self) -> bool:
         try:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=2)
+            if self.tls:
+                import ssl
+
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=2,
+                                                   context=ssl.create_default_context(cafile=str(self.ca_path)))
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=2)
             try:
                 conn.request("GET", "/health")
                 r = conn.getresponse()
@@ -331,7 +356,13 @@ class S3Server:
         target = _quote(path, safe="/-_.~")
         if query:
             target += "?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        if self.tls:
+            import ssl
+
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=ssl.create_default_context(cafile=str(self.ca_path)))
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request(method, target, body=body, headers=hdrs)
             r = conn.getresponse()
