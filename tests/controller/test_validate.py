@@ -112,3 +112,18 @@ def test_problems_add_up():
     assert [p.split(": ", 1)[0] for p in out] == [
         "spec.data.validation.sha256", "spec.publish.repository", "spec.artifacts", "spec.publish.tritonUrl"]
     assert "https:// can only be read, not written" in out[1]
+
+
+def test_mirroring_needs_lathes_router_and_a_weight_0_step_needs_mirroring():
+    base = {"repository": "pvc://triton-models/", "modelName": "m", "tritonUrl": "t:8000"}
+    gw = problems(spec(publish={**base, "rollout": {"router": "gateway", "steps": [{"weight": 10, "mirror": 10}]}}))
+    assert gw == ["spec.publish.rollout.steps[0].mirror: answers are compared by Lathe's router only (router: "
+                  "triton); with router: gateway, mirror with the HTTPRoute's RequestMirror filter yourself "
+                  "(docs/serving.md) and set mirror: 0"]
+    dead = problems(spec(publish={**base, "rollout": {"steps": [{"weight": 0}, {"weight": 100}]}}))
+    assert dead == ["spec.publish.rollout.steps[0]: weight 0 sends the canary nothing; give it a weight, "
+                    "or mirror > 0 for a shadow step"]
+    # the default steps (a shadow step first) are valid for the triton router
+    assert problems(spec(publish={**base, "rollout": {}})) == []
+    assert problems(spec(publish={**base, "rollout": {"router": "gateway", "steps": [{"weight": 50}]}})) == []
+    assert problems(spec(publish={**base, "rollout": {"router": "gateway"}})) == []  # its defaults do not mirror

@@ -189,3 +189,79 @@ def test_parse_triton_metrics():
     c = o.counters[2]
     assert (c.success, c.failure, c.request_us, c.compute_us, c.p99_ms) == (8, 3, 22000, 11000, 4.2)
     assert o.counters[1].p99_ms is None
+
+
+# --- answers compared (mirror) ------------------------------------------------------------------
+MIRRORED = Rollout(steps=[RolloutStep(weight=0, mirror=100, pause_seconds=10, min_requests=0),
+                          RolloutStep(weight=50, mirror=10, pause_seconds=10, min_requests=5)],
+                   analysis=Analysis(max_error_rate=0.05, max_latency_ratio=1.5, min_agreement=0.95,
+                                     min_compared_requests=20))
+
+
+def _obs(n_stable, n_canary, compared, agree, errors=0.0):
+    from lathe.rollout.machine import MirrorCounters
+
+    return Observation({1: Counters(success=n_stable, request_us=n_stable * 1000.0),
+                        2: Counters(success=n_canary, request_us=n_canary * 1000.0)},
+                       mirror={(1, 2): MirrorCounters(compared, compared, agree, errors, 0.0)})
+
+
+def test_shadow_step_routes_nothing_to_the_canary_and_mirrors_everything():
+    s, actions = advance(MIRRORED, start(1, 2), _obs(0, 0, 0, 0), T0)
+    route = next(a for a in actions if isinstance(a, Route))
+    assert route.as_dict == {1: 100, 2: 0} and route.mirror == 100 and route.pair == (1, 2)
+    assert "shadow" in s.reason and "none answered by it" in s.reason
+
+
+def test_mirrored_step_waits_for_compared_answers_then_judges_agreement():
+    s, _ = advance(MIRRORED, start(1, 2), _obs(0, 0, 0, 0), T0)
+    # pause over, but only 10 of the 20 compared requests: wait
+    s, actions = advance(MIRRORED, s, _obs(100, 10, 10, 10), T0 + timedelta(seconds=11))
+    assert s.state == "Progressing" and actions == [] and "10/20 compared" in s.reason
+    # 40 compared, 34 agreeing (0.85 < 0.95): rolled back by agreement, figures kept
+    s, actions = advance(MIRRORED, s, _obs(200, 40, 40, 34), T0 + timedelta(seconds=12))
+    assert s.state == "RolledBack" and "agree with stable on 0.8500 of 40 compared samples" in s.reason
+    h = s.history[-1]
+    assert (h.decision, h.compared, h.agreement) == ("Failed", 40, 0.85)
+    assert Route(((1, 100),)) in actions and Serve((1,)) in actions
+
+
+def test_agreeing_canary_passes_with_its_figures_and_counters_are_deltas():
+    s, _ = advance(MIRRORED, start(1, 2), _obs(0, 0, 500, 400), T0)  # counters from an earlier rollout
+    s, actions = advance(MIRRORED, s, _obs(100, 30, 530, 429.5), T0 + timedelta(seconds=11))
+    assert s.state == "Progressing" and s.step == 1, s.reason
+    h = s.history[0]
+    assert h.decision == "Passed" and h.compared == 30 and h.agreement == round(29.5 / 30, 6)
+    assert "agreement 0.9833 over 30 samples (min 0.9500)" in h.reason
+    route = next(a for a in actions if isinstance(a, Route))
+    assert route.as_dict == {1: 50, 2: 50} and route.mirror == 10
+
+
+def test_mirror_metrics_are_parsed_per_pair():
+    text = "\n".join([
+        'lathe_mirror_requests_total{canary="2",model="m",stable="1"} 40',
+        'lathe_mirror_samples_total{canary="2",model="m",stable="1"} 80',
+        'lathe_mirror_agreement_total{canary="2",model="m",stable="1"} 78',
+        'lathe_mirror_failures_total{canary="2",model="m",reason="timeout",stable="1"} 3',
+        'lathe_mirror_failures_total{canary="2",model="m",reason="error",stable="1"} 1',
+        'lathe_mirror_requests_total{canary="2",model="other",stable="1"} 99'])
+    m = observe(text, "m").mirror[(1, 2)]
+    assert (m.requests, m.samples, m.agree, m.timeouts, m.errors) == (40, 80, 78, 3, 1)
+
+
+def test_agreement_floor_comes_from_the_budget():
+    from lathe.api.spec import ModelOptimizationSpec
+    from lathe.rollout.agreement import compare_of, min_agreement_for, with_defaults
+
+    def spec(task, budget):
+        return ModelOptimizationSpec.model_validate({"model": {"uri": "m.onnx"}, "data": {"validation": {"uri": "v.npz"}},
+                                                     "task": task, "budget": budget})
+
+    assert min_agreement_for(spec({"type": "classification"}, {"maxAccuracyDrop": 0.02}))[0] == 0.96
+    assert min_agreement_for(spec({"type": "embedding"}, {"maxAccuracyDrop": 0.01}))[0] == 0.99
+    assert min_agreement_for(spec({"type": "classification"}, {"maxAccuracyDrop": 0.4}))[0] == 0.5  # floor
+    s = spec({"type": "embedding"}, {"maxAccuracyDrop": 0.01})
+    assert with_defaults(Rollout(), s).analysis.min_agreement == 0.99
+    assert with_defaults(MIRRORED, s).analysis.min_agreement == 0.95  # the analysis' own figure wins
+    assert compare_of(Rollout(), s).kind == "cosine"
+    assert compare_of(Rollout(), spec({"type": "classification"}, {})).kind == "top1"

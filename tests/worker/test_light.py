@@ -87,11 +87,12 @@ def test_storage_local_sha_pvc_https_s3(tmp_path, monkeypatch):
         resolve("https://example.com/m.onnx")
     with pytest.raises(StorageError, match="no such file"):
         resolve(str(tmp_path / "missing.onnx"))
-    try:
-        import boto3  # noqa: F401
-    except ImportError:
-        with pytest.raises(StorageError, match="boto3"):
-            resolve("s3://bucket/key")
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(StorageError, match="no S3 credentials .* spec.storage.s3.secretRef"):
+        resolve("s3://bucket/key")  # nothing is asked of any store without credentials
+    with pytest.raises(StorageError, match="an object, not a prefix"):
+        resolve("s3://bucket/prefix/")
 
 
 IMG = [data.InputMeta("input", ["batch", 1, 8, 8], "float32")]

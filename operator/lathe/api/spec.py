@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "lathe.dev"
@@ -255,15 +255,20 @@ class TensorRTOptions(Model):
 
 
 class RolloutStep(Model):
-    weight: int = Field(ge=0, le=100, description="Percent of traffic sent to the new version.")
+    weight: int = Field(ge=0, le=100, description="Percent of traffic sent to the new version; 0 with mirror > 0 is a shadow step (the canary only sees copies).")
     pause_seconds: int = Field(30, ge=0)
     min_requests: int = Field(100, ge=0)
+    mirror: int = Field(0, ge=0, le=100, description="Percent of requests also sent to the other version and the two answers compared (router: triton only); the client always gets the answer of the version its weight chose.")
 
 
 class Analysis(Model):
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_latency_ratio: float = Field(1.5, gt=0, description="Canary mean latency / stable mean latency.")
     max_p99_latency_ms: float | None = Field(None, gt=0)
+    min_agreement: float | None = Field(None, ge=0, le=1, description="Steps with mirror > 0: the least share of compared samples on which canary and stable agree (classification: same top-1; embedding: mean cosine similarity; otherwise: outputs within agreementTolerance). Default from the budget: 1 - 2 x maxAccuracyDrop for top-1 and agreement, 1 - maxAccuracyDrop for cosine.")
+    min_compared_requests: int = Field(50, ge=1, description="Steps with mirror > 0 wait for this many compared requests before they can pass.")
+    agreement_tolerance: float = Field(0.01, gt=0, description="Task type other/regression: outputs agree when |a - b| <= tolerance x (1 + |b|) elementwise.")
+    mirror_timeout_ms: int = Field(1000, ge=1, le=60000, description="The most the router waits for a mirrored answer before counting it as a mirror failure (never seen by the client).")
 
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -288,10 +293,19 @@ class GatewayRoute(Model):
 
 class Rollout(Model):
     steps: list[RolloutStep] = Field(
-        default_factory=lambda: [RolloutStep(weight=10), RolloutStep(weight=50), RolloutStep(weight=100)])
+        default_factory=lambda: [RolloutStep(weight=0, mirror=100, min_requests=0), RolloutStep(weight=10, mirror=10),
+                                 RolloutStep(weight=50, mirror=10), RolloutStep(weight=100)],
+        description="Default: a shadow step (every request mirrored to the canary, answers compared, none served from it), then 10% and 50% with 10% mirrored, then 100%.")
     analysis: Analysis = Field(default_factory=Analysis)
     router: str = Field("triton", pattern=r"^(triton|gateway)$", description="triton: a router model inside Triton; gateway: a Gateway API HTTPRoute.")
     gateway: GatewayRoute = Field(default_factory=GatewayRoute, description="Where the HTTPRoute points and attaches (router: gateway).")
+
+    @model_validator(mode="after")
+    def _gateway_defaults(self):
+        # A Gateway cannot compare answers: its default steps do not mirror (10%, 50%, 100%).
+        if self.router == "gateway" and "steps" not in self.model_fields_set:
+            self.steps = [RolloutStep(weight=10), RolloutStep(weight=50), RolloutStep(weight=100)]
+        return self
 
 
 class S3Storage(Model):

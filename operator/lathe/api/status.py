@@ -174,6 +174,9 @@ class RolloutStepStatus(Model):
     requests: dict[str, float] = Field(default_factory=dict)
     error_rate: dict[str, float] = Field(default_factory=dict)
     latency_ms: dict[str, float] = Field(default_factory=dict)
+    compared: float | None = None  # mirrored requests whose two answers were compared this step
+    agreement: float | None = None  # their agreement (see Analysis.min_agreement)
+    mirror_failures: float | None = None  # mirrored calls that failed or timed out (the client never saw them)
     decision: str = ""
     reason: str = ""
     time: str | None = None

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lathe.api.spec import ModelOptimizationSpec, Publish, Rollout, Storage
+from lathe.api.spec import ModelOptimizationSpec, Publish, Rollout
 from lathe.api.status import Phase, RolloutStatus
+from lathe.rollout.agreement import compare_of, with_defaults
 from lathe.rollout.executor import RolloutExecutor
 from lathe.rollout.machine import start
 from lathe.rollout.router import RouteRefused, RouteUnavailable
@@ -59,16 +60,16 @@ def gateway_options(rollout: Rollout, namespace: str) -> dict[str, Any]:
             "parent_refs": [p.model_dump(by_alias=True, exclude_none=True) for p in g.parent_refs]}
 
 
-def executor_for(pub: Publish, namespace: str, storage: Storage | None = None) -> RolloutExecutor:
+def executor_for(pub: Publish, namespace: str, spec: ModelOptimizationSpec | None = None) -> RolloutExecutor:
     rollout = pub.rollout or Rollout()
     s3 = None
     if pub.repository.startswith("s3://"):
         from .storage_secret import s3_client_for
 
-        s3 = s3_client_for(storage, namespace)
+        s3 = s3_client_for(spec.storage if spec else None, namespace)
     triton = TritonControl(pub.triton_url, pub.repository, metrics_url=pub.metrics_url, s3_client=s3)
     return RolloutExecutor(triton, pub.model_name, router=rollout.router, apply_manifest=_apply_manifest(namespace),
-                           gateway_options=gateway_options(rollout, namespace))
+                           gateway_options=gateway_options(rollout, namespace), compare=compare_of(rollout, spec))
 
 
 def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig) -> float:
@@ -76,12 +77,12 @@ def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig
     pub = world.spec.publish
     rollout = st.rollout or RolloutStatus(canary_version=st.published.version if st.published else None)
     try:
-        ex = executor_for(pub, obj["metadata"]["namespace"], world.spec.storage)
+        ex = executor_for(pub, obj["metadata"]["namespace"], world.spec)
         if rollout.state == "Pending" and rollout.stable_version is None and rollout.canary_version is not None:
             served = [v for v in ex.triton.ready_versions(pub.model_name) if v != rollout.canary_version]
             rollout = start(max(served) if served else None, rollout.canary_version).model_copy(
                 update={"publish": rollout.publish or pub})
-        new, _ = ex.step(pub.rollout, rollout, now)
+        new, _ = ex.step(with_defaults(pub.rollout or Rollout(), world.spec), rollout, now)
     except TritonError as e:
         new = rollout.model_copy(update={"reason": f"Triton: {e}; retrying"})
     except StorageError as e:  # the repository on S3 refused or is gone: the step waits, nothing moved
@@ -127,7 +128,7 @@ def abandon(namespace: str, name: str, spec: dict[str, Any], rollout: RolloutSta
         pub = rollout.publish or parsed.publish
         if not pub or not pub.triton_url:
             return
-        ex = executor_for(pub, namespace, parsed.storage if parsed else None)
+        ex = executor_for(pub, namespace, parsed)
         ex.apply([Route(((rollout.stable_version, 100),)), Serve((rollout.stable_version,))])
         log.info("%s/%s: canary %s abandoned, back on version %s at %s", namespace, name, rollout.canary_version,
                  rollout.stable_version, pub.triton_url)

@@ -127,6 +127,17 @@ def _publish_problems(spec: ModelOptimizationSpec) -> list[str]:
     # metrics, unload) by the rollout alone (controller/plan.py starts one only with both set).
     if pub.triton_url and pub.rollout is None:
         out.append("spec.publish.tritonUrl: only used by a rollout: add spec.publish.rollout or remove it")
+    if pub.rollout is not None and pub.rollout.router == "gateway":
+        for i, step in enumerate(pub.rollout.steps):
+            if step.mirror:  # a Gateway's RequestMirror discards the copy's answer: nothing to compare
+                out.append(f"spec.publish.rollout.steps[{i}].mirror: answers are compared by Lathe's router only "
+                           "(router: triton); with router: gateway, mirror with the HTTPRoute's RequestMirror "
+                           "filter yourself (docs/serving.md) and set mirror: 0")
+    if pub.rollout is not None:
+        for i, step in enumerate(pub.rollout.steps):
+            if step.weight == 0 and not step.mirror:
+                out.append(f"spec.publish.rollout.steps[{i}]: weight 0 sends the canary nothing; "
+                           "give it a weight, or mirror > 0 for a shadow step")
     return out
 
 

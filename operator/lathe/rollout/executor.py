@@ -20,13 +20,13 @@ from lathe.serving.triton import TritonControl, TritonLoadError, TritonUnavailab
 
 from . import metrics as prom
 from .machine import Action, Observation, Route, Serve, _iso, advance, now_utc
-from .router import GatewayRouter, TritonRouter
+from .router import Compare, GatewayRouter, TritonRouter
 
 
 class RolloutExecutor:
     def __init__(self, triton: TritonControl, model: str, *, router: str = "triton",
                  apply_manifest: Callable[[dict], None] | None = None, gateway_options: dict | None = None,
-                 router_instances: int = 1, max_step_seconds: float | None = None):
+                 router_instances: int = 1, max_step_seconds: float | None = None, compare: Compare | None = None):
         self.triton, self.model = triton, model
         self.max_step_seconds = max_step_seconds
         if router == "gateway":
@@ -34,7 +34,7 @@ class RolloutExecutor:
                 raise ValueError("router=gateway needs apply_manifest (the operator's Kubernetes apply)")
             self.router = GatewayRouter(model, apply_manifest, **(gateway_options or {}))
         else:
-            self.router = TritonRouter(triton, model, instances=router_instances)
+            self.router = TritonRouter(triton, model, instances=router_instances, compare=compare)
         self.timings: dict[str, float] = {}
 
     def observe(self) -> Observation:
@@ -48,7 +48,7 @@ class RolloutExecutor:
             if isinstance(a, Serve):
                 self.triton.serve(self.model, list(a.versions))
             elif isinstance(a, Route):
-                self.router.set_weights(a.as_dict)
+                self.router.set_weights(a.as_dict, a.mirror, a.pair)
             else:  # pragma: no cover
                 raise TypeError(a)
 

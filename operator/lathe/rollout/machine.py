@@ -46,9 +46,24 @@ class Counters:
 
 
 @dataclass(frozen=True)
+class MirrorCounters:
+    """Cumulative counters of the router's answer comparison for one (stable, canary) pair."""
+    requests: float = 0.0  # compared requests
+    samples: float = 0.0   # compared rows
+    agree: float = 0.0     # sum over rows of their agreement
+    errors: float = 0.0    # mirrored calls that failed
+    timeouts: float = 0.0  # mirrored calls not answered within mirror_timeout_ms
+
+
+MIRROR_COUNTERS = ("requests", "samples", "agree", "errors", "timeouts")
+DEFAULT_MIN_AGREEMENT = 0.98  # when neither the analysis nor the resource's budget says
+
+
+@dataclass(frozen=True)
 class Observation:
     counters: dict[int, Counters] = field(default_factory=dict)
     error: str | None = None   # metrics could not be read: the machine waits
+    mirror: dict[tuple[int, int], MirrorCounters] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------- actions
@@ -60,8 +75,11 @@ class Serve:
 
 @dataclass(frozen=True)
 class Route:
-    """Traffic split: {version: percent}."""
+    """Traffic split: {version: percent}; `mirror` percent of requests also go to the other version of
+    `pair` (stable, canary), whose answers the router compares."""
     weights: tuple[tuple[int, int], ...]
+    mirror: int = 0
+    pair: tuple[int, int] | None = None
 
     @property
     def as_dict(self) -> dict[int, int]:
@@ -71,8 +89,8 @@ class Route:
 Action = Serve | Route
 
 
-def _route(weights: dict[int, int]) -> Route:
-    return Route(tuple(sorted(weights.items())))
+def _route(weights: dict[int, int], mirror: int = 0, pair: tuple[int, int] | None = None) -> Route:
+    return Route(tuple(sorted(weights.items())), mirror if pair else 0, pair if mirror else None)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -99,7 +117,20 @@ def _snapshot(obs: Observation | None, versions: list[int]) -> dict[str, float]:
         c = obs.counters.get(v, Counters())
         for k in COUNTERS:
             snap[f"start:{v}:{k}"] = float(getattr(c, k))
+    if len(versions) == 2:
+        m = obs.mirror.get((versions[0], versions[1]), MirrorCounters())
+        for k in MIRROR_COUNTERS:
+            snap[f"start:mirror:{k}"] = float(getattr(m, k))
     return snap
+
+
+def _mirror_delta(obs: Observation, snap: dict[str, float], pair: tuple[int, int]) -> MirrorCounters:
+    m = obs.mirror.get(pair, MirrorCounters())
+    vals = {}
+    for k in MIRROR_COUNTERS:
+        now, was = float(getattr(m, k)), snap.get(f"start:mirror:{k}", 0.0)
+        vals[k] = now - was if now >= was else now  # a reset (Triton restarted): count from zero
+    return MirrorCounters(**vals)
 
 
 def _delta(obs: Observation, snap: dict[str, float], v: int) -> Counters:
@@ -164,8 +195,8 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
         w = {stable: 100 - w0, canary: w0}
         s.state, s.step, s.weights = "Progressing", 0, {str(k): v for k, v in w.items()}
         s.history.append(_measuring(0, w0, now, _snapshot(obs, [stable, canary])))
-        s.reason = f"step 1/{len(steps)}: {w0}% to version {canary}"
-        return s, [Serve((stable, canary)), _route(w)]
+        s.reason = f"step 1/{len(steps)}: {_describe(steps[0], canary)}"
+        return s, [Serve((stable, canary)), _route(w, steps[0].mirror, (stable, canary))]
 
     # Progressing
     if not s.history or s.history[-1].decision != MEASURING:  # defensive: rebuild the step in measurement
@@ -206,15 +237,21 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
     # minRequests 0: the step needs no canary traffic; with none, error rate and latency are absent
     # (not failed) and the step passes on its pause alone, but figures that are present still judge.
     enough = dc.requests >= step.min_requests
+    mirrored = _mirror_delta(obs, snap, (stable, canary)) if step.mirror else None
+    compared_enough = mirrored is None or mirrored.requests >= a.min_compared_requests
     # fail fast on errors once the step has its minimum sample, even before the pause is over
     if enough and dc.error_rate > a.max_error_rate:
         return fail(f"canary error rate {dc.error_rate:.4f} > {a.max_error_rate} over {dc.requests:.0f} requests")
-    if elapsed < step.pause_seconds or not enough:
-        if max_step_seconds is not None and elapsed >= max_step_seconds and not enough:
-            return fail(f"not enough traffic: {dc.requests:.0f}/{step.min_requests} canary requests "
-                        f"after {elapsed:.0f}s")
+    if elapsed < step.pause_seconds or not enough or not compared_enough:
+        if max_step_seconds is not None and elapsed >= max_step_seconds and not (enough and compared_enough):
+            if not enough:
+                return fail(f"not enough traffic: {dc.requests:.0f}/{step.min_requests} canary requests "
+                            f"after {elapsed:.0f}s")
+            return fail(f"not enough compared answers: {mirrored.requests:.0f}/{a.min_compared_requests} mirrored "
+                        f"requests after {elapsed:.0f}s ({mirrored.errors + mirrored.timeouts:.0f} mirror failures)")
         s.reason = (f"step {s.step + 1}/{len(steps)} ({step.weight}%): measuring {elapsed:.0f}/{step.pause_seconds}s, "
-                    f"{dc.requests:.0f}/{step.min_requests} canary requests")
+                    f"{dc.requests:.0f}/{step.min_requests} canary requests"
+                    + (f", {mirrored.requests:.0f}/{a.min_compared_requests} compared" if mirrored else ""))
         return s, []
     # latency against stable: this step's stable traffic, else the last step where stable had some
     base = ds.mean_ms if ds.requests > 0 else _stable_latency(s, stable)
@@ -236,6 +273,15 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
             return fail(f"canary p99 {dc.p99_ms:.2f} ms > {a.max_p99_latency_ms} ms")
         else:
             measured.latency_ms["p99"] = round(dc.p99_ms, 4)
+    if mirrored is not None:
+        agree = mirrored.agree / mirrored.samples if mirrored.samples else 0.0
+        floor = a.min_agreement if a.min_agreement is not None else DEFAULT_MIN_AGREEMENT
+        measured.compared, measured.agreement = mirrored.requests, round(agree, 6)
+        measured.mirror_failures = mirrored.errors + mirrored.timeouts
+        if agree < floor:
+            return fail(f"canary answers agree with stable on {agree:.4f} of {mirrored.samples:.0f} compared samples "
+                        f"({mirrored.requests:.0f} mirrored requests; min {floor:.4f})")
+        notes.append(f"agreement {agree:.4f} over {mirrored.samples:.0f} samples (min {floor:.4f})")
     measured.decision = PASSED
     figures = [] if dc.requests == 0 else [f"error rate {dc.error_rate:.4f}, mean {dc.mean_ms or 0:.2f} ms"
                                             + (f" vs stable {base:.2f} ms" if base else "")]
@@ -251,8 +297,14 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
     w = {stable: 100 - nxt.weight, canary: nxt.weight}
     s.weights = {str(k): v for k, v in w.items()}
     s.history.append(_measuring(s.step, nxt.weight, now, _snapshot(obs, [stable, canary])))
-    s.reason = f"step {s.step + 1}/{len(steps)}: {nxt.weight}% to version {canary}"
-    return s, [_route(w)]
+    s.reason = f"step {s.step + 1}/{len(steps)}: {_describe(nxt, canary)}"
+    return s, [_route(w, nxt.mirror, (stable, canary))]
+
+
+def _describe(step, canary: int) -> str:
+    if step.weight == 0 and step.mirror:
+        return f"shadow: {step.mirror}% of requests mirrored to version {canary}, none answered by it"
+    return f"{step.weight}% to version {canary}" + (f", {step.mirror}% mirrored" if step.mirror else "")
 
 
 def now_utc() -> datetime:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 
-from .machine import Counters, Observation
+from .machine import Counters, MirrorCounters, Observation
 
 _LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+([-+0-9.eEinfNa]+)')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
+# The router's answer comparison (router_model.py), per (stable, canary) pair.
+_MIRROR = {"lathe_mirror_requests_total": "requests", "lathe_mirror_samples_total": "samples",
+           "lathe_mirror_agreement_total": "agree"}
 _FIELDS = {"nv_inference_request_success": "success", "nv_inference_request_failure": "failure",
            "nv_inference_request_duration_us": "request_us",
            "nv_inference_compute_infer_duration_us": "compute_us"}
@@ -29,8 +32,17 @@ def observe(text: str, model: str) -> Observation:
     """Counters per version of `model` (failures summed over Triton's `reason` label)."""
     acc: dict[int, dict[str, float]] = {}
     p99: dict[int, float] = {}
+    mirror: dict[tuple[int, int], dict[str, float]] = {}
     for name, labels, value in parse(text):
-        if labels.get("model") != model or not labels.get("version", "").isdigit():
+        if labels.get("model") != model:
+            continue
+        if name in _MIRROR or name == "lathe_mirror_failures_total":
+            if labels.get("stable", "").isdigit() and labels.get("canary", "").isdigit():
+                d = mirror.setdefault((int(labels["stable"]), int(labels["canary"])), {})
+                key = _MIRROR.get(name) or ("timeouts" if labels.get("reason") == "timeout" else "errors")
+                d[key] = d.get(key, 0.0) + value
+            continue
+        if not labels.get("version", "").isdigit():
             continue
         v = int(labels["version"])
         if name in _FIELDS:
@@ -38,4 +50,5 @@ def observe(text: str, model: str) -> Observation:
             d[_FIELDS[name]] = d.get(_FIELDS[name], 0.0) + value
         elif name == "nv_inference_request_summary_us" and labels.get("quantile") == "0.99" and value == value:
             p99[v] = value / 1000.0
-    return Observation({v: Counters(**d, p99_ms=p99.get(v)) for v, d in acc.items()})
+    return Observation({v: Counters(**d, p99_ms=p99.get(v)) for v, d in acc.items()},
+                       mirror={pair: MirrorCounters(**d) for pair, d in mirror.items()})

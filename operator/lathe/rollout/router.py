@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -27,8 +28,23 @@ def weights_param(weights: dict[int, int]) -> str:
     return ",".join(f"{v}:{w}" for v, w in sorted(weights.items()))
 
 
-def router_config(model: str, model_config_text: str, weights: dict[int, int], instances: int = 1) -> str:
-    """Router config: the real model's IO and batch size, python backend, weights as parameters."""
+@dataclass(frozen=True)
+class Compare:
+    """How the router compares mirrored answers (from the resource's task and analysis)."""
+    kind: str = "close"  # top1 | cosine | close
+    output: str | None = None  # default: the model's first output
+    tolerance: float = 0.01
+    timeout_ms: int = 1000
+
+
+def compare_for(metric: str, output: str | None, tolerance: float, timeout_ms: int) -> Compare:
+    kind = {"top1": "top1", "top5": "top1", "cosine": "cosine"}.get(metric, "close")
+    return Compare(kind, output, tolerance, timeout_ms)
+
+
+def router_config(model: str, model_config_text: str, weights: dict[int, int], instances: int = 1,
+                  mirror: int = 0, pair: tuple[int, int] | None = None, compare: Compare | None = None) -> str:
+    """Router config: the real model's IO and batch size, python backend, weights (and mirroring) as parameters."""
     src = parse_config(model_config_text)
     from tritonclient.grpc import model_config_pb2
 
@@ -44,14 +60,48 @@ def router_config(model: str, model_config_text: str, weights: dict[int, int], i
     g.kind, g.count = model_config_pb2.ModelInstanceGroup.KIND_CPU, instances
     cfg.parameters["target_model"].string_value = model
     cfg.parameters["weights"].string_value = weights_param(weights)
+    if mirror and pair:
+        c = compare or Compare()
+        output = c.output or src.output[0].name
+        if output not in {o.name for o in src.output}:
+            raise ValueError(f"{model}: no output {output!r} to compare (outputs: {[o.name for o in src.output]})")
+        for k, v in {"mirror": str(mirror), "pair": f"{pair[0]}:{pair[1]}", "compare": c.kind,
+                     "compare_output": output, "tolerance": repr(c.tolerance),
+                     "mirror_timeout_ms": str(c.timeout_ms)}.items():
+            cfg.parameters[k].string_value = v
+    text = text_format.MessageToString(cfg)
+    check_config(text, name=cfg.name)
+    return text
+
+
+def agreement_name(model: str) -> str:
+    return f"{model}_agreement"
+
+
+def agreement_config(model: str) -> str:
+    """The counters model (agreement_model.py): loaded once per model, never reloaded by a rollout."""
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = model_config_pb2.ModelConfig()
+    cfg.name, cfg.backend, cfg.max_batch_size = agreement_name(model), "python", 0
+    i = cfg.input.add()
+    i.name, i.data_type = "FIGURES", model_config_pb2.TYPE_FP64
+    i.dims.append(6)
+    o = cfg.output.add()
+    o.name, o.data_type = "OK", model_config_pb2.TYPE_BOOL
+    o.dims.append(1)
+    g = cfg.instance_group.add()
+    g.kind, g.count = model_config_pb2.ModelInstanceGroup.KIND_CPU, 1
+    cfg.parameters["target_model"].string_value = model
     text = text_format.MessageToString(cfg)
     check_config(text, name=cfg.name)
     return text
 
 
 class TritonRouter:
-    def __init__(self, triton: TritonControl, model: str, instances: int = 1):
+    def __init__(self, triton: TritonControl, model: str, instances: int = 1, compare: Compare | None = None):
         self.triton, self.model, self.instances = triton, model, instances
+        self.compare = compare or Compare()
         self.name = router_name(model)
         self.files = triton.files  # the same repository, on disk or on S3
 
@@ -65,14 +115,20 @@ class TritonRouter:
             return None
         return {int(v): int(w) for v, w in (x.split(":") for x in p.split(",") if x)}
 
-    def set_weights(self, weights: dict[int, int]) -> None:
-        """Write the router config with `weights` and (re)load it; Triton keeps the old router serving until
-        the new one is ready. A failed reload restores the previous config."""
+    def set_weights(self, weights: dict[int, int], mirror: int = 0, pair: tuple[int, int] | None = None) -> None:
+        """Write the router config with `weights` (and `mirror` percent of requests compared between the
+        versions of `pair`) and (re)load it; Triton keeps the old router serving until the new one is
+        ready. A failed reload restores the previous config."""
         model_cfg = self.files.read_text(f"{self.model}/config.pbtxt")
         if model_cfg is None:
             raise TritonLoadError(f"{self.model}: no config.pbtxt in the repository {self.triton.repository}")
-        text = router_config(self.model, model_cfg, weights, self.instances)
+        try:
+            text = router_config(self.model, model_cfg, weights, self.instances, mirror, pair, self.compare)
+        except ValueError as e:
+            raise TritonLoadError(str(e)) from e
         code = (Path(__file__).parent / "router_model.py").read_bytes()
+        if mirror and pair:
+            self._agreement_counters()
         self.files.create_model(self.name, {"1/model.py": code, "config.pbtxt": text.encode()})
         if self.files.read_text(f"{self.name}/1/model.py") != code.decode():
             self.files.write_text(f"{self.name}/1/model.py", code.decode())
@@ -86,6 +142,16 @@ class TritonRouter:
             if old is not None and old != text:
                 self.files.write_text(cfg_rel, old)
             raise
+
+    def _agreement_counters(self) -> None:
+        """Make sure `<model>_agreement` is in the repository and loaded (once: reloading it would reset
+        the counters the analysis compares against its step-start snapshot)."""
+        name = agreement_name(self.model)
+        if self.triton.ready_versions(name):
+            return
+        code = (Path(__file__).parent / "agreement_model.py").read_bytes()
+        self.files.create_model(name, {"1/model.py": code, "config.pbtxt": agreement_config(self.model).encode()})
+        self.triton.load(name)
 
     def remove(self) -> None:
         self.triton.unload(self.name)
@@ -107,7 +173,9 @@ class GatewayRouter:
         self.model, self.apply, self.opts = model, apply, route_opts
         self.last: dict | None = None
 
-    def set_weights(self, weights: dict[int, int]) -> None:
+    def set_weights(self, weights: dict[int, int], mirror: int = 0, pair: tuple[int, int] | None = None) -> None:
+        # Agreement is measured by Lathe's router only (validation refuses mirror with router: gateway);
+        # a Gateway's RequestMirror filter discards the mirrored answers (docs/serving.md).
         from .gateway import httproute, validate_httproute
 
         m = httproute(self.model, weights, **self.opts)

@@ -1,17 +1,43 @@
 """Lathe traffic router: a Triton python-backend model (`<model>_router`) that forwards every request
-to one version of the real model through BLS, split by weight.
+to one version of the real model through BLS, split by weight, and mirrors a share of the requests to
+the other version of the rollout's pair to compare the two answers.
 
 Config parameters (rewritten and the router reloaded at each rollout step):
-  target_model   the real model's name
-  weights        "<version>:<percent>,..." e.g. "3:90,4:10"
-Selection is smooth weighted round-robin (deterministic: exact proportions over any window).
-`execute` is async: the requests of one batch are forwarded concurrently.
+  target_model       the real model's name
+  weights            "<version>:<percent>,..." e.g. "3:90,4:10" (a version at 0 gets no client traffic)
+  mirror             percent of requests also sent to the other version of `pair` (default 0)
+  pair               "<stable>:<canary>"
+  compare            top1 | cosine | close          compare_output  the output compared
+  tolerance          for `close`: |canary - stable| <= tolerance * (1 + |stable|) elementwise
+  mirror_timeout_ms  the most a mirrored answer is awaited (after the client's answer is sent)
+Selection is smooth weighted round-robin, mirroring an accumulator: exact proportions over any window.
+`execute` is async: the requests of one batch are forwarded concurrently. The client gets the answer of
+the version its weight chose as soon as that version answers; the mirrored call is compared in a task
+of the backend's event loop, so the client never waits for it and never sees it fail.
+
+The figures go by BLS to `<model>_agreement` (agreement_model.py), which holds them as Triton custom
+metrics (labels model, stable, canary): lathe_mirror_requests_total (compared requests),
+lathe_mirror_samples_total (compared rows), lathe_mirror_agreement_total (sum over rows of the agreement:
+1/0 for top1 and close, the cosine similarity for cosine), lathe_mirror_failures_total{reason=error|timeout}.
 """
 
 import asyncio
 import json
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+def agreement(kind, stable, canary, tolerance):
+    """Per-row agreement of two answers (rows: the batch dimension)."""
+    a = np.asarray(stable, dtype=np.float64).reshape(len(stable), -1)
+    b = np.asarray(canary, dtype=np.float64).reshape(len(canary), -1)
+    if kind == "top1":
+        return (a.argmax(1) == b.argmax(1)).astype(np.float64)
+    if kind == "cosine":
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
+    return np.all(np.abs(b - a) <= tolerance * (1.0 + np.abs(a)), axis=1).astype(np.float64)
 
 
 class TritonPythonModel:
@@ -30,7 +56,18 @@ class TritonPythonModel:
         self.total = sum(w for _, w in self.weights)
         self.inputs = [t["name"] for t in cfg["input"]]
         self.outputs = [t["name"] for t in cfg["output"]]
-        pb_utils.Logger.log_info(f"lathe router -> {self.target} weights {self.weights}")
+        self.mirror = int(params.get("mirror") or 0)
+        self.mirror_acc = 0
+        self.pending = set()
+        if self.mirror:
+            stable, canary = (int(x) for x in params["pair"].split(":"))
+            self.pair = (stable, canary)
+            self.kind = params.get("compare") or "close"
+            self.compare_output = params.get("compare_output") or self.outputs[0]
+            self.tolerance = float(params.get("tolerance") or 0.01)
+            self.timeout = int(params.get("mirror_timeout_ms") or 1000) / 1000.0
+            self.counter_model = params.get("agreement_model") or f"{self.target}_agreement"
+        pb_utils.Logger.log_info(f"lathe router -> {self.target} weights {self.weights} mirror {self.mirror}%")
 
     def _pick(self):
         for v, w in self.weights:
@@ -39,21 +76,71 @@ class TritonPythonModel:
         self.current[best] -= self.total
         return best
 
+    def _mirror_to(self, primary):
+        if not self.mirror or primary not in self.pair:
+            return None
+        self.mirror_acc += self.mirror
+        if self.mirror_acc < 100:
+            return None
+        self.mirror_acc -= 100
+        stable, canary = self.pair
+        return canary if primary == stable else stable
+
+    def _exec(self, version, inputs):
+        return pb_utils.InferenceRequest(model_name=self.target, model_version=version,
+                                         requested_output_names=self.outputs, inputs=inputs).async_exec()
+
     async def _forward(self, request):
         version = self._pick()
         inputs = [pb_utils.get_input_tensor_by_name(request, n) for n in self.inputs]
         inputs = [t for t in inputs if t is not None]
-        breq = pb_utils.InferenceRequest(model_name=self.target, model_version=version,
-                                         requested_output_names=self.outputs, inputs=inputs)
-        bresp = await breq.async_exec()
+        other = self._mirror_to(version)
+        main = asyncio.ensure_future(self._exec(version, inputs))
+        shadow = asyncio.ensure_future(self._exec(other, inputs)) if other is not None else None
+        bresp = await main
         if bresp.has_error():
+            if shadow is not None:
+                shadow.cancel()
             return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
                 f"{self.target} v{version}: {bresp.error().message()}"))
         outs = [pb_utils.get_output_tensor_by_name(bresp, n) for n in self.outputs]
+        if shadow is not None:
+            mine = pb_utils.get_output_tensor_by_name(bresp, self.compare_output)
+            task = asyncio.ensure_future(self._compare(version, mine.as_numpy().copy(), shadow))
+            self.pending.add(task)  # a reference, or the loop may drop the task
+            task.add_done_callback(self.pending.discard)
         return pb_utils.InferenceResponse(output_tensors=[t for t in outs if t is not None])
+
+    async def _compare(self, version, mine, shadow):
+        stable, canary = self.pair
+        try:
+            sresp = await asyncio.wait_for(shadow, self.timeout)
+        except TimeoutError:
+            return await self._record(stable, canary, 0, 0, 0.0, failure=2)
+        except Exception:  # noqa: BLE001 - a mirrored call must never reach the client
+            return await self._record(stable, canary, 0, 0, 0.0, failure=1)
+        if sresp.has_error():
+            return await self._record(stable, canary, 0, 0, 0.0, failure=1)
+        theirs = pb_utils.get_output_tensor_by_name(sresp, self.compare_output).as_numpy()
+        a, b = (mine, theirs) if version == stable else (theirs, mine)
+        try:
+            agree = agreement(self.kind, a, b, self.tolerance)
+        except ValueError:  # shapes differ: no row agrees
+            agree = np.zeros(len(a))
+        await self._record(stable, canary, 1, len(agree), float(agree.sum()))
+
+    async def _record(self, stable, canary, requests, rows, agree, failure=0):
+        """Add the figures to the counters held by `<model>_agreement` (agreement_model.py)."""
+        fig = np.array([[stable, canary, requests, rows, agree, failure]], dtype=np.float64).reshape(6)
+        req = pb_utils.InferenceRequest(model_name=self.counter_model, requested_output_names=["OK"],
+                                        inputs=[pb_utils.Tensor("FIGURES", fig)])
+        resp = await req.async_exec()
+        if resp.has_error():
+            pb_utils.Logger.log_warn(f"lathe router: {self.counter_model}: {resp.error().message()}")
 
     async def execute(self, requests):
         return list(await asyncio.gather(*(self._forward(r) for r in requests)))
 
     def finalize(self):
-        pass
+        for t in list(self.pending):
+            t.cancel()

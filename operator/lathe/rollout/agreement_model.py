@@ -1,0 +1,69 @@
+"""Lathe agreement counters: a Triton python-backend model (`<model>_agreement`) that holds the
+router's answer-comparison figures as Triton custom metrics.
+
+Why a model of its own: the router is reloaded at every rollout step, and Triton removes a custom
+metric family when the instance that created it is torn down, even while the new instance uses the same
+name (seen on Triton 2.51: every other reload lost the counters). This model is loaded once and never
+reloaded by a rollout, so its counters stay cumulative like Triton's own.
+
+Input FIGURES (FP64 [6]): stable, canary, compared requests, rows, sum of agreement, failure kind
+(0 none, 1 error, 2 timeout). Output OK (BOOL [1]). Metrics, labels model, stable, canary:
+lathe_mirror_requests_total, lathe_mirror_samples_total, lathe_mirror_agreement_total,
+lathe_mirror_failures_total{reason=error|timeout}.
+"""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        self.target = cfg["parameters"]["target_model"]["string_value"]
+        kind = pb_utils.MetricFamily.COUNTER
+        self.families = {  # kept for the model's life: a Metric needs its family
+            "requests": pb_utils.MetricFamily("lathe_mirror_requests_total",
+                                              "Mirrored requests whose two answers were compared", kind),
+            "samples": pb_utils.MetricFamily("lathe_mirror_samples_total", "Rows compared between stable and canary",
+                                             kind),
+            "agree": pb_utils.MetricFamily("lathe_mirror_agreement_total", "Sum over compared rows of their agreement",
+                                           kind),
+            "failures": pb_utils.MetricFamily("lathe_mirror_failures_total",
+                                              "Mirrored calls that failed or timed out (never seen by clients)", kind),
+        }
+        self.metrics = {}
+
+    def _metrics(self, stable, canary):
+        key = (stable, canary)
+        if key not in self.metrics:
+            labels = {"model": self.target, "stable": str(stable), "canary": str(canary)}
+            f = self.families
+            self.metrics[key] = {
+                "requests": f["requests"].Metric(labels=labels), "samples": f["samples"].Metric(labels=labels),
+                "agree": f["agree"].Metric(labels=labels),
+                "error": f["failures"].Metric(labels={**labels, "reason": "error"}),
+                "timeout": f["failures"].Metric(labels={**labels, "reason": "timeout"}),
+            }
+        return self.metrics[key]
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            fig = pb_utils.get_input_tensor_by_name(r, "FIGURES").as_numpy().reshape(-1)
+            m = self._metrics(int(fig[0]), int(fig[1]))
+            if int(fig[5]) == 1:
+                m["error"].increment(1)
+            elif int(fig[5]) == 2:
+                m["timeout"].increment(1)
+            else:
+                m["requests"].increment(float(fig[2]))
+                m["samples"].increment(float(fig[3]))
+                m["agree"].increment(float(fig[4]))
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OK", np.array([True]))]))
+        return out
+
+    def finalize(self):
+        self.metrics.clear()  # metrics before their families
+        self.families.clear()
