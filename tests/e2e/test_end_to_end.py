@@ -158,9 +158,10 @@ def resource(name: str, e2e: dict, *, model: str = "pvc://models/digits/digits_c
     publish = {"repository": "pvc://triton-models/", "modelName": "digits", "flavour": "python",
                "tritonUrl": triton_url or triton.http_url,
                "metricsUrl": triton.metrics_url,
-               "rollout": rollout or {"steps": [{"weight": 30, "pauseSeconds": 4, "minRequests": 20},
+               "rollout": rollout or {"steps": [{"weight": 30, "pauseSeconds": 4, "minRequests": 20, "mirror": 50},
                                                 {"weight": 100, "pauseSeconds": 0, "minRequests": 0}],
-                                      "analysis": {"maxErrorRate": 0.0, "maxLatencyRatio": 5.0}}}
+                                      "analysis": {"maxErrorRate": 0.0, "maxLatencyRatio": 5.0,
+                                                   "minComparedRequests": 20}}}
     return {"apiVersion": "lathe.dev/v1alpha1", "kind": "ModelOptimization", "metadata": {"name": name},
             "spec": {
                 "model": {"uri": model, "format": fmt,
@@ -262,6 +263,9 @@ def test_apply_optimize_publish_serve_then_canary(e2e):
     assert ro["state"] == "Promoted" and ro["stableVersion"] == 2
     steps = [h for h in ro["history"] if h["decision"] == "Passed"]
     assert steps and steps[0]["weight"] == 30 and steps[0]["requests"]["2"] >= 20, ro["history"]
+    # Half the step's requests were also answered by the other version and the answers compared: the
+    # INT8 canary agrees with stable above the floor the budget (0.02) sets, 1 - 2 x 0.02.
+    assert steps[0]["compared"] >= 20 and steps[0]["agreement"] >= 0.96, steps[0]
     assert load.failed == 0, load.errors[:5]
     from tritonclient.http import InferenceServerClient
 

@@ -92,9 +92,10 @@ def resource(name: str, e: dict, *, model: str | None = None, secret: str = "s3-
         t = e["triton"]
         spec["publish"] = {"repository": f"s3://{b}/triton", "modelName": "digits", "flavour": "python",
                            "tritonUrl": t.http_url, "metricsUrl": t.metrics_url,
-                           "rollout": {"steps": [{"weight": 30, "pauseSeconds": 3, "minRequests": 10},
+                           "rollout": {"steps": [{"weight": 30, "pauseSeconds": 3, "minRequests": 10, "mirror": 50},
                                                  {"weight": 100, "pauseSeconds": 0, "minRequests": 0}],
-                                       "analysis": {"maxErrorRate": 0.0, "maxLatencyRatio": 50.0}}}  # storage under test
+                                       "analysis": {"maxErrorRate": 0.0, "maxLatencyRatio": 50.0,  # storage under test
+                                                    "minComparedRequests": 10}}}
         spec["artifacts"] = f"s3://{b}/reports"
     return {"apiVersion": "lathe.dev/v1alpha1", "kind": "ModelOptimization", "metadata": {"name": name},
             "spec": spec}
@@ -156,6 +157,8 @@ def test_model_data_repository_and_reports_on_s3(s3e2e):
 
     assert config_versions(s3.get_bytes(b, "triton/digits/config.pbtxt").decode()) == [2]
     assert "weights" in s3.get_bytes(b, "triton/digits_router/config.pbtxt").decode()
+    assert passed[0]["compared"] >= 10 and passed[0]["agreement"] is not None  # answers compared, on S3 too
+    assert s3.exists(b, "triton/digits_agreement/config.pbtxt")
 
 
 def test_each_store_failure_has_its_reason_and_is_not_retried(s3e2e):
