@@ -5,7 +5,8 @@ figures as Triton custom metrics that the rollout analysis reads beside Triton's
 - a canary as fast and error-free as stable but answering differently on a slice of inputs (classes 0 and
   1 swapped) is rolled back at the shadow step, by agreement alone;
 - during that shadow step no client answer came from the canary, and no request failed;
-- a faithful INT8 canary is promoted, with its agreement recorded per step.
+- a faithful INT8 canary is promoted, with its agreement recorded per step; a client calling the model
+  by its own name instead of the router is reported as bypassing the split.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from e2e.triton.load import Load
 from lathe.api.spec import Analysis, Publish, Rollout, RolloutStep
 from lathe.api.status import RolloutStatus
 from lathe.rollout import RolloutExecutor, observe, start
@@ -69,7 +71,7 @@ class Answers(threading.Thread):
             time.sleep(0.004)
 
 
-def roll(triton, repo, models, name, canary_file, spec: Rollout, timeout=120.0):
+def roll(triton, repo, models, name, canary_file, spec: Rollout, timeout=120.0, direct_rate=0.0):
     sp = Publish(repository=str(repo), model_name=name, flavour="python")
     publish(repo, name, [models["fp32"]], "onnxruntime", sp, "baseline")
     publish(repo, name, [canary_file], "onnxruntime", sp, "canary")
@@ -80,6 +82,9 @@ def roll(triton, repo, models, name, canary_file, spec: Rollout, timeout=120.0):
     x = np.asarray(models["x"], dtype=np.float32)
     client = Answers(triton.http_url, router_name(name), x)
     client.start()
+    direct = Load(triton.http_url, name, x[:1], rate=direct_rate, threads=1, max_requests=5000) if direct_rate else None
+    if direct:
+        direct.start()  # a client that calls the model itself, bypassing the router
     status, during_shadow = start(1, 2), []
     deadline = time.monotonic() + timeout
     shadow_from = None  # answers from the tick that routed the shadow step until the one that ended it
@@ -97,6 +102,8 @@ def roll(triton, repo, models, name, canary_file, spec: Rollout, timeout=120.0):
     finally:
         client.halt.set()
         client.join(10)
+        if direct:
+            direct.stop()
     return tc, ex, status, client, during_shadow, x
 
 
@@ -128,12 +135,13 @@ def test_disagreeing_canary_is_rolled_back_by_agreement_alone(triton, triton_rep
     assert tc.ready_versions(name) == [1] and ex.router.current() == {1: 100}
     c = observe(tc.metrics_text(), name).counters
     assert c[1].failure == 0
+    assert not judged.bypassed  # every request came through the router
 
 
 def test_faithful_int8_canary_is_promoted_with_its_agreement(triton, triton_repo, digits_models):
     name = "agree_int8"
     tc, ex, status, client, shadow, x = roll(triton, triton_repo, digits_models, name, digits_models["int8"],
-                                             Rollout(steps=STEPS, analysis=ANALYSIS))
+                                             Rollout(steps=STEPS, analysis=ANALYSIS), direct_rate=20)
     assert status.state == "Promoted", status.model_dump()
     mirrored = [h for h in status.history if h.compared]
     assert [h.step for h in mirrored] == [0, 1], status.history
@@ -141,3 +149,6 @@ def test_faithful_int8_canary_is_promoted_with_its_agreement(triton, triton_repo
     assert "agreement" in mirrored[0].reason
     assert client.errors == [], client.errors[:3]
     assert tc.ready_versions(name) == [2]
+    # A second client called `agree_int8` itself: the status says its requests escaped the split.
+    bypass = [h for h in status.history if h.bypassed]
+    assert bypass and "reached the model directly" in bypass[0].reason, [h.reason for h in status.history]

@@ -177,6 +177,7 @@ class RolloutStepStatus(Model):
     compared: float | None = None  # mirrored requests whose two answers were compared this step
     agreement: float | None = None  # their agreement (see Analysis.min_agreement)
     mirror_failures: float | None = None  # mirrored calls that failed or timed out (the client never saw them)
+    bypassed: float | None = None  # requests sent to the model itself, not its router: not split, not judged
     decision: str = ""
     reason: str = ""
     time: str | None = None

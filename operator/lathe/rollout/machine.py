@@ -64,6 +64,7 @@ class Observation:
     counters: dict[int, Counters] = field(default_factory=dict)
     error: str | None = None   # metrics could not be read: the machine waits
     mirror: dict[tuple[int, int], MirrorCounters] = field(default_factory=dict)
+    router: Counters | None = None  # the `<model>_router` model's own counters (router: triton)
 
 
 # ---------------------------------------------------------------------------------------- actions
@@ -121,7 +122,26 @@ def _snapshot(obs: Observation | None, versions: list[int]) -> dict[str, float]:
         m = obs.mirror.get((versions[0], versions[1]), MirrorCounters())
         for k in MIRROR_COUNTERS:
             snap[f"start:mirror:{k}"] = float(getattr(m, k))
+    if obs.router is not None:
+        for k in ("success", "failure"):
+            snap[f"start:router:{k}"] = float(getattr(obs.router, k))
     return snap
+
+
+def bypassed(obs: Observation, snap: dict[str, float], model_requests: float,
+             mirrored: MirrorCounters | None) -> float | None:
+    """Requests that reached the model directly, not through its router this step (None: unknown).
+    The model counts one request per routed request plus one per mirrored copy; a few in flight at
+    either end of the step are not a bypass."""
+    if obs.router is None or "start:router:success" not in snap:
+        return None
+    routed = 0.0
+    for k in ("success", "failure"):
+        now, was = float(getattr(obs.router, k)), snap[f"start:router:{k}"]
+        routed += now - was if now >= was else now
+    copies = (mirrored.requests + mirrored.errors + mirrored.timeouts) if mirrored else 0.0
+    extra = model_requests - routed - copies
+    return extra if extra > max(5.0, 0.02 * routed) else 0.0
 
 
 def _mirror_delta(obs: Observation, snap: dict[str, float], pair: tuple[int, int]) -> MirrorCounters:
@@ -273,6 +293,11 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
             return fail(f"canary p99 {dc.p99_ms:.2f} ms > {a.max_p99_latency_ms} ms")
         else:
             measured.latency_ms["p99"] = round(dc.p99_ms, 4)
+    direct = bypassed(obs, snap, dc.requests + ds.requests, mirrored)
+    if direct:
+        measured.bypassed = direct
+        notes.append(f"{direct:.0f} requests reached the model directly, not through its router: "
+                     "they were neither split nor compared (clients should call <model>_router)")
     if mirrored is not None:
         agree = mirrored.agree / mirrored.samples if mirrored.samples else 0.0
         floor = a.min_agreement if a.min_agreement is not None else DEFAULT_MIN_AGREEMENT

@@ -33,7 +33,13 @@ def observe(text: str, model: str) -> Observation:
     acc: dict[int, dict[str, float]] = {}
     p99: dict[int, float] = {}
     mirror: dict[tuple[int, int], dict[str, float]] = {}
+    router: dict[str, float] = {}
     for name, labels, value in parse(text):
+        if labels.get("model") == f"{model}_router" and name in ("nv_inference_request_success",
+                                                                  "nv_inference_request_failure"):
+            key = _FIELDS[name]
+            router[key] = router.get(key, 0.0) + value
+            continue
         if labels.get("model") != model:
             continue
         if name in _MIRROR or name == "lathe_mirror_failures_total":
@@ -51,4 +57,5 @@ def observe(text: str, model: str) -> Observation:
         elif name == "nv_inference_request_summary_us" and labels.get("quantile") == "0.99" and value == value:
             p99[v] = value / 1000.0
     return Observation({v: Counters(**d, p99_ms=p99.get(v)) for v, d in acc.items()},
-                       mirror={pair: MirrorCounters(**d) for pair, d in mirror.items()})
+                       mirror={pair: MirrorCounters(**d) for pair, d in mirror.items()},
+                       router=Counters(**router) if router else None)
