@@ -238,6 +238,7 @@ class Budget(Model):
     max_p99_latency_ms: float | None = Field(None, gt=0)
     min_speedup: float | None = Field(None, ge=0, description="Least speedup (baseline p50 / candidate p50 at the first batch size; throughput ratio for objective throughput). Unset: the speedup's 95% interval must lie above 1.0 (unless the objective is size); 0: no speed requirement.")
     max_size_mb: float | None = Field(None, gt=0)
+    max_activation_out_of_range: float | None = Field(None, ge=0, le=1, description="Static INT8 (ONNX Runtime): reject a candidate when, for some quantized tensor, more than this share of validation activations falls outside its calibrated range (e.g. 0.01). Unset: reported, not gated.")
 
 
 class TensorRTProfile(Model):

@@ -78,6 +78,8 @@ class CandidateResult(Model):
     float_nodes: list[str] = Field(default_factory=list, description="Nodes kept in float by automatic mixed precision.")
     precision: dict[str, int] = Field(default_factory=dict, description="Node count per runtime precision.")
     out_of_range: float | None = Field(None, description="Share of validation inputs outside the calibrated ranges.")
+    activation_out_of_range: float | None = Field(None, description="Static INT8 (ONNX Runtime): the largest share, over the quantized tensors, of validation activations outside the range calibrated for that tensor (clipped when quantized).")
+    activation_out_of_range_tensor: str | None = Field(None, description="The tensor with that share.")
     warnings: list[str] = Field(default_factory=list)
     artifact: str | None = None
     sha256: str | None = None

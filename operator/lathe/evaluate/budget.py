@@ -13,7 +13,7 @@ DEFAULT_MAX_RELATIVE = {"mse": 0.05, "mae": 0.05}
 def effective_budget(budget, metric: str, objective: str = "latency") -> tuple[dict, list[str]]:
     b = {"max_accuracy_drop": budget.max_accuracy_drop, "max_relative_drop": budget.max_relative_drop,
          "max_p99_latency_ms": budget.max_p99_latency_ms, "min_speedup": budget.min_speedup,
-         "max_size_mb": budget.max_size_mb}
+         "max_size_mb": budget.max_size_mb, "max_activation_out_of_range": budget.max_activation_out_of_range}
     notes = []
     if b["max_accuracy_drop"] is None and b["max_relative_drop"] is None:
         if metric in DEFAULT_MAX_DROP:
@@ -46,6 +46,15 @@ def accuracy_failures(c: CandidateResult, base: CandidateResult, metric: str, b:
         out.append(f"{label} {c.accuracy:.4g}: relative {word} {c.relative_drop:.2%} > "
                    f"{b['max_relative_drop']:.2%} allowed (baseline {base.accuracy:.4g})")
     return out
+
+
+def coverage_failures(c: CandidateResult, b: dict) -> list[str]:
+    """Calibrated ranges that clip too much of what the model meets (budget.maxActivationOutOfRange)."""
+    limit = b.get("max_activation_out_of_range")
+    if limit is None or c.activation_out_of_range is None or c.activation_out_of_range <= limit + 1e-12:
+        return []
+    return [f"{c.activation_out_of_range:.2%} of the validation activations of {c.activation_out_of_range_tensor} "
+            f"fall outside their calibrated range (maxActivationOutOfRange {limit:.2%})"]
 
 
 def performance_failures(c: CandidateResult, b: dict) -> list[str]:

@@ -209,7 +209,10 @@ def _row(c: CandidateResult, winner: str | None) -> str:
              _fmt(c.p50_ms), _fmt(c.p99_ms), html.escape(speedup_text(c)),
              _fmt(c.size_bytes / 1e6 if c.size_bytes else None, 3), _fmt(c.size_ratio, 3), _fmt(c.peak_memory_mb, 4),
              html.escape(", ".join(f"{k}:{v}" for k, v in sorted(c.precision.items()))),
-             str(len(c.float_nodes)), html.escape(c.reason),
+             str(len(c.float_nodes)),
+             (f"{c.activation_out_of_range:.2%} <small>{html.escape(c.activation_out_of_range_tensor or '')}</small>"
+              if c.activation_out_of_range is not None else "-"),
+             html.escape(c.reason),
              html.escape(" | ".join(c.warnings))]
     return "<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>"
 
@@ -221,7 +224,8 @@ def html_report(wr: WorkerResult, spec, budget: dict, details: dict[str, Any]) -
         sign = 1 if HIGHER_IS_BETTER.get(metric, True) else -1
         allowed = wr.baseline.accuracy - sign * budget["max_accuracy_drop"]
     heads = ["candidate", "verdict", "passes", LABEL.get(metric, metric), "drop", "min cos", "p50 ms", "p99 ms",
-             "speedup [95%]", "MB", "size ratio", "peak MiB", "precision", "float nodes", "reason", "warnings"]
+             "speedup [95%]", "MB", "size ratio", "peak MiB", "precision", "float nodes",
+             "activations outside range (worst tensor)", "reason", "warnings"]
     rows = "".join(_row(c, wr.winner) for c in [wr.baseline, *wr.candidates])
     lat_rows = "".join(
         f"<tr><td>{html.escape(c.name)}</td><td>{lat.batch}</td><td>{_fmt(lat.p50_ms)}</td><td>{_fmt(lat.p95_ms)}</td>"

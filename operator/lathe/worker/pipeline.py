@@ -221,6 +221,11 @@ class Pipeline:
             res.passes += " [" + "; ".join(state.notes) + "]"
         res.warnings = list(state.warnings)
         res.out_of_range = state.out_of_range
+        if state.activation_coverage:
+            worst = next(iter(state.activation_coverage))
+            res.activation_out_of_range = round(state.activation_coverage[worst], 6)
+            res.activation_out_of_range_tensor = worst
+            details["activation_coverage"] = {t: round(v, 6) for t, v in state.activation_coverage.items()}
         art = backend.build(state.onnx_path, cdir, backend.build_options(ctx, state) if hasattr(backend, "build_options") else {})
         runner = backend.load(art, self.threads)
         res.verdict = Verdict.passed  # provisional: the budget gate decides after the benchmark
@@ -386,7 +391,8 @@ class Pipeline:
         c = b.result
         if c.verdict == Verdict.failed:
             return
-        fails = gate.accuracy_failures(c, self.base, self.metric, self.budget) + gate.performance_failures(c, self.budget)
+        fails = (gate.accuracy_failures(c, self.base, self.metric, self.budget) + gate.coverage_failures(c, self.budget)
+                 + gate.performance_failures(c, self.budget))
         if fails:
             c.verdict = Verdict.rejected
             c.reason = "; ".join(fails)

@@ -30,6 +30,7 @@ class ModelState:
     quantize_pass: Any = None                              # the quantize pass and its input, for fallback
     quantize_input: Path | None = None
     out_of_range: float | None = None
+    activation_coverage: dict[str, float] | None = None  # static INT8: tensor -> share outside its range
     info: dict[str, Any] = field(default_factory=dict)
 
 

@@ -64,6 +64,11 @@ class NNCFQuantize(Pass):
         for f in _ORT_ONLY:
             if getattr(c, f) is not None:
                 p.append((_camel(f), "an ONNX Runtime setting; not used by runtime openvino (NNCF)"))
+        if c.calibration is not None and c.calibration.method != "minmax":
+            # NNCF picks its own range estimators per preset; rather than pretend a mapping, refuse.
+            p.append(("calibration.method", f"{c.calibration.method} calibration is ONNX Runtime's (runtime "
+                                            "onnxruntime); NNCF on runtime openvino sets activation ranges with its "
+                                            "own estimators: leave the method at minmax or unset"))
         return p
 
     def describe(self) -> str:

@@ -136,6 +136,12 @@ class Quantize(Pass):
             state.out_of_range = ctx.coverage.out_of_range
             state.warnings.extend(w for w in ctx.coverage.warnings if w not in state.warnings)
         self.apply(src, dst, ctx, list(state.float_nodes))
+        if static and ctx.validation is not None:
+            from ..activation_coverage import activation_coverage  # noqa: PLC0415
+
+            method = (self.config.calibration or CalibrationSettings()).method
+            state.activation_coverage = activation_coverage(src, ctx.workdir.parent / f"calibration-{method}.json",
+                                                            ctx.validation, threads=ctx.threads)
         state.onnx_path = dst
         state.quantized = True
         return state
@@ -211,7 +217,9 @@ class Quantize(Pass):
             op_types = c.op_types
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[cal.method]
-        cache = ctx.workdir / f"calibration-{cal.method}.json"
+        # Beside the candidate's model, not in its scratch folder: the ranges it was quantized with stay
+        # auditable after the run (and are reused by the fallback's re-quantizations).
+        cache = ctx.workdir.parent / f"calibration-{cal.method}.json"
         if not cache.exists():
             self._calibrate(src, cache, ctx, method, cal, op_types)
         quantize_static(str(src), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
