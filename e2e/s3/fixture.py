@@ -24,8 +24,8 @@ interpreter exit, and the server gets SIGKILL if the process that started it die
 Clients: :attr:`~S3Server.endpoint`, :attr:`~S3Server.access_key`, :attr:`~S3Server.secret_key`,
 :attr:`~S3Server.region`; :meth:`~S3Server.env` (``AWS_*`` variables for a subprocess such as
 Triton); :meth:`~S3Server.client` (Lathe's own client, lathe.storage.s3);
-:meth:`~S3Server.make_bucket` and :meth:`~S3Server.request` need only the standard library (their own
-SigV4 signer).
+:meth:`~S3Server.make_bucket` and :meth:`~S3Server.request` send raw requests over http.client,
+signed by lathe.storage.s3.sign (so a test can send what no client would, e.g. a wrong signature).
 
 pytest use: session fixture ``s3_server`` (a started :class:`S3Server`; its log tail is added to the
 report of a failing test through the control plane's report hook), function fixtures ``s3_bucket``
@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import datetime as _dt
 import errno
 import hashlib
-import hmac
 import http.client
 import os
 import secrets
@@ -142,37 +140,6 @@ def _error_fields(body: bytes) -> tuple[str, str]:
 
 def _quote(s: str, safe: str = "-_.~") -> str:
     return urllib.parse.quote(s, safe=safe)
-
-
-def sigv4_headers(method: str, host: str, path: str, query: dict[str, str], headers: dict[str, str],
-                  body: bytes, access_key: str, secret_key: str, region: str,
-                  now: _dt.datetime | None = None) -> dict[str, str]:
-    """The request headers, ``Authorization`` included, of an AWS Signature V4 request to S3.
-    ``path`` is the decoded path (``/bucket/key``); it is encoded once, as S3 expects."""
-    now = now or _dt.datetime.now(_dt.UTC)
-    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-    day = amz_date[:8]
-    payload = hashlib.sha256(body).hexdigest()
-    hdrs = {k.lower(): " ".join(str(v).split()) for k, v in headers.items()}
-    hdrs.update({"host": host, "x-amz-date": amz_date, "x-amz-content-sha256": payload})
-    names = sorted(hdrs)
-    canonical = "\n".join([
-        method,
-        _quote(path, safe="/-_.~"),
-        "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items())),
-        "".join(f"{k}:{hdrs[k]}\n" for k in names),
-        ";".join(names),
-        payload,
-    ])
-    scope = f"{day}/{region}/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = ("AWS4" + secret_key).encode()
-    for part in (day, region, "s3", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    hdrs["authorization"] = (f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
-                             f"SignedHeaders={';'.join(names)}, Signature={signature}")
-    return hdrs
 
 
 # --------------------------------------------------------------------------- server
@@ -351,8 +318,10 @@ class S3Server:
         """One SigV4-signed request (standard library only); ``path`` is ``/bucket[/key]``, decoded."""
         query = dict(query or {})
         host = f"{self.host}:{self.port}"
-        hdrs = sigv4_headers(method, host, path, query, dict(headers or {}), body, self.access_key,
-                             secret_key or self.secret_key, self.region)
+        from lathe.storage.s3 import S3Settings, sign
+
+        hdrs = sign(method, host, path, query, dict(headers or {}), hashlib.sha256(body).hexdigest(),
+                    S3Settings(self.access_key, secret_key or self.secret_key, self.region))
         target = _quote(path, safe="/-_.~")
         if query:
             target += "?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
