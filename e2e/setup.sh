@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Creates .venv with Lathe and every pinned dependency (requirements.lock). Idempotent: a second
 # run with an unchanged lock file does nothing. Needs Python 3.11 and PyPI.
+#
+# Installs with uv (pinned below, bootstrapped into ~/.cache/lathe once): its cache links the wheels
+# into a new .venv in seconds, where pip unpacked torch and its CUDA libraries (about 4 min) for every
+# fresh clone. The result is the same set of packages (tests/images compare images with the lock;
+# `pip freeze` of the two venvs was compared when this changed). Cache: $UV_CACHE_DIR, default
+# ~/.cache/lathe/uv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3.11}"
@@ -12,11 +18,21 @@ if [[ -f "$stamp" ]]; then
   exit 0
 fi
 t0=$(date +%s)
-[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip==26.3 wheel setuptools
+UV_VERSION=0.13.9
+cache="${LATHE_CACHE_ROOT:-$HOME/.cache/lathe}"
+boot="$cache/uv-$UV_VERSION"
+if [[ ! -x "$boot/bin/uv" ]]; then
+  rm -rf "$boot.tmp"
+  "$PY" -m venv "$boot.tmp"
+  "$boot.tmp/bin/python" -m pip install -q "uv==$UV_VERSION"
+  rm -rf "$boot" && mv "$boot.tmp" "$boot"  # whole or not at all (bin/uv is a binary: it survives the move)
+fi
+uv="$boot/bin/uv"
+export UV_CACHE_DIR="${UV_CACHE_DIR:-$cache/uv}"
+[[ -x .venv/bin/python ]] || "$uv" venv -q --seed --python "$PY" .venv
 echo "setup: installing pinned dependencies (torch and friends: several GB on a cold machine)"
-.venv/bin/python -m pip install -q -r requirements.lock
-.venv/bin/python -m pip install -q --no-deps -e .
+"$uv" pip install -q --python .venv/bin/python -r requirements.lock pip==26.3 wheel setuptools
+"$uv" pip install -q --python .venv/bin/python --no-deps -e .
 rm -f .venv/.lathe-lock-*
 touch "$stamp"
 echo "setup: done in $(( $(date +%s) - t0 ))s"

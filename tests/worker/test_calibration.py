@@ -25,7 +25,7 @@ def run(digits, make_spec, tmp_path_factory):
     spec = make_spec(digits, candidates=CANDIDATES, target={"batchSizes": [8], "threads": 2},
                      budget={"maxAccuracyDrop": 0.05, "minSpeedup": 0})  # calibration under test, not speed
     workdir = tmp_path_factory.mktemp("calibration-run")
-    return pipeline.run(spec, workdir, bench_seconds=2, bench_rounds=3), workdir
+    return pipeline.run(spec, workdir, bench_seconds=1, bench_rounds=2), workdir
 
 
 def _ranges(workdir, method) -> dict[str, tuple[float, float]]:
