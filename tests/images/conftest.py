@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import pytest
 
-from e2e.images.built import built_images, tar_info
+from e2e.images.built import built_images, tar_info, wait_for_build
 from e2e.images.engine import private_dockerd
 from e2e.images.keys import BUILT, ref
 
 
 @pytest.fixture(scope="session")
 def docker():
+    wait_for_build()  # images/build.sh uses the same private engine: never both at once
     with private_dockerd() as d:
         yield d
 
