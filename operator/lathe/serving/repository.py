@@ -181,14 +181,29 @@ class Staged:
     digest: str
 
 
-def stage_version(into: Path, model_name: str, artifact_files, runtime: str, spec: Publish, candidate_name: str,
-                  report_path: str | os.PathLike | None, flavour: str | None) -> Staged:
+@dataclass(frozen=True)
+class Identity:
+    """What a candidate's version is known by before anything is copied: its files and the main one's sha256
+    (a version holding the same candidate and digest is reused, not published again)."""
+    flavour: Flavour
+    artifacts: dict[str, Path]
+    files: dict[str, Path]
+    main_file: str
+    digest: str
+
+
+def identify(artifact_files, runtime: str, spec: Publish, flavour: str | None) -> Identity:
     fl = flavour_for(flavour or spec.flavour, runtime)
     arts = _normalise(artifact_files)
     files = fl.files(arts)
-    sig = fl.signature(arts, files)
     main_file = next(n for n in files if n.startswith("model"))
-    digest = sha256_file(files[main_file])
+    return Identity(fl, arts, files, main_file, sha256_file(files[main_file]))
+
+
+def stage_version(into: Path, model_name: str, ident: Identity, runtime: str, spec: Publish, candidate_name: str,
+                  report_path: str | os.PathLike | None) -> Staged:
+    fl, files, main_file, digest = ident.flavour, ident.files, ident.main_file, ident.digest
+    sig = fl.signature(ident.artifacts, files)
     vstage = into / "version"
     vstage.mkdir()
     for name, src in files.items():
@@ -247,29 +262,33 @@ def publish(repository: str | os.PathLike, model_name: str, artifact_files: Sequ
     An s3://bucket/prefix repository is written by serving.s3_repository (same layout, same guarantees).
     """
     spec = publish_spec or Publish(repository=str(repository), model_name=model_name)
+    ident = identify(artifact_files, runtime, spec, flavour)
     if str(repository).startswith("s3://"):
-        from .s3_repository import publish_s3  # noqa: PLC0415
+        from .s3_repository import existing_s3, publish_s3  # noqa: PLC0415
 
+        found = existing_s3(str(repository), model_name, ident, candidate_name) if reuse_existing else None
+        if found is not None:
+            return found
         with tempfile.TemporaryDirectory(prefix=f"lathe-{model_name}-") as tmp:
-            st = stage_version(Path(tmp), model_name, artifact_files, runtime, spec, candidate_name, report_path,
-                               flavour)
-            return publish_s3(str(repository), model_name, st, candidate_name, reuse_existing=reuse_existing)
+            st = stage_version(Path(tmp), model_name, ident, runtime, spec, candidate_name, report_path)
+            return publish_s3(str(repository), model_name, st, candidate_name)
     repo = resolve_repository(repository)
     model_dir = repo / model_name
     if not repo.is_dir():
         repo.mkdir(parents=True, exist_ok=True)
+    digest = ident.digest
+    if reuse_existing:  # before anything is copied: a restarted operator's re-publish costs no copy of the model
+        for v in reversed(versions(model_dir)):
+            meta = read_meta(model_dir, v)
+            if meta and meta.get("sha256") == digest and meta.get("candidate") == candidate_name:
+                return Published(repository=str(repository), model_name=model_name, version=v,
+                                 flavour=meta.get("flavour", ident.flavour.name), sha256=digest,
+                                 candidate=candidate_name, path=str(model_dir / str(v)))
     stage_root = _staging_root(repo, model_dir if model_dir.is_dir() else repo)
     stage = Path(tempfile.mkdtemp(prefix=f".lathe-{model_name}-{uuid.uuid4().hex[:8]}-", dir=stage_root))
     try:
-        st = stage_version(stage, model_name, artifact_files, runtime, spec, candidate_name, report_path, flavour)
-        digest, vstage = st.digest, st.dir
-        if reuse_existing:
-            for v in reversed(versions(model_dir)):
-                meta = read_meta(model_dir, v)
-                if meta and meta.get("sha256") == digest and meta.get("candidate") == candidate_name:
-                    return Published(repository=str(repository), model_name=model_name, version=v,
-                                     flavour=meta.get("flavour", st.flavour.name), sha256=digest,
-                                     candidate=candidate_name, path=str(model_dir / str(v)))
+        st = stage_version(stage, model_name, ident, runtime, spec, candidate_name, report_path)
+        vstage = st.dir
         for _attempt in range(100):
             existing = versions(model_dir)
             version = (max(existing) if existing else 0) + 1

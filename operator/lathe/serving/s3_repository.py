@@ -31,8 +31,7 @@ from lathe.api.status import Published
 from lathe.storage import StorageError
 from lathe.storage.s3 import S3Client, parse_s3
 
-from .config import config_versions, set_version_policy
-from .repository import PublishError, Staged, next_config
+from .repository import Identity, PublishError, Staged, next_config
 
 log = logging.getLogger("lathe.publish")
 CLAIMS = ".lathe-claims"
@@ -85,17 +84,24 @@ def _claim(client: S3Client, bucket: str, base: str, token: str) -> int | None:
     return None
 
 
+def existing_s3(repository: str, model_name: str, ident: Identity, candidate: str,
+                client: S3Client | None = None) -> Published | None:
+    """A version already holding this candidate and digest (an operator restarted after publishing)."""
+    client = client or S3Client()
+    bucket, base = model_prefix(repository, model_name)
+    for v in reversed(s3_versions(client, bucket, base)):
+        meta = s3_meta(client, bucket, base, v)
+        if meta and meta.get("sha256") == ident.digest and meta.get("candidate") == candidate:
+            return _published(repository, model_name, v, meta.get("flavour", ident.flavour.name), ident.digest,
+                              candidate, bucket, base)
+    return None
+
+
 def publish_s3(repository: str, model_name: str, st: Staged, candidate: str, *,
-               reuse_existing: bool = True, client: S3Client | None = None) -> Published:
+               client: S3Client | None = None) -> Published:
     client = client or S3Client()
     bucket, base = model_prefix(repository, model_name)
     client.check_bucket(bucket)
-    if reuse_existing:
-        for v in reversed(s3_versions(client, bucket, base)):
-            meta = s3_meta(client, bucket, base, v)
-            if meta and meta.get("sha256") == st.digest and meta.get("candidate") == candidate:
-                return _published(repository, model_name, v, meta.get("flavour", st.flavour.name), st.digest,
-                                  candidate, bucket, base)
     token = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
     version = None
     for attempt in range(50):
@@ -116,16 +122,11 @@ def publish_s3(repository: str, model_name: str, st: Staged, candidate: str, *,
         for n in [n for n in names if n != "lathe.json"] + ["lathe.json"]:
             client.copy(bucket, f"{staging}/{n}", f"{base}/{version}/{n}")
         existing = [v for v in s3_versions(client, bucket, base) if v != version]
+        # Read after the upload, so the served versions it keeps are those of now (next_config keeps them).
         old = _text(client, bucket, f"{base}/config.pbtxt")
         cfg = next_config(st, model_name, old, existing, version)
-        if old is not None:  # keep what the rollout serves now (it may have changed while we uploaded)
-            current = _text(client, bucket, f"{base}/config.pbtxt") or old
-            cfg = set_version_policy(cfg, config_versions(current) or st.options.versions)
         client.put_bytes(bucket, f"{base}/config.pbtxt", cfg.encode(), content_type="text/plain")
-    except PublishError:
-        _drop_partial(client, bucket, base, version)
-        raise
-    except StorageError:
+    except (PublishError, StorageError):
         _drop_partial(client, bucket, base, version)
         raise
     finally:
