@@ -127,3 +127,18 @@ def test_mirroring_needs_lathes_router_and_a_weight_0_step_needs_mirroring():
     assert problems(spec(publish={**base, "rollout": {}})) == []
     assert problems(spec(publish={**base, "rollout": {"router": "gateway", "steps": [{"weight": 50}]}})) == []
     assert problems(spec(publish={**base, "rollout": {"router": "gateway"}})) == []  # its defaults do not mirror
+
+
+def test_a_capture_needs_lathes_router_and_somewhere_to_go():
+    base = {"repository": "pvc://triton-models/", "modelName": "m", "tritonUrl": "t:8000"}
+    on = {"enabled": True}
+    assert problems(spec(publish={**base, "rollout": {"capture": on}})) == [
+        "spec.publish.rollout.capture.uri: say where the capture goes (or set spec.artifacts: it then goes under "
+        "<artifacts>/<namespace>/<name>/generation-<n>/capture)"]
+    assert problems(spec(artifacts="pvc://keep/", publish={**base, "rollout": {"capture": on}})) == []
+    assert problems(spec(publish={**base, "rollout": {"router": "gateway", "capture": {**on, "uri": "/c"}}})) == [
+        "spec.publish.rollout.capture.enabled: inputs are captured by Lathe's router only (router: triton)"]
+    assert problems(spec(publish={**base, "rollout": {"capture": {**on, "uri": "s3://b/c"}}})) == [
+        "spec.publish.rollout.capture.uri: s3:// needs credentials: set spec.storage.s3.secretRef to a Secret "
+        "with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"]
+    assert problems(spec(publish={**base, "rollout": {"capture": {"uri": "https://x/c"}}})) == []  # off: unused

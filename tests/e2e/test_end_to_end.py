@@ -113,7 +113,7 @@ def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
     ns = f"e2e-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(k8s_client)
     core.create_namespace({"metadata": {"name": ns}})
-    for claim in ("models", "triton-models"):
+    for claim in ("models", "triton-models", "captures"):
         core.create_namespaced_persistent_volume_claim(ns, {
             "metadata": {"name": claim},
             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
@@ -127,7 +127,8 @@ def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
     metrics_port = free_port()
     env = dict(os.environ, KUBECONFIG=str(control_plane.kubeconfig),
                LATHE_WORKER_COMMAND=f"{BIN / 'lathe'} worker",
-               LATHE_PVC_MOUNTS=json.dumps({"triton-models": str(repo)}),
+               # The claims the operator mounts (the chart's repositoryClaims): the repository, where captures go
+               LATHE_PVC_MOUNTS=json.dumps({"triton-models": str(repo), "captures": str(pvc / "captures")}),
                LATHE_METRICS_PORT=str(metrics_port), LATHE_ROLLOUT_INTERVAL="1", LATHE_MAX_ATTEMPTS="1",
                # The chain is under test here, not the speed (minSpeedup 0): a short benchmark.
                LATHE_BENCH_SECONDS="6")
@@ -144,7 +145,8 @@ def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
         try:
             yield {"ns": ns, "cluster": Cluster(k8s_client, control_plane.kubeconfig, ns), "sample": sample,
                    "triton": triton, "repo": repo, "operator": op, "operator_log": work / "operator.log",
-                   "metrics_port": metrics_port, "batch": client.BatchV1Api(k8s_client), "tmp": work}
+                   "metrics_port": metrics_port, "batch": client.BatchV1Api(k8s_client), "tmp": work,
+                   "captures": pvc / "captures"}
         finally:
             try:  # what a user would see at the end (also the README's example output)
                 print("kubectl get mopt:\n" + Cluster(k8s_client, control_plane.kubeconfig, ns).kubectl("get", "mopt"))
@@ -213,16 +215,20 @@ GENERATION_2 = [{"name": "int8-dynamic", "passes": [{"type": "quantize", "precis
                 {"name": "optimized", "passes": [{"type": "graph-optimize", "level": "all"}]}]
 
 
-def canary_under_load(k: Cluster, e2e: dict, sample: dict, timeout: float) -> tuple[dict, Load, float]:
+def canary_under_load(k: Cluster, e2e: dict, sample: dict, timeout: float, capture: dict | None = None
+                      ) -> tuple[dict, Load, float]:
     """Generation 2 of "digits" while a client calls the router: returns the decided status, the
-    load's record and the seconds from the apply to the decision."""
+    load's record and the seconds from the apply to the decision. `capture`: the rollout's capture block."""
     load = Load(e2e["triton"].http_url, "digits_router", np.load(sample["validation"])["input"])
     load.start()
     try:
         time.sleep(2)
         assert load.ok > 0, load.errors[:3]
         t0 = time.monotonic()
-        k.apply(resource("digits", e2e, candidates=GENERATION_2))
+        rollout = None
+        if capture:
+            rollout = resource("digits", e2e)["spec"]["publish"]["rollout"] | {"capture": capture}
+        k.apply(resource("digits", e2e, candidates=GENERATION_2, rollout=rollout))
         k.wait("digits", lambda s: s.get("observedGeneration") == 2 and s.get("phase") == "RollingOut", timeout,
                "canary of version 2 started")
         st = k.wait("digits", lambda s: s.get("observedGeneration") == 2 and s.get("phase") != "RollingOut"
@@ -257,7 +263,8 @@ def test_apply_optimize_publish_serve_then_canary(e2e):
     assert_report_kept(k, st, "digits", e2e["tmp"])
 
     # 2. A spec change (generation 2) publishes version 2 and rolls it out as a canary under traffic.
-    st, load, canary_s = canary_under_load(k, e2e, sample, timeout=600)
+    capture = {"enabled": True, "samplePercent": 50, "maxSamples": 40, "uri": "pvc://captures/digits"}
+    st, load, canary_s = canary_under_load(k, e2e, sample, timeout=600, capture=capture)
     assert st["phase"] == "Succeeded", st.get("message")
     ro = st["rollout"]
     assert ro["state"] == "Promoted" and ro["stableVersion"] == 2
@@ -267,11 +274,22 @@ def test_apply_optimize_publish_serve_then_canary(e2e):
     # INT8 canary agrees with stable above the floor the budget (0.02) sets, 1 - 2 x 0.02.
     assert steps[0]["compared"] >= 20 and steps[0]["agreement"] >= 0.96, steps[0]
     assert load.failed == 0, load.errors[:5]
+    # Production samples: half of what stable (version 1) answered, capped, written where the spec said,
+    # and loadable as a calibration set of the model; the validation inputs the client sent come from the
+    # calibration set's distribution, so they are judged representative.
+    cap = ro["capture"]
+    assert cap["state"] == "Complete" and 0 < cap["samples"] <= 40, cap
+    assert cap["dataset"] == "pvc://captures/digits/production.npz", cap
+    with np.load(e2e["captures"] / "digits" / "production.npz") as z:
+        assert sorted(z.files) == ["input"] and z["input"].shape[1:] == (1, 8, 8) and len(z["input"]) == cap["samples"]
+        sent = {r.tobytes() for r in np.load(sample["validation"])["input"].astype(np.float32)}
+        assert all(r.tobytes() in sent for r in z["input"])
+    assert cap["report"]["calibrationSamples"] > 0 and cap["report"]["representative"] is True, cap["report"]
     from tritonclient.http import InferenceServerClient
 
     c = InferenceServerClient(f"127.0.0.1:{triton.http_port}")
     assert c.is_model_ready("digits", "2") and not c.is_model_ready("digits", "1")
-    wanted = {"JobCreated", "Published", "RolloutStarted", "Promoted", "SpecChanged"}
+    wanted = {"JobCreated", "Published", "RolloutStarted", "Promoted", "SpecChanged", "CaptureComplete"}
     wait_for(lambda: wanted <= {e["reason"] for e in json.loads(k.kubectl("get", "events", "-o", "json"))["items"]},
              timeout=30, interval=0.5, what=f"events {wanted}")
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{e2e['metrics_port']}/metrics").read().decode()

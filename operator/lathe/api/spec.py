@@ -292,6 +292,16 @@ class GatewayRoute(Model):
     hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
 
 
+class Capture(Model):
+    """Opt-in sampling of live request inputs into a data set (docs/serving.md: privacy)."""
+    enabled: bool = Field(False, description="Off by default: live inputs are user data. When on, the router keeps a sample of the inputs the stable version answers (and its answers) during the rollout.")
+    sample_percent: float = Field(1.0, gt=0, le=100, description="Percent of the requests stable answers whose inputs are kept (every request's rows, spread evenly).")
+    max_samples: int = Field(1000, ge=1, le=1000000, description="The most rows kept in all; later requests are counted, not kept.")
+    max_mb: float = Field(64, gt=0, le=4096, description="The most megabytes of inputs kept in all.")
+    uri: str | None = Field(None, description="Where the capture is written (a path, pvc://claim/path on a claim the operator mounts, or s3://bucket/prefix); default <spec.artifacts>/<namespace>/<name>/generation-<n>/capture.")
+    max_class_shift: float = Field(0.2, ge=0, le=1, description="Classification: warn when the class histogram of stable's answers on the capture differs from the calibration set's by more than this total variation distance. Input ranges are held to spec.data.coverage.maxOutOfRange.")
+
+
 class Rollout(Model):
     steps: list[RolloutStep] = Field(
         default_factory=lambda: [RolloutStep(weight=0, mirror=100, min_requests=0), RolloutStep(weight=10, mirror=10),
@@ -300,6 +310,7 @@ class Rollout(Model):
     analysis: Analysis = Field(default_factory=Analysis)
     router: str = Field("triton", pattern=r"^(triton|gateway)$", description="triton: a router model inside Triton; gateway: a Gateway API HTTPRoute.")
     gateway: GatewayRoute = Field(default_factory=GatewayRoute, description="Where the HTTPRoute points and attaches (router: gateway).")
+    capture: Capture = Field(default_factory=Capture, description="Production samples: a capped sample of live inputs kept as a Lathe .npz data set, compared with the calibration set (router: triton).")
 
     @model_validator(mode="after")
     def _gateway_defaults(self):

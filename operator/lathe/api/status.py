@@ -185,6 +185,33 @@ class RolloutStepStatus(Model):
     time: str | None = None
 
 
+class CaptureReport(Model):
+    """Does production look like the calibration set? (rollout/capture.py: compare)"""
+    samples: int = 0
+    calibration_samples: int | None = None
+    out_of_range: dict[str, float] = Field(default_factory=dict, description="Per float input: share of captured values outside the calibration set's range (`<input>@position`: outside that position's range).")
+    class_histogram: dict[str, float] = Field(default_factory=dict, description="Classification: share of each class in stable's answers on the capture.")
+    calibration_class_histogram: dict[str, float] = Field(default_factory=dict, description="The same on the calibration set (the FP32 model's answers).")
+    class_shift: float | None = Field(None, description="Total variation distance between the two histograms.")
+    class_shift_p: float | None = Field(None, description="Share of random draws of as many answers from the calibration mix that differ from it at least as much: a shift is reported only below 0.01 (small captures differ by chance).")
+    unseen_classes: list[int] = Field(default_factory=list, description="Classes stable answered on the capture that never came up on the calibration set.")
+    representative: bool | None = Field(None, description="False when a warning below says calibration does not represent production; None when there was nothing to compare.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class CaptureStatus(Model):
+    state: str = Field("Capturing", pattern=r"^(Capturing|Complete|Failed)$")
+    uri: str = Field(description="Where the capture is written: part-NNNNN.npz while capturing, then production.npz (a Lathe data set: arrays keyed by model input), answers.npz and report.json.")
+    samples: int = Field(0, description="Rows kept so far.")
+    requests: int = Field(0, description="Requests whose rows were kept.")
+    dropped: int = Field(0, description="Rows of sampled requests not kept: over maxSamples or maxMb.")
+    bytes: int = 0
+    parts: int = 0
+    dataset: str | None = Field(None, description="The merged data set, usable as spec.data.calibration of a later resource.")
+    report: CaptureReport | None = None
+    reason: str = ""
+
+
 class RolloutStatus(Model):
     state: str = Field("Pending", pattern=r"^(Pending|Progressing|Promoted|RolledBack|Failed)$")
     stable_version: int | None = None
@@ -194,6 +221,7 @@ class RolloutStatus(Model):
     history: list[RolloutStepStatus] = Field(default_factory=list)
     reason: str = ""
     publish: Publish | None = Field(None, description="The publish settings the canary started with: where to undo it when the spec changes under it.")
+    capture: CaptureStatus | None = Field(None, description="Production samples kept during this rollout (spec.publish.rollout.capture).")
 
 
 class ModelOptimizationStatus(Model):

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lathe.api.spec import ModelOptimizationSpec, Publish, Rollout
+from lathe.api.spec import ModelOptimizationSpec, Publish, Rollout, TaskType
 from lathe.api.status import Phase, RolloutStatus
 from lathe.rollout.agreement import compare_of, with_defaults
+from lathe.rollout.capture_run import CaptureRun
+from lathe.rollout.capture_store import CaptureStore
 from lathe.rollout.executor import RolloutExecutor
 from lathe.rollout.machine import start
-from lathe.rollout.router import RouteRefused, RouteUnavailable
+from lathe.rollout.router import CaptureParams, RouteRefused, RouteUnavailable
 from lathe.serving.triton import TritonControl, TritonError
 from lathe.storage import StorageError
 
@@ -60,24 +62,48 @@ def gateway_options(rollout: Rollout, namespace: str) -> dict[str, Any]:
             "parent_refs": [p.model_dump(by_alias=True, exclude_none=True) for p in g.parent_refs]}
 
 
-def executor_for(pub: Publish, namespace: str, spec: ModelOptimizationSpec | None = None) -> RolloutExecutor:
+def capture_uri(spec: ModelOptimizationSpec, namespace: str, name: str, generation: int) -> str | None:
+    cap = spec.publish.rollout.capture if spec.publish and spec.publish.rollout else None
+    if cap is None or not cap.enabled:
+        return None
+    if cap.uri:
+        return cap.uri
+    return f"{spec.artifacts.rstrip('/')}/{namespace}/{name}/generation-{generation}/capture"
+
+
+def capture_run(spec: ModelOptimizationSpec, uri: str, s3_client) -> CaptureRun:
+    cap = spec.publish.rollout.capture
+    params = CaptureParams(cap.sample_percent, cap.max_samples, int(cap.max_mb * (1 << 20)), spec.task.output)
+    return CaptureRun(params, CaptureStore(uri, s3_client), classification=spec.task.type == TaskType.classification,
+                      max_out_of_range=spec.data.coverage.max_out_of_range, max_class_shift=cap.max_class_shift)
+
+
+def executor_for(pub: Publish, namespace: str, spec: ModelOptimizationSpec | None = None,
+                 capture_at: str | None = None) -> RolloutExecutor:
+    """capture_at: where this rollout's production capture goes (None: no capture)."""
     rollout = pub.rollout or Rollout()
     s3 = None
-    if pub.repository.startswith("s3://"):
+    needs_s3 = pub.repository.startswith("s3://") or (capture_at or "").startswith("s3://")
+    if needs_s3:
         from .storage_secret import s3_client_for
 
         s3 = s3_client_for(spec.storage if spec else None, namespace)
-    triton = TritonControl(pub.triton_url, pub.repository, metrics_url=pub.metrics_url, s3_client=s3)
+    triton = TritonControl(pub.triton_url, pub.repository, metrics_url=pub.metrics_url,
+                           s3_client=s3 if pub.repository.startswith("s3://") else None)
+    capture = capture_run(spec, capture_at, s3) if capture_at and spec else None
     return RolloutExecutor(triton, pub.model_name, router=rollout.router, apply_manifest=_apply_manifest(namespace),
-                           gateway_options=gateway_options(rollout, namespace), compare=compare_of(rollout, spec))
+                           gateway_options=gateway_options(rollout, namespace), compare=compare_of(rollout, spec),
+                           capture=capture)
 
 
 def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig) -> float:
     st, now, gen = result.status, world.now, world.generation
     pub = world.spec.publish
     rollout = st.rollout or RolloutStatus(canary_version=st.published.version if st.published else None)
+    meta = obj["metadata"]
     try:
-        ex = executor_for(pub, obj["metadata"]["namespace"], world.spec)
+        at = rollout.capture.uri if rollout.capture else capture_uri(world.spec, meta["namespace"], meta["name"], gen)
+        ex = executor_for(pub, meta["namespace"], world.spec, at)
         if rollout.state == "Pending" and rollout.stable_version is None and rollout.canary_version is not None:
             served = [v for v in ex.triton.ready_versions(pub.model_name) if v != rollout.canary_version]
             rollout = start(max(served) if served else None, rollout.canary_version).model_copy(
@@ -89,6 +115,7 @@ def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig
         new = rollout.model_copy(update={"reason": f"model repository: {e}; retrying"})
     st.rollout = new
     st.message = new.reason
+    _capture_events(rollout, new, result)
     if new.state == "Promoted":
         set_condition(st, "RolledOut", True, "Promoted", new.reason, now, gen)
         set_condition(st, "Ready", True, "Promoted", new.reason, now, gen)
@@ -107,6 +134,22 @@ def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig
     elif rollout.history and new.history and len(new.history) != len(rollout.history):
         result.actions.append(Event("Normal", "RolloutStep", new.reason))
     return config.rollout_interval
+
+
+def _capture_events(before: RolloutStatus, after: RolloutStatus, result: Plan) -> None:
+    c = after.capture
+    if c is None or (before.capture is not None and before.capture.state == c.state):
+        return
+    if c.state == "Complete" and c.report is not None:
+        if c.report.representative is False:
+            result.actions.append(Event("Warning", "CaptureNotRepresentative",
+                                        f"{c.samples} production samples at {c.dataset}: " + "; ".join(c.report.warnings)))
+        else:
+            result.actions.append(Event("Normal", "CaptureComplete", f"{c.samples} production samples at "
+                                        f"{c.dataset or c.uri}" + (f" ({'; '.join(c.report.warnings)})"
+                                                                   if c.report.warnings else "")))
+    elif c.state == "Failed":
+        result.actions.append(Event("Warning", "CaptureFailed", c.reason))
 
 
 def abandon(namespace: str, name: str, spec: dict[str, Any], rollout: RolloutStatus) -> None:
@@ -130,6 +173,10 @@ def abandon(namespace: str, name: str, spec: dict[str, Any], rollout: RolloutSta
             return
         ex = executor_for(pub, namespace, parsed)
         ex.apply([Route(((rollout.stable_version, 100),)), Serve((rollout.stable_version,))])
+        if rollout.capture is not None:  # its parts stay where they are; a next rollout starts a fresh queue
+            from lathe.rollout.router import capture_name
+
+            ex.triton.unload(capture_name(pub.model_name))
         log.info("%s/%s: canary %s abandoned, back on version %s at %s", namespace, name, rollout.canary_version,
                  rollout.stable_version, pub.triton_url)
     except (TritonError, ValueError) as e:  # StorageError is a ValueError

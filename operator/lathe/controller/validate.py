@@ -91,6 +91,9 @@ def _location_problems(spec: ModelOptimizationSpec, reachable: Reachability | No
         locations.append(("spec.publish.repository", spec.publish.repository, None))
     if spec.artifacts:
         locations.append(("spec.artifacts", spec.artifacts, None))
+    capture = spec.publish.rollout.capture if spec.publish and spec.publish.rollout else None
+    if capture is not None and capture.enabled and capture.uri:
+        locations.append(("spec.publish.rollout.capture.uri", capture.uri, None))
     out = []
     for field, uri, sha_field in locations:
         try:
@@ -138,6 +141,20 @@ def _publish_problems(spec: ModelOptimizationSpec) -> list[str]:
             if step.weight == 0 and not step.mirror:
                 out.append(f"spec.publish.rollout.steps[{i}]: weight 0 sends the canary nothing; "
                            "give it a weight, or mirror > 0 for a shadow step")
+        out.extend(_capture_problems(spec))
+    return out
+
+
+def _capture_problems(spec: ModelOptimizationSpec) -> list[str]:
+    cap = spec.publish.rollout.capture
+    if not cap.enabled:
+        return []
+    out = []
+    if spec.publish.rollout.router != "triton":
+        out.append("spec.publish.rollout.capture.enabled: inputs are captured by Lathe's router only (router: triton)")
+    if not cap.uri and not spec.artifacts:
+        out.append("spec.publish.rollout.capture.uri: say where the capture goes (or set spec.artifacts: it then "
+                   "goes under <artifacts>/<namespace>/<name>/generation-<n>/capture)")
     return out
 
 

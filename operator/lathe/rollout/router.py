@@ -37,13 +37,23 @@ class Compare:
     timeout_ms: int = 1000
 
 
+@dataclass(frozen=True)
+class CaptureParams:
+    """What the router samples into `<model>_capture` (spec.publish.rollout.capture)."""
+    percent: float
+    max_rows: int
+    max_bytes: int
+    output: str | None = None  # stable's answer kept beside the inputs; default: the compared/first output
+
+
 def compare_for(metric: str, output: str | None, tolerance: float, timeout_ms: int) -> Compare:
     kind = {"top1": "top1", "top5": "top1", "cosine": "cosine"}.get(metric, "close")
     return Compare(kind, output, tolerance, timeout_ms)
 
 
 def router_config(model: str, model_config_text: str, weights: dict[int, int], instances: int = 1,
-                  mirror: int = 0, pair: tuple[int, int] | None = None, compare: Compare | None = None) -> str:
+                  mirror: int = 0, pair: tuple[int, int] | None = None, compare: Compare | None = None,
+                  capture: CaptureParams | None = None, capture_version: int | None = None) -> str:
     """Router config: the real model's IO and batch size, python backend, weights (and mirroring) as parameters."""
     src = parse_config(model_config_text)
     from tritonclient.grpc import model_config_pb2
@@ -69,6 +79,41 @@ def router_config(model: str, model_config_text: str, weights: dict[int, int], i
                      "compare_output": output, "tolerance": repr(c.tolerance),
                      "mirror_timeout_ms": str(c.timeout_ms)}.items():
             cfg.parameters[k].string_value = v
+    if capture and capture_version is not None and weights.get(capture_version, 0) > 0:
+        output = capture.output or (compare.output if compare else None) or src.output[0].name
+        if output not in {o.name for o in src.output}:
+            output = src.output[0].name
+        for k, v in {"capture_percent": repr(capture.percent), "capture_version": str(capture_version),
+                     "capture_output": output, "capture_model": capture_name(model)}.items():
+            cfg.parameters[k].string_value = v
+    text = text_format.MessageToString(cfg)
+    check_config(text, name=cfg.name)
+    return text
+
+
+def capture_name(model: str) -> str:
+    return f"{model}_capture"
+
+
+def capture_config(model: str, capture: CaptureParams) -> str:
+    """The capture queue (capture_model.py): generic IO, so one config serves every model."""
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = model_config_pb2.ModelConfig()
+    cfg.name, cfg.backend, cfg.max_batch_size = capture_name(model), "python", 0
+    for name, dtype in (("RECORD", model_config_pb2.TYPE_STRING), ("TAKE", model_config_pb2.TYPE_INT64)):
+        i = cfg.input.add()
+        i.name, i.data_type, i.optional = name, dtype, True
+        i.dims.append(-1 if name == "RECORD" else 1)
+    for name in ("BLOB", "INFO"):
+        o = cfg.output.add()
+        o.name, o.data_type = name, model_config_pb2.TYPE_STRING
+        o.dims.append(-1 if name == "BLOB" else 1)
+    g = cfg.instance_group.add()
+    g.kind, g.count = model_config_pb2.ModelInstanceGroup.KIND_CPU, 1  # one queue
+    cfg.parameters["target_model"].string_value = model
+    cfg.parameters["max_rows"].string_value = str(capture.max_rows)
+    cfg.parameters["max_bytes"].string_value = str(capture.max_bytes)
     text = text_format.MessageToString(cfg)
     check_config(text, name=cfg.name)
     return text
@@ -99,9 +144,11 @@ def agreement_config(model: str) -> str:
 
 
 class TritonRouter:
-    def __init__(self, triton: TritonControl, model: str, instances: int = 1, compare: Compare | None = None):
+    def __init__(self, triton: TritonControl, model: str, instances: int = 1, compare: Compare | None = None,
+                 capture: CaptureParams | None = None):
         self.triton, self.model, self.instances = triton, model, instances
         self.compare = compare or Compare()
+        self.capture = capture
         self.name = router_name(model)
         self.files = triton.files  # the same repository, on disk or on S3
 
@@ -115,20 +162,25 @@ class TritonRouter:
             return None
         return {int(v): int(w) for v, w in (x.split(":") for x in p.split(",") if x)}
 
-    def set_weights(self, weights: dict[int, int], mirror: int = 0, pair: tuple[int, int] | None = None) -> None:
+    def set_weights(self, weights: dict[int, int], mirror: int = 0, pair: tuple[int, int] | None = None,
+                    capture_version: int | None = None) -> None:
         """Write the router config with `weights` (and `mirror` percent of requests compared between the
-        versions of `pair`) and (re)load it; Triton keeps the old router serving until the new one is
-        ready. A failed reload restores the previous config."""
+        versions of `pair`; with capture on, a sample of what `capture_version` answers kept) and (re)load
+        it; Triton keeps the old router serving until the new one is ready. A failed reload restores the
+        previous config."""
         model_cfg = self.files.read_text(f"{self.model}/config.pbtxt")
         if model_cfg is None:
             raise TritonLoadError(f"{self.model}: no config.pbtxt in the repository {self.triton.repository}")
         try:
-            text = router_config(self.model, model_cfg, weights, self.instances, mirror, pair, self.compare)
+            text = router_config(self.model, model_cfg, weights, self.instances, mirror, pair, self.compare,
+                                 self.capture, capture_version)
         except ValueError as e:
             raise TritonLoadError(str(e)) from e
         code = (Path(__file__).parent / "router_model.py").read_bytes()
         if mirror and pair:
             self._agreement_counters()
+        if "capture_percent" in text:
+            self._capture_queue()
         self.files.create_model(self.name, {"1/model.py": code, "config.pbtxt": text.encode()})
         if self.files.read_text(f"{self.name}/1/model.py") != code.decode():
             self.files.write_text(f"{self.name}/1/model.py", code.decode())
@@ -153,6 +205,20 @@ class TritonRouter:
         self.files.create_model(name, {"1/model.py": code, "config.pbtxt": agreement_config(self.model).encode()})
         self.triton.load(name)
 
+    def _capture_queue(self) -> None:
+        """`<model>_capture` in the repository and loaded, once per rollout (a reload would drop its queue)."""
+        name = capture_name(self.model)
+        if self.triton.ready_versions(name):
+            return
+        code = (Path(__file__).parent / "capture_model.py").read_bytes()
+        text = capture_config(self.model, self.capture)
+        self.files.create_model(name, {"1/model.py": code, "config.pbtxt": text.encode()})
+        if self.files.read_text(f"{name}/config.pbtxt") != text:  # caps of an earlier rollout
+            self.files.write_text(f"{name}/config.pbtxt", text)
+        if self.files.read_text(f"{name}/1/model.py") != code.decode():
+            self.files.write_text(f"{name}/1/model.py", code.decode())
+        self.triton.load(name)
+
     def remove(self) -> None:
         self.triton.unload(self.name)
 
@@ -173,7 +239,8 @@ class GatewayRouter:
         self.model, self.apply, self.opts = model, apply, route_opts
         self.last: dict | None = None
 
-    def set_weights(self, weights: dict[int, int], mirror: int = 0, pair: tuple[int, int] | None = None) -> None:
+    def set_weights(self, weights: dict[int, int], mirror: int = 0, pair: tuple[int, int] | None = None,
+                    capture_version: int | None = None) -> None:  # capture: router triton only
         # Agreement is measured by Lathe's router only (validation refuses mirror with router: gateway);
         # a Gateway's RequestMirror filter discards the mirrored answers (docs/serving.md).
         from .gateway import httproute, validate_httproute

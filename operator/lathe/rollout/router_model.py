@@ -10,6 +10,8 @@ Config parameters (rewritten and the router reloaded at each rollout step):
   compare            top1 | cosine | close          compare_output  the output compared
   tolerance          for `close`: |canary - stable| <= tolerance * (1 + |stable|) elementwise
   mirror_timeout_ms  the most a mirrored answer is awaited (after the client's answer is sent)
+  capture_percent    percent of the requests `capture_version` answers whose inputs (and that answer's
+                     `capture_output`) go, as one .npz blob, to `capture_model` (capture_model.py); default 0
 Selection is smooth weighted round-robin, mirroring an accumulator: exact proportions over any window.
 `execute` is async: the requests of one batch are forwarded concurrently. The client gets the answer of
 the version its weight chose as soon as that version answers; the mirrored call is compared in a task
@@ -22,10 +24,13 @@ lathe_mirror_samples_total (compared rows), lathe_mirror_agreement_total (sum ov
 """
 
 import asyncio
+import io
 import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+ANSWER = "__lathe_answer__"  # = lathe.rollout.capture.ANSWER (this file runs inside Triton, without lathe)
 
 
 def agreement(kind, stable, canary, tolerance):
@@ -67,6 +72,12 @@ class TritonPythonModel:
             self.tolerance = float(params.get("tolerance") or 0.01)
             self.timeout = int(params.get("mirror_timeout_ms") or 1000) / 1000.0
             self.counter_model = params.get("agreement_model") or f"{self.target}_agreement"
+        self.capture_percent = float(params.get("capture_percent") or 0)
+        self.capture_acc = 0.0
+        if self.capture_percent:
+            self.capture_version = int(params["capture_version"])
+            self.capture_model = params.get("capture_model") or f"{self.target}_capture"
+            self.capture_output = params.get("capture_output") or self.outputs[0]
         pb_utils.Logger.log_info(f"lathe router -> {self.target} weights {self.weights} mirror {self.mirror}%")
 
     def _pick(self):
@@ -104,12 +115,39 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
                 f"{self.target} v{version}: {bresp.error().message()}"))
         outs = [pb_utils.get_output_tensor_by_name(bresp, n) for n in self.outputs]
+        if self.capture_percent and version == self.capture_version and self._sampled():
+            arrays = {t.name(): t.as_numpy().copy() for t in inputs}
+            arrays[ANSWER] = pb_utils.get_output_tensor_by_name(bresp, self.capture_output).as_numpy().copy()
+            task = asyncio.ensure_future(self._capture(arrays))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
         if shadow is not None:
             mine = pb_utils.get_output_tensor_by_name(bresp, self.compare_output)
             task = asyncio.ensure_future(self._compare(version, mine.as_numpy().copy(), shadow))
             self.pending.add(task)  # a reference, or the loop may drop the task
             task.add_done_callback(self.pending.discard)
         return pb_utils.InferenceResponse(output_tensors=[t for t in outs if t is not None])
+
+    def _sampled(self):
+        self.capture_acc += self.capture_percent
+        if self.capture_acc < 100:
+            return False
+        self.capture_acc -= 100
+        return True
+
+    async def _capture(self, arrays):
+        """One sampled request to the capture queue, off the client's path; a failure is only logged."""
+        try:
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            blob = np.array([buf.getvalue()], dtype=np.object_)
+            req = pb_utils.InferenceRequest(model_name=self.capture_model, requested_output_names=["INFO"],
+                                            inputs=[pb_utils.Tensor("RECORD", blob)])
+            resp = await req.async_exec()
+            if resp.has_error():
+                pb_utils.Logger.log_warn(f"lathe router: {self.capture_model}: {resp.error().message()}")
+        except Exception as e:  # noqa: BLE001 - a capture must never reach the client
+            pb_utils.Logger.log_warn(f"lathe router: capture failed: {e}")
 
     async def _compare(self, version, mine, shadow):
         stable, canary = self.pair

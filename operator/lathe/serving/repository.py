@@ -214,9 +214,10 @@ def stage_version(into: Path, model_name: str, ident: Identity, runtime: str, sp
         (vstage / name).write_bytes(data)
     if report_path is not None:
         shutil.copy2(report_path, vstage / "report.json")
-        html_report = Path(report_path).with_name("report.html")
-        if html_report.exists():  # the human-readable report travels with the version too
-            shutil.copy2(html_report, vstage / "report.html")
+        for beside in ("report.html", "calibration-profile.json"):  # the human-readable report, and what
+            src = Path(report_path).with_name(beside)          # a production capture is compared with
+            if src.exists():
+                shutil.copy2(src, vstage / beside)
     meta = {"candidate": candidate_name, "flavour": fl.name, "runtime": runtime, "sha256": digest,
             "file": main_file, "files": {n: sha256_file(vstage / n) for n in sorted(os.listdir(vstage))},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

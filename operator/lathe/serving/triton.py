@@ -106,6 +106,20 @@ class TritonControl:
         except (urllib.error.URLError, OSError) as e:
             raise TritonUnavailable(f"Triton metrics at {self.metrics_url} unreachable: {e}") from e
 
+    def infer(self, model: str, inputs: dict, outputs: Sequence[str]) -> dict:
+        """One inference (numpy arrays in and out): the operator's own calls, e.g. draining a capture."""
+        import tritonclient.http as http
+        from tritonclient.utils import np_to_triton_dtype
+
+        ins = []
+        for name, a in inputs.items():
+            i = http.InferInput(name, list(a.shape), np_to_triton_dtype(a.dtype))
+            i.set_data_from_numpy(a, binary_data=True)
+            ins.append(i)
+        outs = [http.InferRequestedOutput(n, binary_data=True) for n in outputs]
+        res = self._call(f"infer {model}", self._c.infer, model, ins, outputs=outs)
+        return {n: res.as_numpy(n) for n in outputs}
+
     # ------------------------------------------------------------------ operations
     def load(self, model: str) -> None:
         """(Re)load a model from its config on disk; raises TritonLoadError with Triton's message."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api.spec import Candidate, ModelOptimizationSpec, metric_of, runtimes_of
+from ..api.spec import Candidate, ModelOptimizationSpec, TaskType, metric_of, runtimes_of
 from ..api.status import CandidateResult, Latency, Verdict, WorkerResult
 from ..evaluate import budget as gate
 from ..evaluate.benchmark import benchmark
@@ -292,6 +292,7 @@ class Pipeline:
         self.budget, notes = gate.effective_budget(self.spec.budget, self.metric, str(self.spec.objective))
         self.warnings += notes + self.coverage.warnings
         base = self.baseline()
+        self._calibration_profile(base)
         built: list[Built] = []
         for i, cand in enumerate(cands):
             self.progress("candidates", i / len(cands), f"building {cand.name}")
@@ -416,6 +417,15 @@ class Pipeline:
 
             env["torch"] = torch.__version__
         return env
+
+    def _calibration_profile(self, base: Built) -> None:
+        """What a production capture is compared with (rollout/capture.py): published beside the version."""
+        from ..rollout.capture import PROFILE_FILE, profile  # noqa: PLC0415
+
+        answers = None
+        if self.spec.task.type == TaskType.classification:
+            answers = infer(base.runner, self.cal, _eval_batch(self.info))[self.out_index]
+        (self.workdir / PROFILE_FILE).write_text(json.dumps(profile(self.cal.feeds, answers)))
 
     def _write(self, wr: WorkerResult) -> None:
         from ..evaluate.report import html_report  # noqa: PLC0415

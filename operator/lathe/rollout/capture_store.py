@@ -1,0 +1,59 @@
+"""Where the operator writes a production capture: a folder (a path, or pvc://claim/path on a claim the
+operator mounts) or an S3 prefix. Each file is written whole (temp + rename; one PUT on S3), so a reader
+never sees half a data set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lathe.serving.repository import write_atomic
+from lathe.storage.uri import parse_uri, pvc_path
+
+
+class CaptureStore:
+    def __init__(self, uri: str, s3_client=None):
+        self.uri = uri.rstrip("/")
+        scheme, authority, path = parse_uri(self.uri)
+        if scheme == "https":
+            raise ValueError(f"{uri}: a capture cannot be written to https://")
+        self.s3 = None
+        if scheme == "s3":
+            from lathe.storage.s3 import S3Client  # noqa: PLC0415
+
+            self.s3, self.bucket, self.prefix = s3_client or S3Client(), authority, path.strip("/")
+        else:
+            self.root = pvc_path(authority, path) if scheme == "pvc" else Path(path).expanduser()
+
+    def where(self, name: str) -> str:
+        return f"{self.uri}/{name}"
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def put(self, name: str, data: bytes) -> None:
+        if self.s3:
+            self.s3.put_bytes(self.bucket, self._key(name), data)
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.root / name, data)
+
+    def get(self, name: str) -> bytes:
+        if self.s3:
+            return self.s3.get_bytes(self.bucket, self._key(name))
+        return (self.root / name).read_bytes()
+
+    def names(self, prefix: str) -> list[str]:
+        if self.s3:
+            objs, _ = self.s3.list(self.bucket, self._key(prefix))
+            return sorted(o.key.rsplit("/", 1)[-1] for o in objs)
+        try:
+            return sorted(n for n in os.listdir(self.root) if n.startswith(prefix) and not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def delete(self, name: str) -> None:
+        if self.s3:
+            self.s3.delete(self.bucket, self._key(name))
+        else:
+            (self.root / name).unlink(missing_ok=True)
