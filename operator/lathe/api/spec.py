@@ -299,7 +299,7 @@ class Capture(Model):
     max_samples: int = Field(1000, ge=1, le=1000000, description="The most rows kept in all; later requests are counted, not kept.")
     max_mb: float = Field(64, gt=0, le=4096, description="The most megabytes of inputs kept in all.")
     uri: str | None = Field(None, description="Where the capture is written (a path, pvc://claim/path on a claim the operator mounts, or s3://bucket/prefix); default <spec.artifacts>/<namespace>/<name>/generation-<n>/capture.")
-    max_class_shift: float = Field(0.2, ge=0, le=1, description="Classification: warn when the class histogram of stable's answers on the capture differs from the calibration set's by more than this total variation distance. Input ranges are held to spec.data.coverage.maxOutOfRange.")
+    max_class_shift: float = Field(0.2, ge=0, le=1, description="Classification: warn when the class histogram of stable's answers on the capture differs from the calibration set's by more than this total variation distance, and sampling noise alone explains it in under 1% of random draws. Input ranges are held to spec.data.coverage.maxOutOfRange.")
 
 
 class Rollout(Model):
