@@ -18,8 +18,9 @@ from lathe.worker.errors import CoverageError, InvalidInput
 from lathe.worker.passes import default_candidates, validate_candidates
 
 
-def _spec(candidates=None, fmt="onnx", **kw):
-    return parse_spec({"model": {"uri": "m.onnx", "format": fmt}, "data": {"validation": {"uri": "v.npz"}},
+def _spec(candidates=None, fmt="onnx", calibration=None, **kw):
+    sets = {"validation": {"uri": "v.npz"}, **({"calibration": {"uri": calibration}} if calibration else {})}
+    return parse_spec({"model": {"uri": "m.onnx", "format": fmt}, "data": sets,
                        "candidates": candidates or [], **kw})
 
 
@@ -45,7 +46,8 @@ def test_validate_candidates_names_field_paths():
     unknown = next(p for p in problems if p.startswith("spec.candidates[0].passes[2].type: unknown pass 'foo' (known: "))
     assert all(name in unknown for name in ("graph-optimize", "prune", "quantize"))
     assert "spec.candidates[1].passes[0].sparsity: not a setting of pass 'quantize'" in problems
-    assert "spec.candidates[2].passes[0].mode: quantization-aware training (qat) is not implemented on CPU yet" in text
+    assert "spec.candidates[2].passes[0].mode: qat trains the PyTorch model: it needs model.format torchscript" in text
+    assert "spec.data.training: required by candidate 'c' pass 0 (quantize mode qat)" in problems
     assert "spec.candidates[3].passes[0].method: 2:4 structured sparsity needs a GPU runtime" in text
     assert "spec.candidates[4].passes[0].method: structured pruning needs a PyTorch source" in text
     assert "spec.candidates[5].passes[0].blockSize: only used by precision int4" in text
@@ -57,7 +59,7 @@ def test_valid_candidates_have_no_problems():
                                             "calibration": {"method": "entropy"}, "perChannel": True}]},
                   {"name": "p", "passes": [{"type": "prune", "method": "structured", "sparsity": 0.25,
                                             "fineTune": {"epochs": 2}}, {"type": "quantize"}]}],
-                 fmt="torchscript")
+                 fmt="torchscript", calibration="c.npz")  # fine-tuning needs data other than validation
     assert validate_candidates(spec) == []
 
 

@@ -145,6 +145,7 @@ class Coverage(Model):
 class Data(Model):
     calibration: DataSet | None = Field(None, description="Calibration set; defaults to the validation set (reported as such).")
     validation: DataSet = Field(description="Validation set every candidate and the baseline are measured on.")
+    training: DataSet | None = Field(None, description="Training set (same .npz format; labels optional) for the passes that train: quantize mode qat (required) and structured pruning's fine-tuning (used when given, else the calibration set). Never the validation set: what a candidate is trained on must not be what the gate measures it on.")
     coverage: Coverage = Field(default_factory=Coverage)
 
 
@@ -189,7 +190,17 @@ class CalibrationSettings(Model):
 class FineTune(Model):
     epochs: int = Field(3, ge=0, le=100)
     learning_rate: float = Field(1e-4, gt=0, le=1)
-    early_stop_drop: float = Field(0.002, ge=0, description="Stop when validation accuracy falls by more than this between epochs.")
+    early_stop_drop: float = Field(0.002, ge=0, description="Stop when the held-out accuracy (a split of the training data, or of the calibration set without one; never the validation set) falls by more than this below the best epoch.")
+
+
+class QuantizationAwareTraining(Model):
+    """Fake-quantized fine-tuning (quantize mode qat) with the forgetting guard."""
+
+    epochs: int = Field(3, ge=1, le=5, description="Epochs over the training split (3-5 recommended; each one is scored on the held-out split).")
+    learning_rate: float = Field(1e-5, ge=1e-7, le=0.1, description="Adam's learning rate; low by default so the model does not forget what it knew.")
+    forgetting_guard: float = Field(0.02, ge=0, le=1, description="Stop when an epoch's held-out accuracy (fake-quantized) is more than this below the float model's and no better than the best epoch so far; the best epoch is kept.")
+    held_out: float = Field(0.2, ge=0.05, le=0.5, description="Share of the training data held out to score each epoch (the validation set is never used).")
+    batch_size: int = Field(32, ge=1, le=4096)
 
 
 class PassSpec(Model):
@@ -215,6 +226,7 @@ class PassSpec(Model):
     method: PruneMethod | None = None
     sparsity: float | None = Field(None, ge=0, le=1)
     fine_tune: FineTune | None = None
+    qat: QuantizationAwareTraining | None = Field(None, description="Quantize mode qat: epochs, learning rate, forgetting guard, held-out share.")
     level: str | None = Field(None, pattern=r"^(basic|extended|all)$")
     preset: str | None = Field(None, pattern=r"^(performance|mixed)$")
     model_type: str | None = Field(None, pattern=r"^(transformer)$")

@@ -57,6 +57,9 @@ def problems(spec: ModelOptimizationSpec, reachable: Reachability | None = None,
     if spec.model.format != "onnx" and not spec.model.inputs:
         out.append(f"spec.model.inputs: a {spec.model.format} model needs its inputs declared to be exported")
 
+    if spec.data.training is not None and spec.data.training.uri == spec.data.validation.uri:
+        out.append("spec.data.training.uri: is the validation set: candidates trained on it would be measured on "
+                   "data they have seen (their accuracy optimistic); give a separate training set")
     out.extend(_location_problems(spec, reachable))
     out.extend(_publish_problems(spec))
     out.extend(_secret_problems(spec, secret_keys))
@@ -83,7 +86,8 @@ def _location_problems(spec: ModelOptimizationSpec, reachable: Reachability | No
     None when the location is written, not read)."""
     locations: list[tuple[str, str, str | None]] = [("spec.model.uri", spec.model.uri, "spec.model.sha256")]
     shas = {"spec.model.sha256": spec.model.sha256}
-    for name, ds in (("validation", spec.data.validation), ("calibration", spec.data.calibration)):
+    for name, ds in (("validation", spec.data.validation), ("calibration", spec.data.calibration),
+                     ("training", spec.data.training)):
         if ds is not None:
             locations.append((f"spec.data.{name}.uri", ds.uri, f"spec.data.{name}.sha256"))
             shas[f"spec.data.{name}.sha256"] = ds.sha256

@@ -1,4 +1,4 @@
-"""Calibration and validation data: one `.npz` file per set.
+"""Calibration, validation and training data: one `.npz` file per set.
 
 Format (see docs/worker.md): one array per model input, keyed by the input's name, the first axis
 being the sample axis (all arrays the same length); an optional `labels` array (class ids for
@@ -178,3 +178,21 @@ def coverage(cal: Dataset, val: Dataset, cov, same_set: bool = False) -> Coverag
             rep.errors.append(f"{rep.out_of_range:.1%} of validation input values fall outside the calibrated "
                               f"range (coverage.maxOutOfRange={cov.max_out_of_range:.1%})")
     return rep
+
+
+def shared_samples(a: Dataset, b: Dataset) -> int:
+    """How many samples of `b` also occur in `a` (same values in every input array): a training set
+    that contains validation samples makes the validation figures of trained candidates optimistic."""
+    import hashlib  # noqa: PLC0415
+
+    def keys(ds: Dataset) -> list[bytes]:
+        out = []
+        for i in range(len(ds)):
+            h = hashlib.blake2b(digest_size=16)
+            for name in sorted(ds.feeds):
+                h.update(np.ascontiguousarray(ds.feeds[name][i]).tobytes())
+            out.append(h.digest())
+        return out
+
+    seen = set(keys(a))
+    return sum(k in seen for k in keys(b))

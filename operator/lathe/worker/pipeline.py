@@ -109,6 +109,16 @@ class Pipeline:
         else:
             self.cal = self.val
         self.coverage = datamod.coverage(self.cal, self.val, spec.data.coverage, same_set=cal_path is None)
+        self.cal_is_val = cal_path is None
+        self.train = None
+        if spec.data.training is not None:
+            train_path = fetch(spec.data.training.uri, spec.data.training.sha256, "training data")
+            self.train = datamod.load(train_path, self.info.inputs, "training", spec.data.training.max_samples)
+            shared = datamod.shared_samples(self.train, self.val)
+            if shared:
+                self.warnings.append(f"{shared} of {len(self.val)} validation samples are also in the training set "
+                                     "(spec.data.training): candidates trained on it are measured on data they "
+                                     "have seen, so their accuracy is optimistic")
         self.out_index = 0
         if spec.task.output:
             if spec.task.output not in self.info.outputs:
@@ -116,7 +126,8 @@ class Pipeline:
                                              f"{self.info.outputs}")
             self.out_index = self.info.outputs.index(spec.task.output)
         self.progress("intake", 1.0, f"{self.info.family} model, {len(self.val)} validation / "
-                                     f"{len(self.cal)} calibration samples")
+                                     f"{len(self.cal)} calibration samples"
+                                     + (f" / {len(self.train)} training samples" if self.train is not None else ""))
 
     def candidates(self) -> list[Candidate]:
         problems = validate_candidates(self.spec)
@@ -162,8 +173,9 @@ class Pipeline:
                       start: ModelState | None = None, from_index: int = 0) -> ModelState:
         state = start or ModelState(onnx_path=self.info.onnx_path)
         state.float_nodes = list(float_nodes)
-        if from_index == 0 and self.info.torch_source and any(p.type == "prune" and p.method == "structured"
-                                                              for p in cand.passes):
+        if from_index == 0 and self.info.torch_source and any(
+                (p.type == "prune" and p.method == "structured") or (p.type == "quantize" and p.mode == "qat")
+                for p in cand.passes):
             state.torch_module = load_torch(self.info.source, self.info.format)
         for j, p in enumerate(cand.passes[from_index:], start=from_index):
             ps = make_pass(p, str(cand.runtime or runtimes_of(self.spec)[0]))
@@ -208,7 +220,8 @@ class Pipeline:
         work = cdir / "work"
         work.mkdir(parents=True)
         ctx = PassContext(workdir=work, spec=self.spec, model=self.info, calibration=self.cal, validation=self.val,
-                          coverage=self.coverage, threads=self.threads, progress=self.progress, candidate=cand.name)
+                          coverage=self.coverage, threads=self.threads, progress=self.progress, candidate=cand.name,
+                          training=self.train, calibration_is_validation=self.cal_is_val)
         details: dict[str, Any] = {}
         backend = get_backend(runtime)
         if backend is None or backend.available():
@@ -221,6 +234,10 @@ class Pipeline:
             res.passes += " [" + "; ".join(state.notes) + "]"
         res.warnings = list(state.warnings)
         res.out_of_range = state.out_of_range
+        if "training" in state.info:  # quantization-aware training: every epoch's held-out figure
+            details["training"] = state.info["training"]
+        if "fine_tune_data" in state.info:
+            details["fine_tune_data"] = state.info["fine_tune_data"]
         if state.activation_coverage:
             worst = next(iter(state.activation_coverage))
             res.activation_out_of_range = round(state.activation_coverage[worst], 6)

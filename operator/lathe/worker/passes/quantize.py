@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ...api.spec import CalibrationSettings, IntType, Precision, QuantMode
+from ...api.spec import CalibrationSettings, IntType, Precision, QuantizationAwareTraining, QuantMode
 from .base import ModelState, Pass, PassConfig, PassContext
+from .qat import FLOAT_ONNX, train
 
 log = logging.getLogger("lathe.worker.quantize")
 
@@ -56,6 +57,7 @@ class QuantizeConfig(PassConfig):
     block_size: int | None = None
     preset: str | None = None
     model_type: str | None = None
+    qat: QuantizationAwareTraining | None = None
 
 
 class Quantize(Pass):
@@ -67,14 +69,15 @@ class Quantize(Pass):
     def check(cls, c: QuantizeConfig, ctx: dict[str, Any]) -> list[tuple[str, str]]:
         p: list[tuple[str, str]] = []
         prec = c.precision
+        if c.qat is not None and c.mode != "qat":
+            p.append(("qat", f"only used by mode qat (mode is {c.mode or 'dynamic'})"))
         if prec == "int8":
             if c.mode == "qat":
-                p.append(("mode", "quantization-aware training (qat) is not implemented on CPU yet; "
-                                  "use mode static or dynamic"))
-            if c.mode != "static":
+                p.extend(_qat_problems(c, ctx))
+            if c.mode not in ("static", "qat"):
                 for f in ("calibration", "activation_type"):
                     if getattr(c, f) is not None:
-                        p.append((_camel(f), f"only used by mode static (mode is {c.mode or 'dynamic'})"))
+                        p.append((_camel(f), f"only used by modes static and qat (mode is {c.mode or 'dynamic'})"))
         else:
             if c.mode is not None and c.mode != "dynamic":
                 p.append(("mode", f"mode {c.mode} needs precision int8 (precision is {prec})"))
@@ -95,12 +98,16 @@ class Quantize(Pass):
                 pass  # allowed (s8/s8), just slower and less accurate than u8/s8 on CPU
         return p
 
+    def static(self) -> bool:
+        """INT8 static QDQ: mode static, and mode qat once its training is done."""
+        return self.config.precision == "int8" and (self.config.mode or "dynamic") in ("static", "qat")
+
     def describe(self) -> str:
         c = self.config
         if c.precision == "int8":
             mode = c.mode or "dynamic"
             bits = [f"int8-{mode}"]
-            if mode == "static":
+            if mode in ("static", "qat"):
                 bits.append(c.calibration.method if c.calibration else "minmax")
             bits.append("per-channel" if self._per_channel() else "per-tensor")
             return "quantize(" + ",".join(bits) + ")"
@@ -122,7 +129,14 @@ class Quantize(Pass):
     # ------------------------------------------------------------------ run
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         quiet_ort_logs()
-        static = self.config.precision == "int8" and (self.config.mode or "dynamic") == "static"
+        static = self.static()
+        if self.config.mode == "qat" and state.onnx_path.name != FLOAT_ONNX:
+            # train through the quantizer, then quantize the fine-tuned float model statically below
+            # (mixed precision re-runs this pass from that model: it does not train again)
+            src = train(state, ctx, self.config.qat or QuantizationAwareTraining(), self)
+            state.onnx_path = src
+            state.info["before_quantize"] = src
+            state.torch_module = None
         if static and self.reduce_range():
             note = "7-bit weights: this CPU has no VNNI"
             if note not in state.notes:
@@ -131,7 +145,7 @@ class Quantize(Pass):
         dst = ctx.workdir / f"quantized-{self.config.precision}.onnx"
         state.quantize_pass = self
         state.quantize_input = src
-        if self.config.precision == "int8" and (self.config.mode or "dynamic") == "static" and ctx.coverage is not None:
+        if static and ctx.coverage is not None:
             ctx.coverage.raise_for_errors()
             state.out_of_range = ctx.coverage.out_of_range
             state.warnings.extend(w for w in ctx.coverage.warnings if w not in state.warnings)
@@ -169,7 +183,7 @@ class Quantize(Pass):
             return ["MatMul"]
         if c.precision == "fp16":
             return sorted({n.op_type for n in m.graph.node})
-        if (c.mode or "dynamic") == "dynamic":
+        if not self.static():
             return ["MatMul", "Gather"]  # weight MatMuls and embedding tables (4x smaller MiniLM, same cosine)
         return ["MatMul", "Gemm", "Conv"]
 
@@ -180,7 +194,7 @@ class Quantize(Pass):
             self._fp16(src, dst, exclude)
         elif c.precision == "int4":
             self._int4(src, dst, exclude)
-        elif (c.mode or "dynamic") == "dynamic":
+        elif not self.static():
             self._dynamic(src, dst, exclude)
         else:
             self._static(src, dst, ctx, exclude)
@@ -294,6 +308,28 @@ class _Reader:
 
     def rewind(self):  # pragma: no cover - not used by collect_data
         pass
+
+
+def _qat_problems(c: QuantizeConfig, ctx: dict[str, Any]) -> list[tuple[str, str]]:
+    p: list[tuple[str, str]] = []
+    if ctx.get("format") not in ("torchscript", "pytorch-export"):
+        p.append(("mode", f"qat trains the PyTorch model: it needs model.format torchscript or pytorch-export, "
+                          f"not {ctx.get('format')}"))
+    if ctx.get("runtime") not in (None, "onnxruntime"):
+        p.append(("mode", f"qat builds an ONNX Runtime INT8 Q/DQ model; runtime {ctx.get('runtime')} is not "
+                          "supported (use runtime onnxruntime)"))
+    earlier = [q for q in ctx.get("passes", [])[: ctx.get("index", 0)]]
+    if any(not (q.type == "prune" and q.method == "structured") for q in earlier):
+        p.append(("mode", f"qat trains the PyTorch model and must come first or right after structured pruning "
+                          f"(after {[q.type for q in earlier]})"))
+    data = ctx.get("data") or {}
+    if not data.get("training", True):
+        p.append(("spec.data.training", f"required by candidate '{ctx.get('candidate')}' pass {ctx.get('index', 0)} "
+                                        "(quantize mode qat)"))
+    if c.calibration is not None and c.calibration.method != "minmax":
+        p.append(("calibration.method", "qat trains through MinMax ranges (what it simulates is what ONNX Runtime "
+                                        f"then calibrates); {c.calibration.method} is not supported with mode qat"))
+    return p
 
 
 def cpu_has_vnni() -> bool:
