@@ -197,8 +197,9 @@ def sensitivity(wr: WorkerResult, details: dict[str, Any]) -> str:
             f'<td><svg width="200" height="10"><rect width="{200 * max(v, 0) / top:.1f}" height="10" '
             f'fill="{"#cf222e" if n in kept else "#8c959f"}"/></svg></td></tr>'
             for n, v in s[:24])
-        sens.append(f"<h3>{html.escape(name)}</h3><p>Added relative output error per quantized node; ● = kept in float.</p>"
-                    f"<table><tr><th>node</th><th>error added</th><th></th></tr>{bars}</table>")
+        sens.append(f"<h3>{html.escape(name)}</h3><p>What each quantized node costs: the relative output error removed when it alone goes back to "
+                    f"float (ONNX Runtime) or the error it adds (OpenVINO); ● = kept in float.</p>"
+                    f"<table><tr><th>node</th><th>error cost</th><th></th></tr>{bars}</table>")
     return "".join(sens) or "<p>No candidate needed mixed precision.</p>"
 
 

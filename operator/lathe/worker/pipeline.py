@@ -32,7 +32,7 @@ from ..storage import sha256_file
 from . import data as datamod
 from .backends import get_backend, unavailable_reason
 from .errors import InvalidInput, WorkerError
-from .fallback import sensitivity, steps
+from .fallback import ablation, steps
 from .intake import ModelInfo, fetch, intake, load_torch
 from .passes import ModelState, PassContext, default_candidates, make_pass, validate_candidates
 from .progress import Progress, ProgressFn
@@ -276,7 +276,8 @@ class Pipeline:
         nodes = qpass.quantizable_nodes(src)
         ctx.report("mixed-precision", 0.0, f"ranking {len(nodes)} quantized nodes")
         ranked = (qpass.sensitivity(src, ctx, nodes, self.threads) if hasattr(qpass, "sensitivity")
-                  else sensitivity(src, state.onnx_path, nodes, self.cal, self.threads))
+                  else ablation(src, state.onnx_path, nodes, self.cal, self.threads,
+                                output=self.info.outputs[self.out_index]))
         details["sensitivity"] = [(n, round(s, 6)) for n, s in ranked[:64]]
         art = runner = None
         tries = steps(cand.fallback.max_float_nodes, len(ranked))
