@@ -155,7 +155,8 @@ def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
 
 
 def resource(name: str, e2e: dict, *, model: str = "pvc://models/digits/digits_cnn.pt", fmt="torchscript",
-             candidates=None, budget=0.02, rollout=None, triton_url: str | None = None) -> dict:
+             candidates=None, budget=0.02, rollout=None, triton_url: str | None = None,
+             calibration: str = "pvc://models/digits/digits_calibration.npz") -> dict:
     triton = e2e["triton"]
     publish = {"repository": "pvc://triton-models/", "modelName": "digits", "flavour": "python",
                "tritonUrl": triton_url or triton.http_url,
@@ -169,7 +170,7 @@ def resource(name: str, e2e: dict, *, model: str = "pvc://models/digits/digits_c
                 "model": {"uri": model, "format": fmt,
                           "inputs": [{"name": "input", "shape": ["batch", 1, 8, 8], "dtype": "float32"}]},
                 "task": {"type": "classification"},
-                "data": {"calibration": {"uri": "pvc://models/digits/digits_calibration.npz"},
+                "data": {"calibration": {"uri": calibration},
                          "validation": {"uri": "pvc://models/digits/digits_validation.npz"}},
                 "target": {"runtimes": ["onnxruntime"], "batchSizes": [1]},
                 "candidates": candidates or [
@@ -299,10 +300,9 @@ def test_apply_optimize_publish_serve_then_canary(e2e):
 
 
 def test_spec_change_mid_canary_sends_traffic_back_to_stable(e2e):
-    # Continues from the test above: version 2 is stable. Generation 3 publishes a canary and holds
-    # it at 30% (long pause); generation 4 supersedes it before the analysis ends. (The canary may
-    # be version 1 again: generation 3's winner is the same artifact, and the publisher reuses an
-    # identical version instead of adding a duplicate.)
+    # Continues from the test above: version 2 is stable. Generation 3, calibrated on the production
+    # samples generation 2's canary kept, publishes a canary and holds it at 30% (long pause);
+    # generation 4 supersedes it before the analysis ends.
     k, triton, sample = e2e["cluster"], e2e["triton"], e2e["sample"]
     from tritonclient.http import InferenceServerClient
 
@@ -313,7 +313,7 @@ def test_spec_change_mid_canary_sends_traffic_back_to_stable(e2e):
     load = Load(f"127.0.0.1:{triton.http_port}", "digits_router", np.load(sample["validation"])["input"])
     load.start()
     try:
-        k.apply(resource("digits", e2e, rollout=held, candidates=[
+        k.apply(resource("digits", e2e, rollout=held, calibration="pvc://captures/digits/production.npz", candidates=[
             {"name": "int8-static", "passes": [{"type": "quantize", "precision": "int8", "mode": "static"}]}]))
         st = k.wait("digits", lambda s: s.get("observedGeneration") == 3
                     and (s.get("rollout") or {}).get("state") == "Progressing"
@@ -321,6 +321,9 @@ def test_spec_change_mid_canary_sends_traffic_back_to_stable(e2e):
                     300, "canary at 30%")
         canary = st["rollout"]["canaryVersion"]
         assert st["rollout"]["stableVersion"] == 2 and canary != 2 and c.is_model_ready("digits", str(canary))
+        # Its only candidate, static INT8, was calibrated on the capture (a missing or unreadable
+        # calibration file ends the run with a data error instead) and met the budget.
+        assert st["winner"] == "int8-static" and st["candidates"][0]["verdict"] == "passed", st["candidates"]
         # Generation 4 also points at another Triton (nothing listens there): the canary must be undone
         # on the Triton it started on, which the rollout status recorded.
         k.apply(resource("digits", e2e, rollout=held, model="pvc://models/digits/corrupt.onnx", fmt="onnx",
