@@ -36,3 +36,15 @@ def test_training_on_the_validation_set_is_refused():
 def test_qat_without_training_data_names_the_field():
     assert problems(spec({"validation": {"uri": "pvc://m/val.npz"}}, [QAT])) == [
         "spec.data.training: required by candidate 'q' pass 0 (quantize mode qat)"]
+
+
+def test_the_worker_job_mounts_the_training_claim():
+    from lathe.controller.config import OperatorConfig
+    from lathe.controller.jobs import job_manifest
+
+    owner = {"apiVersion": "lathe.dev/v1alpha1", "kind": "ModelOptimization",
+             "metadata": {"name": "digits", "namespace": "ml", "uid": "u-1", "generation": 1}}
+    s = spec({"validation": {"uri": "pvc://m/val.npz"}, "training": {"uri": "pvc://train-data/t.npz"}}, [QAT])
+    pod = job_manifest(owner, s, "{}", 1, OperatorConfig())["spec"]["template"]["spec"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == ["m", "train-data"]

@@ -85,6 +85,7 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
 
     claims = pvc_claims(spec.model.uri, spec.data.validation.uri,
                         spec.data.calibration.uri if spec.data.calibration else None,
+                        spec.data.training.uri if spec.data.training else None,
                         spec.publish.repository if spec.publish else None, spec.artifacts)
     volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORKDIR}, {"name": "tmp", "mountPath": SCRATCH}]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class Epoch:
     epoch: int
     held_out: float
     loss: float | None = None
+    seconds: float = 0.0
 
 
 @dataclass
@@ -68,7 +70,8 @@ class TrainingRecord:
     def as_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "float_held_out": round(self.float_held_out, 5),
                 "epochs": [{"epoch": e.epoch, "held_out": round(e.held_out, 5),
-                            "loss": None if e.loss is None else round(e.loss, 5)} for e in self.epochs],
+                            "loss": None if e.loss is None else round(e.loss, 5), "seconds": round(e.seconds, 2)}
+                           for e in self.epochs],
                 "best_epoch": self.best_epoch, "stopped": self.stopped, "train_samples": self.train_samples,
                 "held_out_samples": self.held_out_samples, "learning_rate": self.learning_rate,
                 "forgetting_guard": self.guard, "fake_quantized": self.fake_quantized}
@@ -326,7 +329,19 @@ def strip(gm):
 # ---------------------------------------------------------------------------- training
 def train(state: ModelState, ctx: PassContext, settings: QuantizationAwareTraining, quantize_pass) -> Path:
     """Fake-quantized fine-tuning of state.torch_module; returns the fine-tuned float ONNX and fills
-    state.info['training'] and a note."""
+    state.info['training'] and a note. Runs on the worker's thread count (target.threads)."""
+    import torch  # noqa: PLC0415
+
+    prev = torch.get_num_threads()
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
+    try:
+        return _train(state, ctx, settings, quantize_pass)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _train(state: ModelState, ctx: PassContext, settings: QuantizationAwareTraining, quantize_pass) -> Path:
     import torch  # noqa: PLC0415
 
     from ..errors import InvalidInput  # noqa: PLC0415
@@ -423,6 +438,7 @@ def train(state: ModelState, ctx: PassContext, settings: QuantizationAwareTraini
     teacher_t = torch.from_numpy(np.asarray(teacher_train))
     floor = rec.float_held_out - settings.forgetting_guard
     for epoch in range(1, settings.epochs + 1):
+        t0 = time.monotonic()
         perm = rng.permutation(len(trainset))
         losses = []
         for i in range(0, len(perm), batch):
@@ -443,7 +459,7 @@ def train(state: ModelState, ctx: PassContext, settings: QuantizationAwareTraini
         s = score()
         if not np.isfinite(s):
             s = float("-inf")
-        rec.epochs.append(Epoch(epoch, s, float(np.mean(losses)) if losses else None))
+        rec.epochs.append(Epoch(epoch, s, float(np.mean(losses)) if losses else None, time.monotonic() - t0))
         ctx.report("qat", epoch / settings.epochs,
                    f"epoch {epoch}/{settings.epochs}: held-out {metric} {s:.4f} (float {rec.float_held_out:.4f}, "
                    f"best {max(best, s):.4f})")
