@@ -209,6 +209,27 @@ def test_corrupt_model_fails_cleanly_in_a_real_pod(installed):
     assert sorted(p.name for p in (installed["repo"] / "digits").iterdir()) == versions
 
 
+def test_a_gpu_resource_on_a_cluster_without_gpus_says_what_is_missing(installed):
+    """The real kube-scheduler cannot place the GPU worker (this node offers no nvidia.com/gpu): the
+    resource says so with the scheduler's own words instead of waiting in silence."""
+    k = installed["cluster"]
+    doc = resource("needs-gpu", {"triton": installed["triton"]},
+                   candidates=[{"name": "fp16", "passes": [{"type": "quantize", "precision": "fp16"}]}])
+    doc["spec"]["target"] = {"device": "gpu", "runtimes": ["tensorrt"], "batchSizes": [1]}
+    del doc["spec"]["publish"]
+    k.apply(doc)
+    try:
+        st = k.wait("needs-gpu", lambda s: s.get("stage") == "scheduling", 120, "unschedulable GPU worker reported")
+        cond = {c["type"]: c for c in st["conditions"]}["Scheduled"]
+        assert cond["status"] == "False" and cond["reason"] == "Unschedulable", cond
+        assert "(1 nvidia.com/gpu)" in cond["message"] and "Insufficient nvidia.com/gpu" in cond["message"], cond
+        assert st["phase"] == "Pending" and st["message"] == cond["message"]
+        events = json.loads(k.kubectl("get", "events", "-o", "json"))["items"]
+        assert any(e["reason"] == "WorkerUnschedulable" and "nvidia.com/gpu" in e["message"] for e in events)
+    finally:
+        k.kubectl("delete", "mopt", "needs-gpu", "--wait=true", "--timeout=60s")
+
+
 def test_operator_metrics_are_served_through_its_service(installed):
     cp, core = installed["cp"], installed["core"]
     svc = core.read_namespaced_service(f"{RELEASE}-operator-metrics", OPERATOR_NS)

@@ -166,3 +166,22 @@ def test_spec_change_mid_canary_abandons_it():
                                    rollout=canary.model_copy(update={"state": "Promoted"}))
     p = plan(world(status=done, generation=2))
     assert not kinds(p.actions, AbandonRollout) and p.status.rollout is None
+
+
+def test_a_worker_pod_nothing_can_place_says_so_and_clears_once_placed():
+    gpu = ModelOptimizationSpec.model_validate({**SPEC.model_dump(by_alias=True, exclude_none=True),
+                                                "target": {"device": "gpu"}})
+    msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 nodes are available"
+    stuck = ObservedJob("x-g1-a1", 1, 1, "active", pod="x-g1-a1-abcde", unschedulable=msg)
+    first = plan(world(ModelOptimizationStatus(observed_generation=1), [stuck], spec=gpu))
+    st = first.status
+    assert st.phase == "Pending" and st.stage == "scheduling"
+    cond = {c.type: c for c in st.conditions}["Scheduled"]
+    assert cond.status == "False" and cond.reason == "Unschedulable"
+    assert cond.message == f"worker pod x-g1-a1-abcde cannot be scheduled (1 nvidia.com/gpu): {msg}"
+    assert [e.reason for e in kinds(first.actions, Event)] == ["WorkerUnschedulable"]
+    again = plan(world(st, [stuck], spec=gpu))  # the next pending-pod event: no second Warning
+    assert kinds(again.actions, Event) == [] and again.status.stage == "scheduling"
+    placed = plan(world(again.status, [ObservedJob("x-g1-a1", 1, 1, "active")], spec=gpu))
+    assert placed.status.phase == "Optimizing"
+    assert {c.type: c for c in placed.status.conditions}["Scheduled"].status == "True"

@@ -42,6 +42,8 @@ KOPF_CALLS = [
     ("lathe.dev", "modeloptimizations", "patch"),  # the finalizer lathe.dev/finalizer
     ("batch", "jobs", "list"),                     # @kopf.on.event for the worker Jobs
     ("batch", "jobs", "watch"),
+    ("", "pods", "list"),                          # @kopf.on.event for worker pods the scheduler cannot place
+    ("", "pods", "watch"),
     ("", "events", "create"),                      # kopf's own Events
 ]
 

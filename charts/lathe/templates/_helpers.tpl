@@ -24,10 +24,10 @@ granted and every neighbour is not, against a real API server. */}}
   resources: [jobs]
   verbs: [list, watch, create, delete]
 # A finished Job's pods: the termination message, the log tail of a failed one, the full result
-# in the log of a successful one.
+# in the log of a successful one; and a pending one's (watched): is it stuck unschedulable?
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]

@@ -133,6 +133,17 @@ def on_job(namespace, labels, **_):
     _run(namespace, labels[NAME_LABEL])
 
 
+def _pod_pending(event, status, **_) -> bool:
+    # A worker pod the scheduler cannot place changes no Job: its Pending events are what tell the
+    # plan (observe.unschedulable), and the one that follows its placement clears the condition.
+    return event.get("type") != "DELETED" and dict(status).get("phase") == "Pending"
+
+
+@kopf.on.event("", "v1", "pods", labels={NAME_LABEL: kopf.PRESENT}, when=_pod_pending)
+def on_worker_pod(namespace, labels, **_):
+    _run(namespace, labels[NAME_LABEL])
+
+
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 def on_delete(namespace, name, spec, status, **_):
     batch = kube.batch()

@@ -38,6 +38,15 @@ def _terminated(pod: dict) -> dict | None:
     return None
 
 
+def unschedulable(pod: dict) -> str | None:
+    """The scheduler's message for a pod it could not place (e.g. "0/3 nodes are available: 3
+    Insufficient nvidia.com/gpu."), else None."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            return cond.get("message") or "Unschedulable"
+    return None
+
+
 def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
     batch, core = kube.batch(), kube.core()
     jobs = kube.call(batch.list_namespaced_job, namespace, label_selector=f"{NAME_LABEL}={name}")["items"]
@@ -48,7 +57,14 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
             continue
         labels = meta.get("labels") or {}
         state, reason = job_state(st)
-        exit_code = message = log_tail = pod_name = None
+        exit_code = message = log_tail = pod_name = waiting = None
+        if state == "active" and not (st.get("ready") or 0):  # no pod running yet: is one stuck unscheduled?
+            pods = kube.call(core.list_namespaced_pod, namespace, label_selector=f"job-name={meta['name']}")["items"]
+            for pod in pods:
+                waiting = unschedulable(pod)
+                if waiting:
+                    pod_name = pod["metadata"]["name"]
+                    break
         if state != "active":
             pods = kube.call(core.list_namespaced_pod, namespace, label_selector=f"job-name={meta['name']}")["items"]
             pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
@@ -68,7 +84,8 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
         out.append(ObservedJob(
             name=meta["name"], generation=int(labels.get(GENERATION_LABEL, "0")),
             attempt=int(labels.get(ATTEMPT_LABEL, "0")), state=state, exit_code=exit_code, message=message,
-            log_tail=log_tail, reason=reason, started=st.get("startTime"), finished=finished, pod=pod_name))
+            log_tail=log_tail, reason=reason, started=st.get("startTime"), finished=finished, pod=pod_name,
+            unschedulable=waiting))
     return out
 
 

@@ -38,7 +38,8 @@ class ObservedJob:
     started: str | None = None
     finished: str | None = None
     reason: str | None = None  # the Job's failure reason (DeadlineExceeded, …)
-    pod: str | None = None  # the pod whose termination message was read
+    pod: str | None = None  # the pod whose termination message was read (or that cannot be scheduled)
+    unschedulable: str | None = None  # the scheduler's message for a pod of this Job it cannot place
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,15 @@ def set_condition(status: ModelOptimizationStatus, type_: str, ok: bool | None, 
             return
     status.conditions.append(Condition(type=type_, status=value, reason=reason, message=message,
                                        last_transition_time=_ts(now), observed_generation=generation))
+
+
+def _asks(spec) -> str:
+    """What the worker pod asks the scheduler for, in the spec's words."""
+    t = spec.target
+    parts = [f"{t.gpu.count} {t.gpu.resource_name}"] if str(t.device) == "gpu" else []
+    parts += [f"nodeSelector {t.node_selector}"] if t.node_selector else []
+    parts += [f"{k}={v}" for k, v in (t.resources.requests or {}).items()]
+    return ", ".join(parts) or "cpu defaults"
 
 
 def condition(status: ModelOptimizationStatus, type_: str) -> Condition | None:
@@ -223,7 +233,17 @@ def plan(world: World) -> Plan:
                    started=current.started or (recorded.started if recorded else None), finished=current.finished)
     st.job = job
 
+    if current.state == "active" and current.unschedulable:
+        # A GPU resource on a cluster without GPU nodes (or a selector nothing matches) would wait in
+        # silence: say which pod, what it asks for and what the scheduler answered.
+        asks = _asks(world.spec)
+        msg = f"worker pod {current.pod} cannot be scheduled ({asks}): {current.unschedulable}"
+        set_condition(st, "Scheduled", False, "Unschedulable", msg, now, gen)
+        transition(Phase.pending, "scheduling", msg, ("Warning", "WorkerUnschedulable"))
+        return out
     if current.state == "active":
+        if (c := condition(st, "Scheduled")) is not None and c.status == "False":
+            set_condition(st, "Scheduled", True, "Scheduled", f"worker pod of {current.name} placed on a node", now, gen)
         transition(Phase.optimizing, "worker", f"worker Job {current.name} running (attempt {current.attempt})",
                    ("Normal", "JobRunning"))
         return out
