@@ -86,7 +86,7 @@ def test_capture_keeps_what_stable_answered_within_caps_and_warns(triton, triton
     ex = RolloutExecutor(tc, name, compare=Compare(kind="top1", output="logits"), capture=run)
     tc.serve(name, [1])
     ex.router.set_weights({1: 100})
-    spec = Rollout(steps=[RolloutStep(weight=0, mirror=100, pause_seconds=3, min_requests=0),
+    spec = Rollout(steps=[RolloutStep(weight=0, mirror=100, pause_seconds=1, min_requests=0),
                           RolloutStep(weight=100, pause_seconds=1, min_requests=5)],
                    analysis=Analysis(max_error_rate=0.0, max_latency_ratio=8.0, min_agreement=0.9,
                                      min_compared_requests=20))
