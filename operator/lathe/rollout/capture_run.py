@@ -34,6 +34,8 @@ class CaptureRun:
 
     def tick(self, triton: TritonControl, model: str, rollout: RolloutStatus, canary: int | None) -> RolloutStatus:
         """`canary`: the version rolled out (the status forgets it once promoted)."""
+        if rollout.capture is None and rollout.stable_version is None:
+            return rollout  # a first version: no stable one whose answers to sample
         c = rollout.capture or CaptureStatus(uri=self.store.uri)
         if c.state != "Capturing":
             return rollout
