@@ -31,7 +31,8 @@ uv="$boot/bin/uv"
 export UV_CACHE_DIR="${UV_CACHE_DIR:-$cache/uv}"
 [[ -x .venv/bin/python ]] || "$uv" venv -q --seed --python "$PY" .venv
 echo "setup: installing pinned dependencies (torch and friends: several GB on a cold machine)"
-"$uv" pip install -q --python .venv/bin/python -r requirements.lock pip==26.3 wheel setuptools
+# --excludes: tensorrt-stubs (test-only) requires the real TensorRT, which cannot come from PyPI (e2e/uv-excludes.txt)
+"$uv" pip install -q --python .venv/bin/python -r requirements.lock --excludes e2e/uv-excludes.txt pip==26.3 wheel setuptools
 "$uv" pip install -q --python .venv/bin/python --no-deps -e .
 rm -f .venv/.lathe-lock-*
 touch "$stamp"
