@@ -67,6 +67,18 @@ def send(client, model: str, feeds: dict[str, np.ndarray]):
     return client.infer(model, inputs)
 
 
+def cpu_name() -> str:
+    """The CPU model and its VNNI flags: CPU figures are labelled by the machine they came from."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "cpu"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "cpu")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    vnni = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{name}, {'/'.join(vnni) if vnni else 'no VNNI'}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "e2e/bench/mirror_results.md"))
@@ -165,7 +177,7 @@ def main(argv=None) -> int:
         "# Mirroring benchmark (real Triton 2.51 from nvidia-pytriton, CPU, python backend + ONNX Runtime)",
         "",
         f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `e2e/bench/mirror_bench.py --model {a.model}` on "
-        f"{platform.machine()} ({os.cpu_count()} cores, {platform.processor() or 'cpu'}, load average "
+        f"{platform.machine()} ({os.cpu_count()} cores, {cpu_name()}, load average "
         f"{os.getloadavg()[0]:.1f} at the end). Model: {about}. Every client is answered by stable (v1 FP32); "
         f"mirrored copies go to the canary (v2 INT8). Batch 1, HTTP, sequential; {a.rounds} interleaved rounds × "
         f"{a.requests} requests per router.",

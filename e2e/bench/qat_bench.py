@@ -35,6 +35,18 @@ CANDIDATES = [
 ]
 
 
+def cpu_name() -> str:
+    """The CPU model and its VNNI flags: CPU figures are labelled by the machine they came from."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "cpu"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "cpu")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    vnni = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{name}, {'/'.join(vnni) if vnni else 'no VNNI'}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).with_name("qat_results.md")))
@@ -52,7 +64,7 @@ def main(argv=None) -> int:
         "# QAT vs PTQ on the digits CNN (worker run, CPU)",
         "",
         f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `e2e/bench/qat_bench.py` on {platform.machine()} "
-        f"({os.cpu_count()} cores, {a.threads} thread(s) for training and benchmark, load average "
+        f"({os.cpu_count()} cores, {cpu_name()}, {a.threads} thread(s) for training and benchmark, load average "
         f"{os.getloadavg()[0]:.1f} at the end). Model: the 8x8 digits CNN of `worker/samples.py` (its training, "
         f"calibration and validation sets); baseline top-1 {base.accuracy:.4f}, "
         f"p50 {base.p50_ms:.3f} ms at batch 1. Worker run {res.seconds:.0f} s.",
