@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 for p in (ROOT / "operator", ROOT):
     sys.path.insert(0, str(p))
 
+from e2e.bench.machine import cpu_name  # noqa: E402
 from e2e.bench.serving_bench import minilm_models, timed  # noqa: E402
 from e2e.triton.server import TritonServer  # noqa: E402
 from lathe.api.spec import Publish  # noqa: E402
@@ -65,18 +66,6 @@ def send(client, model: str, feeds: dict[str, np.ndarray]):
         inp.set_data_from_numpy(x)
         inputs.append(inp)
     return client.infer(model, inputs)
-
-
-def cpu_name() -> str:
-    """The CPU model and its VNNI flags: CPU figures are labelled by the machine they came from."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "cpu"
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "cpu")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    vnni = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{name}, {'/'.join(vnni) if vnni else 'no VNNI'}"
 
 
 def main(argv=None) -> int:

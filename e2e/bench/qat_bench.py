@@ -18,8 +18,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "operator"))
+ROOT = Path(__file__).resolve().parents[2]
+for p in (ROOT / "operator", ROOT):
+    sys.path.insert(0, str(p))
 
+from e2e.bench.machine import cpu_name  # noqa: E402
 from lathe.api.spec import parse_spec  # noqa: E402
 from lathe.worker import pipeline, samples  # noqa: E402
 
@@ -33,18 +36,6 @@ CANDIDATES = [
                                           {"type": "quantize", "precision": "int8", "mode": "static",
                                            "perChannel": True}]},
 ]
-
-
-def cpu_name() -> str:
-    """The CPU model and its VNNI flags: CPU figures are labelled by the machine they came from."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "cpu"
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "cpu")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    vnni = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{name}, {'/'.join(vnni) if vnni else 'no VNNI'}"
 
 
 def main(argv=None) -> int:
