@@ -223,7 +223,9 @@ def canary_under_load(k: Cluster, e2e: dict, sample: dict, timeout: float, captu
     load = Load(e2e["triton"].http_url, "digits_router", np.load(sample["validation"])["input"])
     load.start()
     try:
-        time.sleep(2)
+        # The router answers before the apply: its first success, not a fixed 2 s pause.
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: load.ok > 0, 30, interval=0.05, what="a first answer from the router")
         assert load.ok > 0, load.errors[:3]
         t0 = time.monotonic()
         rollout = None
