@@ -80,7 +80,8 @@ def test_select_profile_prefers_an_exact_opt_then_the_first_range():
         trtb.select_profile(profs, {"x": [65, 4]})
 
 
-def test_build_options_from_a_real_spec():
+def test_build_options_from_a_real_spec(monkeypatch):
+    monkeypatch.delenv("LATHE_TRT_TIMING_CACHE", raising=False)
     spec = ModelOptimizationSpec.model_validate({
         "model": {"uri": "/m.onnx", "format": "onnx"}, "task": {"type": "classification"},
         "data": {"validation": {"uri": "/v.npz"}},
@@ -92,6 +93,8 @@ def test_build_options_from_a_real_spec():
                           validation=SimpleNamespace(feeds={"x": np.zeros((10, 1, 32, 32), np.float32)}))
     opts = trtb.TensorRTBackend().build_options(ctx, None)
     assert opts["workspace_mib"] == 2048 and opts["optimization_level"] == 5 and opts["timing_cache_dir"] == "/cache/trt"
+    ctx.spec = spec.model_copy(update={"tensorrt": None})
+    assert trtb.TensorRTBackend().build_options(ctx, None)["timing_cache_dir"] == "/w/timing-cache"
     assert opts["batch_sizes"] == [1, 16] and opts["hints"] == {"x": [1, 1, 32, 32]}
     assert trtb.derive_profiles(opts["inputs"], opts["batch_sizes"], opts["profiles"], opts["hints"]) == [
         {"x": {"min": [1, 1, 32, 32], "opt": [16, 1, 32, 32], "max": [64, 1, 32, 32]}}]

@@ -576,9 +576,10 @@ class TensorRTBackend(Backend):
             hints[name] = [1, *[int(x) for x in np.shape(arr)[1:]]]
         trt_spec = getattr(spec, "tensorrt", None)
         target = getattr(spec, "target", None)
-        workdir = Path(getattr(ctx, "workdir", ".") or ".")
+        workdir = Path(getattr(ctx, "workdir", ".") or ".").resolve()  # <run>/candidates/<name>/work
+        run_dir = workdir.parents[2] if len(workdir.parents) > 2 else workdir
         cache_root = getattr(trt_spec, "timing_cache", None) or os.environ.get("LATHE_TRT_TIMING_CACHE") \
-            or str(workdir.parent.parent / "timing-cache")
+            or str(run_dir / "timing-cache")
         return {"inputs": inputs, "hints": hints,
                 "batch_sizes": list(getattr(target, "batch_sizes", None) or [1]),
                 "profiles": [p.model_dump() if hasattr(p, "model_dump") else dict(p)
@@ -714,8 +715,8 @@ class TensorRTBackend(Backend):
                 current[0] = p
             keep: list[torch.Tensor] = []
             for n in in_names:
-                np_dtype, _ = dtypes[engine.get_tensor_dtype(n)]
-                t = torch.from_numpy(np.ascontiguousarray(feeds[n], dtype=np_dtype)).to("cuda", non_blocking=False)
+                np_dtype, tdtype = dtypes[engine.get_tensor_dtype(n)]  # BF16/FP8 inputs: cast on the device
+                t = torch.from_numpy(np.ascontiguousarray(feeds[n], dtype=np_dtype)).to("cuda").to(tdtype)
                 context.set_input_shape(n, list(t.shape))
                 context.set_tensor_address(n, t.data_ptr())
                 keep.append(t)
@@ -756,8 +757,8 @@ class TensorRTBackend(Backend):
             context.set_optimization_profile_async(p, stream.cuda_stream)
             keep: list[torch.Tensor] = []
             for n in in_names:
-                np_dtype, _ = dtypes[engine.get_tensor_dtype(n)]
-                t = torch.from_numpy(np.ascontiguousarray(feeds[n], dtype=np_dtype)).cuda()
+                np_dtype, tdtype = dtypes[engine.get_tensor_dtype(n)]
+                t = torch.from_numpy(np.ascontiguousarray(feeds[n], dtype=np_dtype)).to("cuda").to(tdtype)
                 context.set_input_shape(n, list(t.shape))
                 context.set_tensor_address(n, t.data_ptr())
                 keep.append(t)
