@@ -639,7 +639,11 @@ class TensorRTBackend(Backend):
             raise WorkerError("build", "TensorRT could not build the engine (see the worker's log for TensorRT's "
                                        "messages)")
         engine_bytes = bytes(memoryview(serialized))
-        _write_atomic(cache_file, bytes(memoryview(config.get_timing_cache().serialize())))
+        final = config.get_timing_cache()
+        now = cache_file.read_bytes() if cache_file.exists() else b""
+        if now and now != old:  # another build (a parallel worker on the same volume) wrote it meanwhile: keep both
+            final.combine(config.create_timing_cache(now), False)
+        _write_atomic(cache_file, bytes(memoryview(final.serialize())))
         plan = outdir / ENGINE_FILE
         plan.write_bytes(engine_bytes)
         build_s = time.perf_counter() - t0
