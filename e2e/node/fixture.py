@@ -365,6 +365,11 @@ state = "{d / 'state'}"
 
         with self.cp.api_client() as api:
             core = client.CoreV1Api(api)
+            # Cordoned first, as a drain does: a pod whose owner still exists (a Deployment's
+            # ReplicaSet, a Job) is recreated at once, and the scheduler would bind the new one here
+            # again, so the containers never ran out and the wait below always took its full 60 s.
+            with contextlib.suppress(client.ApiException):
+                core.patch_node(self.name, {"spec": {"unschedulable": True}})
             pods = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.name}").items
             for p in pods:
                 with contextlib.suppress(client.ApiException):
