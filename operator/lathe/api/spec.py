@@ -96,6 +96,12 @@ class PruneMethod(StrEnum):
     two_four = "2:4"
 
 
+class DistillLoss(StrEnum):
+    kl = "kl"
+    mse = "mse"
+    cosine = "cosine"
+
+
 class IntType(StrEnum):
     uint8 = "uint8"
     int8 = "int8"
@@ -145,7 +151,7 @@ class Coverage(Model):
 class Data(Model):
     calibration: DataSet | None = Field(None, description="Calibration set; defaults to the validation set (reported as such).")
     validation: DataSet = Field(description="Validation set every candidate and the baseline are measured on.")
-    training: DataSet | None = Field(None, description="Training set (same .npz format; labels optional) for the passes that train: quantize mode qat (required) and structured pruning's fine-tuning (used when given, else the calibration set). Never the validation set: what a candidate is trained on must not be what the gate measures it on.")
+    training: DataSet | None = Field(None, description="Training set (same .npz format; labels optional) for the passes that train: quantize mode qat and distill (required) and structured pruning's fine-tuning (used when given, else the calibration set). Never the validation set: what a candidate is trained on must not be what the gate measures it on.")
     coverage: Coverage = Field(default_factory=Coverage)
 
 
@@ -203,6 +209,21 @@ class QuantizationAwareTraining(Model):
     batch_size: int = Field(32, ge=1, le=4096)
 
 
+class Distillation(Model):
+    """Knowledge distillation (pass distill): how the student learns from the teacher's outputs."""
+
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature of loss kl (the KL term is multiplied by its square).")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term; 1 - alpha goes to cross-entropy with the hard labels when the training set has class labels (0: labels alone, no teacher). Without labels the teacher alone is learned from.")
+    loss: DistillLoss | None = Field(None, description="Output loss against the teacher: kl (softened class probabilities), mse or cosine (embeddings); default kl for classification, cosine otherwise.")
+    feature_layers: list[str] = Field(default_factory=list, max_length=32, description="Teacher modules whose outputs the student also matches (MSE): a Conv/Linear/BatchNorm of a narrower CNN student (on the teacher's kept channels), or an encoder layer ending a block of a shallower student (e.g. bert.encoder.layer.5).")
+    feature_weight: float = Field(1.0, ge=0, le=1000, description="Weight of the feature-matching term.")
+    epochs: int = Field(10, ge=1, le=50, description="Most epochs over the training split; each is scored on the held-out split.")
+    learning_rate: float = Field(1e-4, ge=1e-7, le=0.01, description="Adam's learning rate; low: the student starts from the teacher's weights.")
+    patience: int = Field(2, ge=1, le=50, description="Stop after this many epochs without a better held-out figure; the best epoch is kept.")
+    held_out: float = Field(0.2, ge=0.05, le=0.5, description="Share of the training data held out to score each epoch (the validation set is never used).")
+    batch_size: int = Field(32, ge=1, le=4096)
+
+
 class PassSpec(Model):
     """One optimization step. `type` names a registered pass (quantize, prune, graph-optimize);
     the other fields are its settings, checked against that pass's own config by the operator."""
@@ -212,7 +233,7 @@ class PassSpec(Model):
          "static and qat modes need precision int8"),
         ("self.type != 'prune' || has(self.method)", "a prune pass needs a method"),
     ))
-    type: str = Field(min_length=1, description="Registered pass name: quantize, prune, graph-optimize.")
+    type: str = Field(min_length=1, description="Registered pass name: quantize, prune, distill, graph-optimize.")
     precision: Precision | None = None
     mode: QuantMode | None = None
     calibration: CalibrationSettings | None = None
@@ -227,6 +248,9 @@ class PassSpec(Model):
     sparsity: float | None = Field(None, ge=0, le=1)
     fine_tune: FineTune | None = None
     qat: QuantizationAwareTraining | None = Field(None, description="Quantize mode qat: epochs, learning rate, forgetting guard, held-out share.")
+    distillation: Distillation | None = Field(None, description="Pass distill: temperature, alpha, loss, feature matching, epochs, learning rate, early stop.")
+    width: float | None = Field(None, gt=0, le=1, description="Pass distill: share of channels the student keeps in each prunable Conv/Linear (a narrower CNN; 0.5 = half width).")
+    layers: int | None = Field(None, ge=1, le=1024, description="Pass distill: encoder layers the student keeps (a shallower transformer), evenly spaced with the first and the last (3 of 6: layers 0, 3, 5).")
     level: str | None = Field(None, pattern=r"^(basic|extended|all)$")
     preset: str | None = Field(None, pattern=r"^(performance|mixed)$")
     model_type: str | None = Field(None, pattern=r"^(transformer)$")

@@ -175,7 +175,7 @@ class Pipeline:
         state.float_nodes = list(float_nodes)
         if from_index == 0 and self.info.torch_source and any(
                 (p.type == "prune" and p.method == "structured") or (p.type == "quantize" and p.mode == "qat")
-                for p in cand.passes):
+                or p.type == "distill" for p in cand.passes):
             state.torch_module = load_torch(self.info.source, self.info.format)
         for j, p in enumerate(cand.passes[from_index:], start=from_index):
             ps = make_pass(p, str(cand.runtime or runtimes_of(self.spec)[0]))
@@ -236,6 +236,8 @@ class Pipeline:
         res.out_of_range = state.out_of_range
         if "training" in state.info:  # quantization-aware training: every epoch's held-out figure
             details["training"] = state.info["training"]
+        if "distillation" in state.info:  # the student and every epoch's held-out figure
+            details["distillation"] = state.info["distillation"]
         if "fine_tune_data" in state.info:
             details["fine_tune_data"] = state.info["fine_tune_data"]
         if state.activation_coverage:

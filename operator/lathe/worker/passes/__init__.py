@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from ...api.spec import Candidate, Fallback, ModelOptimizationSpec, PassSpec, runtimes_of
 from .base import ModelState, Pass, PassConfig, PassContext
+from .distill import Distill
 from .graph_optimize import GraphOptimize
 from .nncf_quantize import NNCFQuantize, openvino_candidates
 from .prune import Prune
@@ -29,7 +30,7 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     return cls
 
 
-for _cls in (Quantize, Prune, GraphOptimize, StaticShapes):
+for _cls in (Quantize, Prune, Distill, GraphOptimize, StaticShapes):
     register_pass(_cls)
 
 # the same pass type run by another engine on some runtimes: (type, runtime) -> class

@@ -104,8 +104,6 @@ class Prune(Pass):
 
     # ------------------------------------------------------------ structured
     def _structured(self, state: ModelState, ctx: PassContext) -> ModelState:
-        import torch  # noqa: PLC0415
-
         from ..intake import export_torch, torch_outputs  # noqa: PLC0415
 
         if state.torch_module is None:
@@ -125,28 +123,7 @@ class Prune(Pass):
             state.warnings.append(source)
         # teacher outputs before pruning, for distillation when there are no labels
         teacher = torch_outputs(module, train_set, inputs)[0] if ft.epochs > 0 and train_set is not None else None
-        pruned_desc = []
-        with torch.no_grad():
-            for g in groups:
-                c = g["channels"]
-                keep_n = _keep_count(c, self.config.sparsity)
-                if keep_n >= c:
-                    continue
-                w = _get(module, g["producer"] + ".weight")
-                score = w.detach().abs().reshape(w.shape[0], -1).sum(1)
-                if g.get("bn"):
-                    gamma = _get(module, g["bn"] + ".weight").detach().abs()
-                    score = score * gamma / (score.mean() + 1e-12)
-                idx = torch.sort(torch.topk(score, keep_n).indices).values
-                _slice_param(module, g["producer"] + ".weight", 0, idx)
-                _slice_param(module, g["producer"] + ".bias", 0, idx, optional=True)
-                if g.get("bn"):
-                    for p in ("weight", "bias", "running_mean", "running_var"):
-                        _slice_param(module, f"{g['bn']}.{p}", 0, idx, optional=True)
-                factor = g.get("factor", 1)
-                cidx = (idx[:, None] * factor + torch.arange(factor)[None, :]).reshape(-1) if factor > 1 else idx
-                _slice_param(module, g["consumer"] + ".weight", 1, cidx)
-                pruned_desc.append(f"{g['producer']} {c}->{keep_n}")
+        pruned_desc, _ = slice_channels(module, groups, self.config.sparsity)
         after = _param_count(module)
         state.notes.append(f"params {before / 1e3:.0f}k->{after / 1e3:.0f}k")
         state.info["params_before"] = before
@@ -253,6 +230,41 @@ class Prune(Pass):
                 groups.append({"producer": prod, "consumer": consumer, "bn": bn, "channels": channels,
                                "factor": factor, "kind": kind})
         return groups
+
+
+def slice_channels(module, groups: list[dict[str, Any]], sparsity: float) -> tuple[list[str], dict[str, Any]]:
+    """Remove the share `sparsity` of each group's channels (smallest L1 norm, scaled by |gamma| of a
+    following BatchNorm) from the producer, its BatchNorm and the consumer's input, in place.
+    Returns what was cut ('features.0 32->16') and the kept channel indices of each producer and
+    BatchNorm (sorted, into the original channels)."""
+    import torch  # noqa: PLC0415
+
+    descs: list[str] = []
+    kept: dict[str, Any] = {}
+    with torch.no_grad():
+        for g in groups:
+            c = g["channels"]
+            keep_n = _keep_count(c, sparsity)
+            if keep_n >= c:
+                continue
+            w = _get(module, g["producer"] + ".weight")
+            score = w.detach().abs().reshape(w.shape[0], -1).sum(1)
+            if g.get("bn"):
+                gamma = _get(module, g["bn"] + ".weight").detach().abs()
+                score = score * gamma / (score.mean() + 1e-12)
+            idx = torch.sort(torch.topk(score, keep_n).indices).values
+            _slice_param(module, g["producer"] + ".weight", 0, idx)
+            _slice_param(module, g["producer"] + ".bias", 0, idx, optional=True)
+            kept[g["producer"]] = idx
+            if g.get("bn"):
+                kept[g["bn"]] = idx
+                for p in ("weight", "bias", "running_mean", "running_var"):
+                    _slice_param(module, f"{g['bn']}.{p}", 0, idx, optional=True)
+            factor = g.get("factor", 1)
+            cidx = (idx[:, None] * factor + torch.arange(factor)[None, :]).reshape(-1) if factor > 1 else idx
+            _slice_param(module, g["consumer"] + ".weight", 1, cidx)
+            descs.append(f"{g['producer']} {c}->{keep_n}")
+    return descs, kept
 
 
 def _invalid(msg: str):
