@@ -515,6 +515,22 @@ def _dims(d: trt.Dims) -> list[int]:
     return [int(d[i]) for i in range(len(d))]
 
 
+def _bind_inputs(engine: trt.ICudaEngine, context: trt.IExecutionContext, in_names: list[str], feeds: Feeds,
+                 dtypes: dict[trt.DataType, tuple[str, torch.dtype]]) -> list[torch.Tensor]:
+    """Copy each input to the GPU in the engine's type (BF16/FP8 cast on the device) and bind it; the
+    tensors returned must outlive the execution."""
+    import torch  # noqa: PLC0415
+
+    keep: list[torch.Tensor] = []
+    for n in in_names:
+        np_dtype, tdtype = dtypes[engine.get_tensor_dtype(n)]
+        t = torch.from_numpy(np.ascontiguousarray(feeds[n], dtype=np_dtype)).to("cuda").to(tdtype)
+        context.set_input_shape(n, list(t.shape))
+        context.set_tensor_address(n, t.data_ptr())
+        keep.append(t)
+    return keep
+
+
 def parse_onnx(network: trt.INetworkDefinition, logger: trt.ILogger, onnx_path: Path) -> None:
     """Parse into `network`; on failure raise InvalidInput listing the parser's errors node by node."""
     import tensorrt as trt  # noqa: PLC0415
@@ -697,16 +713,22 @@ class TensorRTBackend(Backend):
         inspector.execution_context = context
         return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
 
-    def load(self, artifact: Artifact, threads: int) -> Runner:
+    def _session(self, artifact: Artifact) -> tuple[trt.ICudaEngine, trt.IExecutionContext, torch.cuda.Stream,
+                                                     list[str], list[str]]:
+        """The engine, an execution context, a stream, and its input and output tensor names."""
         import tensorrt as trt  # noqa: PLC0415
         import torch  # noqa: PLC0415
 
         engine = self._engine(Path(artifact.path).read_bytes())
-        context = engine.create_execution_context()
-        stream = torch.cuda.Stream()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         in_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         out_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        return engine, engine.create_execution_context(), torch.cuda.Stream(), in_names, out_names
+
+    def load(self, artifact: Artifact, threads: int) -> Runner:
+        import torch  # noqa: PLC0415
+
+        engine, context, stream, in_names, out_names = self._session(artifact)
         dtypes = _trt_dtypes()
         profiles = _profile_options(engine)
         current = [-1]
@@ -717,13 +739,7 @@ class TensorRTBackend(Backend):
             if p != current[0]:
                 context.set_optimization_profile_async(p, stream.cuda_stream)
                 current[0] = p
-            keep: list[torch.Tensor] = []
-            for n in in_names:
-                np_dtype, tdtype = dtypes[engine.get_tensor_dtype(n)]  # BF16/FP8 inputs: cast on the device
-                t = torch.from_numpy(np.ascontiguousarray(feeds[n], dtype=np_dtype)).to("cuda").to(tdtype)
-                context.set_input_shape(n, list(t.shape))
-                context.set_tensor_address(n, t.data_ptr())
-                keep.append(t)
+            _inputs = _bind_inputs(engine, context, in_names, feeds, dtypes)  # alive until the run ends
             outs: list[torch.Tensor] = []
             for n in out_names:
                 _, tdtype = dtypes[engine.get_tensor_dtype(n)]
@@ -743,15 +759,9 @@ class TensorRTBackend(Backend):
                   warmup: int = 20) -> dict[int, dict[str, Any]]:
         """Device time of one `execute_async_v3` at each batch size, timed with torch.cuda.Event pairs on the
         engine's stream (inputs already on the GPU, outputs left there: host copies are not in the figure)."""
-        import tensorrt as trt  # noqa: PLC0415
         import torch  # noqa: PLC0415
 
-        engine = self._engine(Path(artifact.path).read_bytes())
-        context = engine.create_execution_context()
-        stream = torch.cuda.Stream()
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        in_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        out_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        engine, context, stream, in_names, out_names = self._session(artifact)
         dtypes = _trt_dtypes()
         profiles = _profile_options(engine)
         results: dict[int, dict[str, Any]] = {}
@@ -759,13 +769,7 @@ class TensorRTBackend(Backend):
             shapes = {n: list(feeds[n].shape) for n in in_names}
             p = select_profile(profiles, shapes)
             context.set_optimization_profile_async(p, stream.cuda_stream)
-            keep: list[torch.Tensor] = []
-            for n in in_names:
-                np_dtype, tdtype = dtypes[engine.get_tensor_dtype(n)]
-                t = torch.from_numpy(np.ascontiguousarray(feeds[n], dtype=np_dtype)).to("cuda").to(tdtype)
-                context.set_input_shape(n, list(t.shape))
-                context.set_tensor_address(n, t.data_ptr())
-                keep.append(t)
+            keep = _bind_inputs(engine, context, in_names, feeds, dtypes)
             for n in out_names:
                 o = torch.empty(_dims(context.get_tensor_shape(n)), dtype=dtypes[engine.get_tensor_dtype(n)][1],
                                 device="cuda")
