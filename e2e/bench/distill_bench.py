@@ -38,23 +38,8 @@ log = logging.getLogger("distill_bench")
 
 def make_teacher(outdir: Path, seq: int, n_train: int) -> dict:
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    src = samples.minilm_dir()
-    tok = AutoTokenizer.from_pretrained(str(src))
-    bert = AutoModel.from_pretrained(str(src), attn_implementation="eager").eval()
-
-    class Embedder(torch.nn.Module):
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            m = attention_mask.unsqueeze(-1).to(h.dtype)
-            e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(e, p=2.0, dim=-1)
-
+    tok, model = samples.minilm_embedder()
     texts = samples.sentences(200 + n_train)
     enc = tok(texts, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
     ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
@@ -63,7 +48,6 @@ def make_teacher(outdir: Path, seq: int, n_train: int) -> dict:
     for name, sl in sets.items():
         paths[name] = outdir / f"minilm_{name}.npz"
         np.savez(paths[name], input_ids=ids[sl], attention_mask=mask[sl])
-    model = Embedder(bert).eval()
     batch = torch.export.Dim("batch", min=1, max=1024)
     args = (torch.from_numpy(ids[:4]), torch.from_numpy(mask[:4]))
     ep = torch.export.export(model, args, dynamic_shapes=({0: batch}, {0: batch}))

@@ -201,18 +201,16 @@ def sentences(n: int, offset: int = 0) -> list[str]:
     return out[offset:offset + n]
 
 
-def make_minilm(outdir: str | Path, seq: int = 128, n_calibration: int = 100, n_validation: int = 100) -> dict:
-    """Export all-MiniLM-L6-v2 sentence embeddings to ONNX; returns paths and spec fields."""
+def minilm_embedder():
+    """all-MiniLM-L6-v2 as the sentence embedder it is used as (mean pooling over the attention mask,
+    L2-normalised; eval mode) and its own tokenizer, from the packaged model, offline."""
     import torch  # noqa: PLC0415
     from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     src = minilm_dir()
     tok = AutoTokenizer.from_pretrained(str(src))
-    bert = AutoModel.from_pretrained(str(src), attn_implementation="eager")
-    bert.eval()
+    bert = AutoModel.from_pretrained(str(src), attn_implementation="eager").eval()
 
     class Embedder(torch.nn.Module):
         def __init__(self, bert):
@@ -225,7 +223,17 @@ def make_minilm(outdir: str | Path, seq: int = 128, n_calibration: int = 100, n_
             e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(e, p=2.0, dim=-1)
 
-    model = Embedder(bert).eval()
+    return tok, Embedder(bert).eval()
+
+
+def make_minilm(outdir: str | Path, seq: int = 128, n_calibration: int = 100, n_validation: int = 100) -> dict:
+    """Export all-MiniLM-L6-v2 sentence embeddings to ONNX; returns paths and spec fields."""
+    import torch  # noqa: PLC0415
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    tok, model = minilm_embedder()
     texts = sentences(n_calibration + n_validation)
     enc = tok(texts, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
     ids = enc["input_ids"].astype(np.int64)
