@@ -196,27 +196,24 @@ class TritonRouter:
             raise
 
     def _agreement_counters(self) -> None:
-        """Make sure `<model>_agreement` is in the repository and loaded (once: reloading it would reset
-        the counters the analysis compares against its step-start snapshot)."""
-        name = agreement_name(self.model)
-        if self.triton.ready_versions(name):
-            return
-        code = (Path(__file__).parent / "agreement_model.py").read_bytes()
-        self.files.create_model(name, {"1/model.py": code, "config.pbtxt": agreement_config(self.model).encode()})
-        self.triton.load(name)
+        """`<model>_agreement` loaded (once: reloading it would reset the counters the analysis compares
+        against its step-start snapshot)."""
+        self._side_model(agreement_name(self.model), "agreement_model.py", agreement_config(self.model))
 
     def _capture_queue(self) -> None:
-        """`<model>_capture` in the repository and loaded, once per rollout (a reload would drop its queue)."""
-        name = capture_name(self.model)
+        """`<model>_capture` loaded, once per rollout (a reload would drop its queue)."""
+        self._side_model(capture_name(self.model), "capture_model.py", capture_config(self.model, self.capture))
+
+    def _side_model(self, name: str, code_file: str, config: str) -> None:
+        """A helper model of the rollout in the repository and loaded, unless it already serves: its files
+        are brought up to date (an earlier rollout's caps, an older Lathe's code) only when it loads."""
         if self.triton.ready_versions(name):
             return
-        code = (Path(__file__).parent / "capture_model.py").read_bytes()
-        text = capture_config(self.model, self.capture)
-        self.files.create_model(name, {"1/model.py": code, "config.pbtxt": text.encode()})
-        if self.files.read_text(f"{name}/config.pbtxt") != text:  # caps of an earlier rollout
-            self.files.write_text(f"{name}/config.pbtxt", text)
-        if self.files.read_text(f"{name}/1/model.py") != code.decode():
-            self.files.write_text(f"{name}/1/model.py", code.decode())
+        code = (Path(__file__).parent / code_file).read_text()
+        self.files.create_model(name, {"1/model.py": code.encode(), "config.pbtxt": config.encode()})
+        for rel, text in (("config.pbtxt", config), ("1/model.py", code)):
+            if self.files.read_text(f"{name}/{rel}") != text:
+                self.files.write_text(f"{name}/{rel}", text)
         self.triton.load(name)
 
     def remove(self) -> None:
