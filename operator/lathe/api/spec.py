@@ -76,6 +76,8 @@ class Precision(StrEnum):
     int8 = "int8"
     fp16 = "fp16"
     int4 = "int4"
+    fp8 = "fp8"    # runtime tensorrt only: FP8 (E4M3) Q/DQ, compute capability 8.9 and later
+    bf16 = "bf16"  # runtime tensorrt only: BF16 casts, compute capability 8.0 and later
 
 
 class QuantMode(StrEnum):
@@ -168,9 +170,20 @@ class Resources(Model):
     limits: dict[str, str] = Field(default_factory=dict)
 
 
+class GpuArchitecture(Model):
+    compute_capability: str = Field(pattern=r"^[1-9][0-9]?\.[0-9]$", description="CUDA compute capability the engine is built for: 8.0 (A100), 8.6 (A10), 8.9 (L4, L40S), 9.0 (H100, H200), 10.0 (B200).")
+    product: str | None = Field(None, min_length=1, max_length=63, description="GPU feature discovery's nvidia.com/gpu.product label (NVIDIA-L4); default: any GPU of this compute capability.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="More node labels this architecture's build Job needs, beside the GPU feature discovery ones.")
+
+
 class Gpu(Model):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.architectures.all(a, self.architectures.exists_one(b, b.computeCapability == a.computeCapability))",
+         "each compute capability once in target.gpu.architectures"),
+    ))
     count: int = Field(1, ge=1, le=16)
     resource_name: str = Field("nvidia.com/gpu", min_length=1)
+    architectures: list[GpuArchitecture] = Field(default_factory=list, max_length=8, description="One TensorRT engine per entry, each built and validated by its own Job on a node of that architecture, published together as one version (cc_model_filenames) only when every one passed; empty: one engine for whatever GPU the Job lands on.")
 
 
 class Target(Model):

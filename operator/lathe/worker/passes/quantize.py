@@ -69,6 +69,9 @@ class Quantize(Pass):
     def check(cls, c: QuantizeConfig, ctx: dict[str, Any]) -> list[tuple[str, str]]:
         p: list[tuple[str, str]] = []
         prec = c.precision
+        if prec in ("fp8", "bf16"):
+            # ONNX Runtime's CPU kernels have neither; the graphs are TensorRT's (passes/graph_precision.py)
+            return [("precision", f"{prec} is built by runtime tensorrt only (candidate runtime is {ctx.get('runtime')})")]
         if c.qat is not None and c.mode != "qat":
             p.append(("qat", f"only used by mode qat (mode is {c.mode or 'dynamic'})"))
         if prec == "int8":
