@@ -32,7 +32,7 @@ def test_operator_lock_has_no_worker_packages_and_worker_lock_has_all():
     assert "triton" not in worker and "triton" in _names("worker-gpu")  # the CPU worker does without it
     # the dev tools of requirements.lock stay out of every image
     assert not (op | worker | _names("worker-gpu")) & {"pytest", "ruff", "transformers", "nvidia-pytriton", "py-spy",
-                                                      "mypy", "tensorrt-stubs"}
+                                                      "mypy"}
 
 
 def test_a_package_missing_from_the_lock_is_an_error(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -233,9 +234,12 @@ def test_the_module_imports_without_tensorrt_and_says_why_it_cannot_run(monkeypa
     be = get_backend("tensorrt")
     assert isinstance(be, trtb.TensorRTBackend)
     reason = unavailable_reason("tensorrt")
-    # in .venv `import tensorrt` finds tensorrt-stubs' stub-only package: no bindings, and that is said
+    # in .venv there is no tensorrt at all (its stubs live outside site-packages): that is said
     assert reason.startswith("tensorrt is not installed in this worker"), reason
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # no package at all: ImportError
     assert trtb.TensorRTBackend.available().startswith("tensorrt is not installed in this worker (")
+    # a stub-only `tensorrt` folder on the path (no bindings) is not taken for TensorRT either
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    assert "found only a package without the bindings" in trtb.TensorRTBackend.available()
     with pytest.raises(trtb.WorkerError, match="tensorrt is not installed"):
         be.build(Path("m.onnx"), Path("/nonexistent"), {})

@@ -8,7 +8,8 @@ it: "module is installed, but missing library stubs or py.typed marker", every c
 its tensorrt_bindings/tensorrt.pyi does not parse (pybind11-stubgen wrote parameters named `in`, a keyword,
 and one parameter without a default after defaulted ones) and its `bool: DataType` shadows the builtin in every
 `-> bool` of the file. So the test copies the installed .pyi files
-into a folder on MYPYPATH and repairs exactly those lines, checking that each repair still applies."""
+into a folder on MYPYPATH and repairs exactly those lines, checking that each repair still applies.
+e2e/setup.sh installs the stubs into .venv/typing, outside site-packages (e2e/typing-requirements.txt says why)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "operator" / "lathe" / "worker" / "backends" / "tensorrt.py"
 CONFIG = Path(__file__).with_name("mypy-tensorrt.ini")
 STUBS = "10.13.0.35.1"
+TYPING = Path(sys.prefix) / "typing"  # where e2e/setup.sh puts them
 
 # (pattern, replacement, how many times it must apply) on tensorrt_bindings/tensorrt.pyi
 REPAIRS = [
@@ -56,7 +58,8 @@ PROBE_ERRORS = [  # (line, error code)
 
 
 def _stub_tree(dst: Path) -> None:
-    dist = md.distribution("tensorrt-stubs")
+    dist = next(iter(md.distributions(name="tensorrt-stubs", path=[str(TYPING)])), None)
+    assert dist is not None, f"tensorrt-stubs not found in {TYPING} (e2e/setup.sh installs them there)"
     assert dist.version == STUBS, f"tensorrt-stubs {dist.version} installed, the check is written for {STUBS}"
     copied = 0
     for f in dist.files or []:
