@@ -63,6 +63,7 @@ class CandidateResult(Model):
     accuracy_drop: float | None = None
     relative_drop: float | None = None
     min_cosine: float | None = None
+    accuracy_source: str | None = Field(None, description="Where accuracy was measured when not on the built artifact itself: 'emulated' (runtime tensorrt: the candidate's graph on the CPU with ONNX Runtime, FP16/BF16 tensors rounded to their type; no engine was built or run).")
     latency: list[Latency] = Field(default_factory=list)
     p50_ms: float | None = None
     p99_ms: float | None = None

@@ -31,6 +31,7 @@ from ..evaluate.select import choose, pareto
 from ..storage import sha256_file
 from . import data as datamod
 from .backends import get_backend, unavailable_reason
+from .backends.emulated import CpuEmulation
 from .errors import InvalidInput, WorkerError
 from .fallback import ablation, steps
 from .intake import ModelInfo, fetch, intake, load_torch
@@ -70,6 +71,23 @@ def _quantiles(samples: list[float]) -> dict[str, float]:
 def _eval_batch(info: ModelInfo) -> int:
     d0 = info.inputs[0].shape[0] if info.inputs and info.inputs[0].shape else None
     return d0 if isinstance(d0, int) and d0 > 0 else 32
+
+
+def gpu_architecture() -> str | None:
+    """The compute capability engines are built for: the operator's LATHE_GPU_ARCH (one Job per architecture),
+    else the visible GPU's, else None (no GPU here: every GPU default is kept and judged on the CPU)."""
+    arch = os.environ.get("LATHE_GPU_ARCH")
+    if arch:
+        return arch
+    try:
+        import torch  # noqa: PLC0415
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return f"{major}.{minor}"
+    except Exception as e:  # no CUDA build of torch, no driver: not an error on a CPU worker
+        log.debug("no GPU architecture: %s", e)
+    return None
 
 
 def infer(runner, ds: datamod.Dataset, batch: int) -> list[np.ndarray]:
@@ -137,7 +155,7 @@ class Pipeline:
             return list(self.spec.candidates)
         cands = []
         for rt in runtimes_of(self.spec):
-            cands += default_candidates(self.spec, self.info.family, str(rt))
+            cands += default_candidates(self.spec, self.info.family, str(rt), gpu_architecture())
         return cands
 
     def baseline(self) -> Built:
@@ -224,7 +242,8 @@ class Pipeline:
                           training=self.train, calibration_is_validation=self.cal_is_val)
         details: dict[str, Any] = {}
         backend = get_backend(runtime)
-        if backend is None or backend.available():
+        # tensorrt's graph is made and judged on the CPU first, whether or not this worker can build engines
+        if runtime != "tensorrt" and (backend is None or backend.available()):
             res.verdict = Verdict.failed
             res.reason = unavailable_reason(runtime)
             return Built(res)
@@ -245,6 +264,8 @@ class Pipeline:
             res.activation_out_of_range = round(state.activation_coverage[worst], 6)
             res.activation_out_of_range_tensor = worst
             details["activation_coverage"] = {t: round(v, 6) for t, v in state.activation_coverage.items()}
+        if runtime == "tensorrt":
+            return self._tensorrt(cand, ctx, state, res, details, cdir, work)
         art = backend.build(state.onnx_path, cdir, backend.build_options(ctx, state) if hasattr(backend, "build_options") else {})
         runner = backend.load(art, self.threads)
         res.verdict = Verdict.passed  # provisional: the budget gate decides after the benchmark
@@ -270,6 +291,69 @@ class Pipeline:
         details["accuracy_failures"] = failures
         shutil.rmtree(work, ignore_errors=True)
         return Built(res, art, runner, details)
+
+    def _tensorrt(self, cand: Candidate, ctx: PassContext, state: ModelState, res: CandidateResult,
+                  details: dict[str, Any], cdir: Path, work: Path) -> Built:
+        """The candidate's graph judged on the CPU (emulated), then, where this worker has TensorRT and a GPU,
+        built into an engine, audited per layer and validated on the engine itself."""
+        emu = CpuEmulation()
+        art = emu.build(state.onnx_path, cdir, {})
+        runner = emu.load(art, self.threads)
+        res.verdict = Verdict.passed
+        res.accuracy_source = "emulated"
+        failures = self._validate(runner, res)
+        if res.verdict == Verdict.failed:
+            res.reason = f"emulated on the CPU: {res.reason}"
+            return Built(res, None, None, details)
+        fb = cand.fallback
+        if (failures and state.quantized and fb is not None and fb.enabled and fb.max_float_nodes > 0
+                and hasattr(state.quantize_pass, "quantizable_nodes")
+                and state.info.get("requested_precision") in ("INT8", "FP8")):
+            art, runner, failures = self._mixed_precision(cand, ctx, state, emu, cdir, res, failures, details)
+        graph = Path(art.meta["graph"])  # the graph the last emulation ran (with the search's float nodes)
+        kept = cdir / "graph.onnx"  # what TensorRT builds (or would): kept beside the candidate's results
+        shutil.copyfile(graph, kept)
+        res.artifact, res.sha256, res.size_bytes = str(kept), sha256_file(kept), kept.stat().st_size
+        res.size_ratio = res.size_bytes / self.base.size_bytes if self.base.size_bytes else None
+        requested = str(state.info.get("requested_precision") or "FP32")
+        details["emulation"] = {"graph": str(kept), "requested_precision": requested, **art.meta,
+                                "accuracy": res.accuracy, "accuracy_drop": res.accuracy_drop,
+                                "failures": failures}
+        emulated = f"emulated on the CPU (ONNX Runtime, {requested} graph)"
+        if failures:
+            res.verdict = Verdict.rejected
+            res.reason = f"{emulated}: " + "; ".join(failures) + ": no engine built"
+            if res.float_nodes:
+                res.reason += f" (with {len(res.float_nodes)} node(s) kept in float)"
+            return Built(res, None, None, details)
+        backend = get_backend("tensorrt")
+        why = unavailable_reason("tensorrt") if backend is not None else "runtime tensorrt is not available"
+        if backend is None or why:
+            res.verdict = Verdict.failed
+            res.reason = (f"{emulated}: {self.metric} drop {res.accuracy_drop:.4f} is within the budget; "
+                          f"engine not built: {why}")
+            shutil.rmtree(work, ignore_errors=True)
+            return Built(res, None, None, details)
+        # Never executed on this project's machines (no TensorRT, no GPU): the engine replaces the emulation.
+        opts = {**backend.build_options(ctx, state), "requested_precision": requested}
+        engine = backend.build(graph, cdir, opts)
+        audit = backend.audit(engine, requested)
+        details["precision_audit"] = {k: v for k, v in audit.items() if k != "layers"}
+        res.precision = dict(audit.get("by_precision") or {})
+        higher = list(audit.get("higher_than_requested") or [])
+        if higher:
+            res.warnings.append(f"{len(higher)} compute layer(s) run above {requested}: {', '.join(higher[:8])}")
+        if audit.get("failure"):
+            res.verdict = Verdict.rejected
+            res.reason = str(audit["failure"])
+            return Built(res, engine, None, details)
+        runner = backend.load(engine, self.threads)
+        res.accuracy_source = None
+        failures = self._validate(runner, res)
+        res.artifact, res.sha256, res.size_bytes = str(engine.path), sha256_file(engine.path), engine.size_bytes()
+        details["accuracy_failures"] = failures
+        shutil.rmtree(work, ignore_errors=True)
+        return Built(res, engine, runner, details)
 
     def _mixed_precision(self, cand, ctx, state, backend, cdir, res, failures, details):
         qpass = state.quantize_pass
@@ -410,8 +494,8 @@ class Pipeline:
 
     def _verdict(self, b: Built) -> None:
         c = b.result
-        if c.verdict == Verdict.failed:
-            return
+        if c.verdict == Verdict.failed or (c.verdict == Verdict.rejected and b.runner is None):
+            return  # failed, or rejected before anything could be benchmarked (a tensorrt graph, emulated)
         fails = (gate.accuracy_failures(c, self.base, self.metric, self.budget) + gate.coverage_failures(c, self.budget)
                  + gate.performance_failures(c, self.budget))
         if fails:

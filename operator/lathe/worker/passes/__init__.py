@@ -14,13 +14,14 @@ from ...api.spec import Candidate, Fallback, ModelOptimizationSpec, PassSpec, ru
 from .base import ModelState, Pass, PassConfig, PassContext
 from .distill import Distill
 from .graph_optimize import GraphOptimize
+from .graph_precision import GraphPrecision
 from .nncf_quantize import NNCFQuantize, openvino_candidates
 from .prune import Prune
 from .quantize import Quantize
 from .static_shapes import StaticShapes
 
 __all__ = ["PASSES", "Pass", "PassConfig", "PassContext", "ModelState", "register_pass", "make_pass",
-           "validate_candidates", "default_candidates", "candidate_problems"]
+           "validate_candidates", "default_candidates", "tensorrt_candidates", "candidate_problems"]
 
 PASSES: dict[str, type[Pass]] = {}
 
@@ -34,7 +35,8 @@ for _cls in (Quantize, Prune, Distill, GraphOptimize, StaticShapes):
     register_pass(_cls)
 
 # the same pass type run by another engine on some runtimes: (type, runtime) -> class
-RUNTIME_PASSES: dict[tuple[str, str], type[Pass]] = {("quantize", "openvino"): NNCFQuantize}
+RUNTIME_PASSES: dict[tuple[str, str], type[Pass]] = {("quantize", "openvino"): NNCFQuantize,
+                                                     ("quantize", "tensorrt"): GraphPrecision}
 
 
 def pass_class(type_: str, runtime: str | None = None) -> type[Pass] | None:
@@ -118,7 +120,7 @@ def _q(**kw) -> PassSpec:
 
 
 def default_candidates(spec: ModelOptimizationSpec, family: str | None = None,
-                       runtime: str | None = None) -> list[Candidate]:
+                       runtime: str | None = None, compute_capability: str | None = None) -> list[Candidate]:
     """The search set used when spec.candidates is empty, chosen for the model family
     ('transformer' for MatMul/attention models, 'conv' for convolutional ones, 'mlp', 'other')
     and the source format (structured pruning and quantization-aware training need a PyTorch source;
@@ -129,6 +131,8 @@ def default_candidates(spec: ModelOptimizationSpec, family: str | None = None,
     torch_source = str(spec.model.format) in ("torchscript", "pytorch-export")
     if runtime == "openvino":
         return openvino_candidates(spec, family)
+    if runtime == "tensorrt":
+        return tensorrt_candidates(family, compute_capability)
     if runtime != "onnxruntime":
         return []
     fb = Fallback(enabled=True, max_float_nodes=16)
@@ -161,4 +165,29 @@ def default_candidates(spec: ModelOptimizationSpec, family: str | None = None,
                 out.append(Candidate(name="int8-qat", passes=[_q(precision="int8", mode="qat", per_channel=True,
                                                                  activation_type="uint8", weight_type="int8")],
                                      fallback=fb))
+    return out
+
+
+def _cc(compute_capability: str | None) -> tuple[int, int] | None:
+    if not compute_capability:
+        return None
+    major, _, minor = compute_capability.partition(".")
+    return int(major), int(minor or 0)
+
+
+def tensorrt_candidates(family: str | None, compute_capability: str | None = None) -> list[Candidate]:
+    """The default search set on runtime tensorrt, precision decided in the graph (passes/graph_precision.py):
+    FP16; BF16 on compute capability 8.0 and later; INT8 Q/DQ with automatic mixed precision; FP8 Q/DQ on 8.9 and
+    later; INT4 weight-only for MatMul models (transformers). `compute_capability` ("8.9") is the GPU the engine is
+    built for; unknown (None) keeps every one, and each graph is still judged on the CPU before any build."""
+    cc = _cc(compute_capability)
+    fb = Fallback(enabled=True, max_float_nodes=16)
+    out = [Candidate(name="trt-fp16", runtime="tensorrt", passes=[_q(precision="fp16")])]
+    if cc is None or cc >= (8, 0):
+        out.append(Candidate(name="trt-bf16", runtime="tensorrt", passes=[_q(precision="bf16")]))
+    out.append(Candidate(name="trt-int8", runtime="tensorrt", passes=[_q(precision="int8")], fallback=fb))
+    if cc is None or cc >= (8, 9):
+        out.append(Candidate(name="trt-fp8", runtime="tensorrt", passes=[_q(precision="fp8")], fallback=fb))
+    if family == "transformer" and (cc is None or cc >= (8, 0)):
+        out.append(Candidate(name="trt-int4-weights", runtime="tensorrt", passes=[_q(precision="int4")]))
     return out
