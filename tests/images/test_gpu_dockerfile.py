@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import re
 
-from lathe.worker.backends import tensorrt as trtb
-
 from e2e.images.locks import ROOT
+from lathe.worker.backends import tensorrt as trtb
 
 DOCKERFILE = ROOT / "images" / "worker-gpu.Dockerfile"
 
