@@ -23,8 +23,10 @@ are labelled emulated. A candidate that breaks the budget there never costs a GP
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -132,7 +134,7 @@ class GraphPrecision(Pass):
                 kw["op_types_to_quantize"] = list(c.op_types)
         ctx.report("modelopt", 0.0, f"{c.precision} on {src.name}" + (f", {len(exclude)} node(s) excluded"
                                                                       if exclude else ""))
-        with tempfile.TemporaryDirectory(prefix="lathe-modelopt-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="lathe-modelopt-") as tmp, ort_quantization_restored():
             # ModelOpt writes intermediate files beside its input: work on a copy in a scratch folder
             tsrc = Path(tmp) / "model.onnx"
             _copy_model(src, tsrc)
@@ -173,6 +175,40 @@ def _copy_model(src: Path, dst: Path) -> None:
     import onnx  # noqa: PLC0415
 
     onnx.save(onnx.load(str(src)), str(dst))  # external data folded in: the copy stands alone
+
+
+# ONNX Runtime quantization modules whose classes ModelOpt's quantize() patches in place, process-wide
+# (modelopt/onnx/quantization/ort_patching.py: calibrators, collectors, quantizers)
+_ORT_PATCHED = ("onnxruntime.quantization.calibrate", "onnxruntime.quantization.base_quantizer",
+                "onnxruntime.quantization.qdq_quantizer", "onnxruntime.quantization.onnx_quantizer")
+
+
+@contextlib.contextmanager
+def ort_quantization_restored() -> Iterator[None]:
+    """Undo what ModelOpt's quantize() patches into ONNX Runtime's quantization classes and modules once it is
+    done: the worker runs onnxruntime candidates in the same process, and after a patched run ONNX Runtime's own
+    static quantization failed (`TypeError: argument of type 'NoneType' is not iterable`)."""
+    import importlib  # noqa: PLC0415
+
+    saved: list[tuple[Any, dict[str, Any]]] = []
+    for name in _ORT_PATCHED:
+        mod = importlib.import_module(name)
+        saved.append((mod, dict(vars(mod))))
+        saved += [(cls, dict(vars(cls))) for cls in vars(mod).values()
+                  if isinstance(cls, type) and cls.__module__ == name]
+    try:
+        yield
+    finally:
+        for obj, before in saved:
+            now = vars(obj)
+            for key in [k for k in now if k not in before]:
+                delattr(obj, key)
+            for key, value in before.items():
+                if now.get(key, _MISSING) is not value:
+                    setattr(obj, key, value)
+
+
+_MISSING = object()
 
 
 def _quiet_modelopt() -> None:
