@@ -154,3 +154,22 @@ def test_p99_is_reported_with_enough_calls():
     res = benchmark({"baseline": lambda _: []}, {1: {}}, "baseline", rounds=2, seconds=0.05, min_iters=400)
     t = res["baseline"].timings[1]
     assert len(t.samples_ms) >= MIN_P99_SAMPLES and t.pct(99) is not None and t.pct(99) >= t.pct(50)
+
+
+def test_a_runner_can_bring_its_own_timer():
+    """A GPU engine is timed with CUDA events (backends/tensorrt.py `event_timer`), not the host clock: the harness
+    uses a runner's timer when given one, in the same interleaved rounds and statistic. Here the timers report
+    fixed times for no-op runners (whose host time is ~0), so only the timers can make the speedup 2."""
+    calls: list[tuple[str, int]] = []
+
+    def fixed(name: str, ms: float):
+        def timed(feeds, iters):
+            calls.append((name, iters))
+            return [ms] * iters
+        return timed
+
+    noop = lambda feeds: []  # noqa: E731
+    res = benchmark({"ref": noop, "fast": noop}, {1: {}}, "ref", rounds=3, seconds=0.01,
+                    timers={"ref": fixed("ref", 2.0), "fast": fixed("fast", 1.0)})
+    assert res["fast"].latency.value == pytest.approx(2.0) and res["fast"].timings[1].p50 == pytest.approx(1.0)
+    assert [n for n, _ in calls].count("ref") == 3 and all(i >= 3 for _, i in calls)  # one cell per round

@@ -102,13 +102,32 @@ class BenchResult:
         return self.latency.value if self.latency else None
 
 
+# times `iters` calls of one runner on one batch, in ms each: the host clock by default; a GPU engine's own timer
+# (CUDA events on its stream, backends/tensorrt.py) leaves host-side copies and launch queues out of the figure
+Timer = Callable[[Feeds, int], list[float]]
+
+
+def host_timer(run: Callable[[Feeds], list]) -> Timer:
+    def timed(x: Feeds, iters: int) -> list[float]:
+        lat = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            run(x)
+            lat.append((time.perf_counter() - t0) * 1000.0)
+        return lat
+
+    return timed
+
+
 def benchmark(runners: dict[str, Callable[[Feeds], list]], feeds: dict[int, Feeds], baseline: str,
               rounds: int = 5, seconds: float = 30.0, warmup: int = 2, min_iters: int = 3, max_iters: int = 5000,
-              progress: Callable[[str, float, str], None] | None = None) -> dict[str, BenchResult]:
+              progress: Callable[[str, float, str], None] | None = None,
+              timers: dict[str, Timer] | None = None) -> dict[str, BenchResult]:
     """`feeds` maps batch size -> a batch; the first batch size decides the latency speedup, the
     largest the throughput gain. Each (candidate, batch, round) cell gets an equal share of
-    `seconds` (at least `min_iters` calls)."""
+    `seconds` (at least `min_iters` calls). `timers` replaces the host clock for some runners."""
     names = list(runners)
+    timer = {n: (timers or {}).get(n) or host_timer(runners[n]) for n in names}
     batches = list(feeds)
     est: dict[tuple[str, int], float] = {}
     for name in names:
@@ -127,13 +146,7 @@ def benchmark(runners: dict[str, Callable[[Feeds], list]], feeds: dict[int, Feed
         order = names[r % len(names):] + names[: r % len(names)]
         for b in batches:
             for name in order:
-                run = runners[name]
-                x = feeds[b]
-                lat = []
-                for _ in range(iters[(name, b)]):
-                    t0 = time.perf_counter()
-                    run(x)
-                    lat.append((time.perf_counter() - t0) * 1000.0)
+                lat = timer[name](feeds[b], iters[(name, b)])
                 t = res[name].timings[b]
                 t.samples_ms.extend(lat)
                 t.round_medians.append(float(np.median(lat)))

@@ -435,18 +435,27 @@ class Pipeline:
 
     def _benchmark(self, base: Built, built: list[Built]) -> None:
         runners = {"baseline": base.runner}
+        engines: list[Built] = []
         for b in built:
-            if b.runner is not None and b.result.verdict != Verdict.failed:
+            if b.runner is None or b.result.verdict == Verdict.failed:
+                continue
+            if b.result.runtime == "tensorrt":
+                engines.append(b)  # timed on the GPU against an FP32 engine, not against the CPU baseline
+            else:
                 runners[b.result.name] = b.runner
         feeds = {bs: self.val.batch_of(bs) for bs in self.spec.target.batch_sizes}
         bench = benchmark(runners, feeds, "baseline", rounds=self.bench_rounds, seconds=self.bench_seconds,
                           progress=self.progress)
+        if engines:
+            bench.update(self._benchmark_engines(engines, feeds))
         by_throughput = str(self.spec.objective) == "throughput"
         first, largest = next(iter(feeds)), max(feeds)
         self.speedup_basis = (
             (f"throughput at batch {largest}" if by_throughput else f"p50 latency at batch {first}")
             + f": geometric mean over {self.bench_rounds} interleaved rounds of the per-round ratio against "
-              "the baseline, with its 95% interval")
+              "the baseline, with its 95% interval"
+            + (" (TensorRT engines: against an FP32 TensorRT engine of the unmodified model on this GPU, timed "
+               "with CUDA events)" if engines else ""))
         self.details["benchmark"] = {
             n: {"ratios": [round(x, 4) for x in r.ratios],
                 "batches": {str(bs): {"round_medians_ms": [round(x, 5) for x in t.round_medians],
@@ -464,7 +473,7 @@ class Pipeline:
                          for bs, t in r.timings.items()]
             c.p50_ms = c.latency[0].p50_ms
             c.p99_ms = c.latency[0].p99_ms
-            if r.latency is not None and base.result.name in bench:
+            if r.latency is not None and base.result.name in bench and b not in engines:
                 bp = bench[base.result.name].timings[first].p50
                 self.details["candidates"].setdefault(c.name, {})["p50_interval_ms"] = [
                     round(bp / r.latency.high, 5) if r.latency.high > 0 else None, round(bp / r.latency.low, 5)
@@ -474,6 +483,25 @@ class Pipeline:
                 c.speedup, c.speedup_low, c.speedup_high = (round(ratio.value, 4), round(ratio.low, 4),
                                                             round(ratio.high, 4))
             c.peak_memory_mb = self._peak_memory(b, feeds[largest])
+
+    def _benchmark_engines(self, engines: list[Built], feeds: dict) -> dict:
+        """TensorRT engines in interleaved rounds with CUDA-event timers, against an FP32 engine of the unmodified
+        graph built on the same GPU (the reference a GPU user replaces). Never executed here (no TensorRT, no
+        GPU). The engines' speedups are ratios to that engine: the speedup basis says so."""
+        backend = get_backend("tensorrt")
+        ctx = PassContext(workdir=self.workdir / "candidates" / "tensorrt-fp32" / "work", spec=self.spec,
+                          model=self.info, calibration=self.cal, validation=self.val)
+        ref = backend.build(self.info.onnx_path, self.workdir / "candidates" / "tensorrt-fp32",
+                            {**backend.build_options(ctx, None), "requested_precision": "FP32"})
+        runners = {"tensorrt-fp32": backend.load(ref, self.threads)}
+        timers = {"tensorrt-fp32": backend.event_timer(ref)}
+        for b in engines:
+            runners[b.result.name] = b.runner
+            timers[b.result.name] = backend.event_timer(b.artifact)
+        bench = benchmark(runners, feeds, "tensorrt-fp32", rounds=self.bench_rounds, seconds=self.bench_seconds,
+                          progress=self.progress, timers=timers)
+        bench.pop("tensorrt-fp32")
+        return bench
 
     def _peak_memory(self, b: Built, feeds) -> float | None:
         """Loaded afresh so that the peak includes building the session, then run twice."""

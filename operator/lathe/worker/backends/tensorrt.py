@@ -37,7 +37,7 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -755,20 +755,20 @@ class TensorRTBackend(Backend):
         setattr(run, "engine", engine)  # noqa: B010  (kept alive with the runner)
         return run
 
-    def benchmark(self, artifact: Artifact, feeds_by_batch: Mapping[int, Feeds], iterations: int = 200,
-                  warmup: int = 20) -> dict[int, dict[str, Any]]:
-        """Device time of one `execute_async_v3` at each batch size, timed with torch.cuda.Event pairs on the
-        engine's stream (inputs already on the GPU, outputs left there: host copies are not in the figure)."""
+    def event_timer(self, artifact: Artifact, warmup: int = 20) -> Callable[[Feeds, int], list[float]]:
+        """A timer for evaluate.benchmark: `timer(feeds, iters)` is the device time (ms) of each of `iters`
+        `execute_async_v3` calls on these feeds, between two torch.cuda.Event records on the engine's stream
+        (inputs already on the GPU, outputs left there: host copies are not in the figure). One session serves
+        every call, so interleaved rounds do not pay for deserializing the engine again."""
         import torch  # noqa: PLC0415
 
         engine, context, stream, in_names, out_names = self._session(artifact)
         dtypes = _trt_dtypes()
         profiles = _profile_options(engine)
-        results: dict[int, dict[str, Any]] = {}
-        for bs, feeds in feeds_by_batch.items():
+
+        def timed(feeds: Feeds, iters: int) -> list[float]:
             shapes = {n: list(feeds[n].shape) for n in in_names}
-            p = select_profile(profiles, shapes)
-            context.set_optimization_profile_async(p, stream.cuda_stream)
+            context.set_optimization_profile_async(select_profile(profiles, shapes), stream.cuda_stream)
             keep = _bind_inputs(engine, context, in_names, feeds, dtypes)
             for n in out_names:
                 o = torch.empty(_dims(context.get_tensor_shape(n)), dtype=dtypes[engine.get_tensor_dtype(n)][1],
@@ -778,15 +778,30 @@ class TensorRTBackend(Backend):
             for _ in range(warmup):
                 context.execute_async_v3(stream.cuda_stream)
             events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                      for _ in range(iterations)]
+                      for _ in range(iters)]
             with torch.cuda.stream(stream):
                 for start, end in events:
                     start.record(stream)
                     context.execute_async_v3(stream.cuda_stream)
                     end.record(stream)
             stream.synchronize()
-            times = [start.elapsed_time(end) for start, end in events]
-            results[int(bs)] = {"profile": p, "iterations": iterations, "shapes": shapes, **percentiles_ms(times),
+            return [float(start.elapsed_time(end)) for start, end in events]
+
+        setattr(timed, "engine", engine)  # noqa: B010  (kept alive with the timer)
+        return timed
+
+    def benchmark(self, artifact: Artifact, feeds_by_batch: Mapping[int, Feeds], iterations: int = 200,
+                  warmup: int = 20) -> dict[int, dict[str, Any]]:
+        """`event_timer`'s device times at each batch size, summarised: p50/p90/p99/mean and throughput."""
+        engine = self._engine(Path(artifact.path).read_bytes())
+        profiles = _profile_options(engine)
+        timed = self.event_timer(artifact, warmup)
+        results: dict[int, dict[str, Any]] = {}
+        for bs, feeds in feeds_by_batch.items():
+            shapes = {n: list(a.shape) for n, a in feeds.items()}
+            times = timed(feeds, iterations)
+            results[int(bs)] = {"profile": select_profile(profiles, shapes), "iterations": iterations,
+                                "shapes": shapes, **percentiles_ms(times),
                                 "throughput_per_s": round(bs * 1000.0 / max(float(np.median(times)), 1e-9), 2)}
         return results
 
