@@ -18,7 +18,8 @@ def table(result: WorkerResult, reason_width: int = 70) -> str:
              "size MB", "peak MiB", "reason")]
 
     def row(c: CandidateResult):
-        return (c.name + (" *" if c.name == result.winner else ""), c.runtime, c.verdict, _fmt(c.accuracy),
+        emulated = "~" if c.accuracy_source == "emulated" and c.accuracy is not None else ""
+        return (c.name + (" *" if c.name == result.winner else ""), c.runtime, c.verdict, _fmt(c.accuracy) + emulated,
                 _fmt(c.accuracy_drop), _fmt(c.p50_ms, ".3f"), _fmt(c.p99_ms, ".3f"), speedup_text(c),
                 "-" if c.size_bytes is None else f"{c.size_bytes / 1e6:.2f}", _fmt(c.peak_memory_mb, ".1f"),
                 c.reason[:reason_width])
@@ -26,6 +27,8 @@ def table(result: WorkerResult, reason_width: int = 70) -> str:
     rows += [row(result.baseline)] + [row(c) for c in result.candidates]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if any(c.accuracy_source == "emulated" for c in result.candidates):
+        lines.append("~ emulated: the TensorRT graph run on the CPU with ONNX Runtime (FP16/BF16 rounded), no engine")
     if result.speedup_basis:
         lines.append(f"speedup: {result.speedup_basis}; p99 '-' = too few timed calls for a 99th percentile")
     return "\n".join(lines)
