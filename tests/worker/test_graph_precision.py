@@ -185,3 +185,65 @@ def test_settings_tensorrt_does_not_take_are_refused_by_field():
     assert candidate_problems(cpu, 0, ort) == [
         "spec.candidates[0].passes[0].precision: fp8 is built by runtime tensorrt only (candidate runtime is "
         "onnxruntime)"]
+
+
+def _outlier_cnn(digits: dict, tmp: Path) -> dict:
+    """The digits CNN with one channel of its first convolution made a constant 500 (zero weights, bias 500) that
+    the second convolution ignores (zero weights for it): FP32 answers are unchanged, but TensorRT's per-tensor
+    INT8 scale for the second convolution's input then rounds every real activation there to zero. Only that
+    convolution kept in float (its input not quantized) brings the accuracy back."""
+    import torch
+
+    net = torch.jit.load(str(digits["model"]))
+    conv1, conv2 = getattr(net.features, "0"), getattr(net.features, "2")
+    with torch.no_grad():
+        conv1.weight[0] = 0.0
+        conv1.bias[0] = 500.0
+        conv2.weight[:, 0] = 0.0
+    model = tmp / "outlier_cnn.pt"
+    net.save(str(model))
+    return {**digits, "model": model}
+
+
+def test_mixed_precision_on_the_emulated_graph_keeps_the_breaking_node_in_float(digits, tmp_path):
+    sample = _outlier_cnn(digits, tmp_path)
+    got = _run(sample, tmp_path, [
+        {**_cand("int8-plain", precision="int8"), "fallback": {"enabled": False}},
+        {**_cand("int8-mixed", precision="int8"), "fallback": {"maxFloatNodes": 2}}],
+        budget={"maxAccuracyDrop": 0.02})
+    first = "/features/2/Conv"  # the second convolution, as torch's exporter names it
+    assert first in {n.name for n in onnx.load(str(tmp_path / "work" / "baseline" / "model.onnx")).graph.node}
+    plain, mixed = got["int8-plain"], got["int8-mixed"]
+    assert plain.verdict == "rejected" and plain.accuracy_drop > 0.3, plain  # pixels rounded to zero
+    assert mixed.float_nodes == [first], mixed
+    assert mixed.accuracy_drop <= 0.02 and "within the budget; engine not built" in mixed.reason, mixed
+    # the graph kept for the engine build is the one with that node in float: its input is not quantized
+    m = onnx.load(mixed.artifact)
+    gemm = next(n for n in m.graph.node if n.name == first)
+    producers = {o: n.op_type for n in m.graph.node for o in n.output}
+    assert producers.get(gemm.input[0]) != "DequantizeLinear", [producers.get(i) for i in gemm.input]
+    assert trtb.graph_precision(mixed.artifact) == "INT8"  # the rest is still INT8
+
+
+def test_a_graph_where_modelopt_places_no_qdq_fails_before_any_build(tmp_path):
+    """An 8-wide MLP: ModelOpt's TensorRT rules leave matrix multiplies under 16 wide in FP16, so an "INT8"
+    candidate would be an FP16 engine under another name (the seed's "enabled INT8 but the engine runs FP16")."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(0, 0.5, (8, 8)).astype(np.float32), rng.normal(0, 0.5, (8, 4)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["input", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Gemm", ["r", "w2"], ["logits"], name="fc2")], "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "mlp.onnx"))
+    x = rng.normal(0, 1, (96, 8)).astype(np.float32)
+    labels = (np.maximum(x @ w1, 0) @ w2).argmax(1)
+    np.savez(tmp_path / "cal.npz", input=x[:48], labels=labels[:48])
+    np.savez(tmp_path / "val.npz", input=x[48:], labels=labels[48:])
+    sample = {"model": tmp_path / "mlp.onnx", "calibration": tmp_path / "cal.npz", "validation": tmp_path / "val.npz",
+              "format": "onnx", "task": "classification",
+              "inputs": [{"name": "input", "shape": ["batch", 8], "dtype": "float32"}]}
+    c = _run(sample, tmp_path, [_cand("trt-int8", precision="int8")])["trt-int8"]
+    assert c.verdict == "failed" and c.reason.startswith(
+        "pass:quantize: ModelOpt placed no INT8 Q/DQ in this graph (it is FP16)"), c.reason

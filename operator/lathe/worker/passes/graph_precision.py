@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..errors import WorkerError
 from .base import ModelState, Pass, PassContext
 from .quantize import QuantizeConfig
 
@@ -106,11 +107,22 @@ class GraphPrecision(Pass):
             self._autocast(src, out, exclude, ctx)
         else:
             self._quantize(src, out, exclude, ctx)
+        requested = REQUESTED[str(c.precision)]
+        if requested in ("INT8", "FP8", "INT4"):
+            from ..backends.tensorrt import graph_precision  # noqa: PLC0415 - onnx only
+
+            got = graph_precision(out)
+            if got != requested:
+                # "enabled INT8 but the engine still runs FP16", caught before any build
+                raise WorkerError("pass:quantize", f"ModelOpt placed no {requested} Q/DQ in this graph (it is "
+                                  f"{got}): its TensorRT rules leave out convolutions with fewer than 16 channels "
+                                  "and matrix multiplies with a dimension under 16 or of one row; an engine of it "
+                                  f"would not run {requested}")
         state.quantize_pass = self
         state.quantize_input = src
         state.onnx_path = out
         state.quantized = True
-        state.info["requested_precision"] = REQUESTED[str(c.precision)]
+        state.info["requested_precision"] = requested
         return state
 
     def _calibration(self, ctx: PassContext) -> dict[str, np.ndarray]:
