@@ -15,7 +15,8 @@ from .status import ModelOptimizationStatus
 
 _KEEP = {"type", "description", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
          "minLength", "maxLength", "pattern", "minItems", "maxItems", "default", "format",
-         "x-kubernetes-validations", "x-kubernetes-int-or-string"}
+         "x-kubernetes-validations", "x-kubernetes-int-or-string", "x-kubernetes-list-type",
+         "x-kubernetes-list-map-keys"}
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> dict[str, Any]:

@@ -171,19 +171,18 @@ class Resources(Model):
 
 
 class GpuArchitecture(Model):
-    compute_capability: str = Field(pattern=r"^[1-9][0-9]?\.[0-9]$", description="CUDA compute capability the engine is built for: 8.0 (A100), 8.6 (A10), 8.9 (L4, L40S), 9.0 (H100, H200), 10.0 (B200).")
+    compute_capability: str = Field(pattern=r"^[1-9][0-9]?\.[0-9]$", max_length=4, description="CUDA compute capability the engine is built for: 8.0 (A100), 8.6 (A10), 8.9 (L4, L40S), 9.0 (H100, H200), 10.0 (B200).")
     product: str | None = Field(None, min_length=1, max_length=63, description="GPU feature discovery's nvidia.com/gpu.product label (NVIDIA-L4); default: any GPU of this compute capability.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="More node labels this architecture's build Job needs, beside the GPU feature discovery ones.")
 
 
 class Gpu(Model):
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("self.architectures.all(a, self.architectures.exists_one(b, b.computeCapability == a.computeCapability))",
-         "each compute capability once in target.gpu.architectures"),
-    ))
     count: int = Field(1, ge=1, le=16)
     resource_name: str = Field("nvidia.com/gpu", min_length=1)
-    architectures: list[GpuArchitecture] = Field(default_factory=list, max_length=8, description="One TensorRT engine per entry, each built and validated by its own Job on a node of that architecture, published together as one version (cc_model_filenames) only when every one passed; empty: one engine for whatever GPU the Job lands on.")
+    # a list keyed by computeCapability: the API server itself refuses one named twice (a CEL rule comparing
+    # every pair costs more than the API server allows)
+    architectures: list[GpuArchitecture] = Field(default_factory=list, max_length=8, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["computeCapability"]}, description="One TensorRT engine per entry, each built and validated by its own Job on a node of that architecture, published together as one version (cc_model_filenames) only when every one passed; empty: one engine for whatever GPU the Job lands on.")
 
 
 class Target(Model):

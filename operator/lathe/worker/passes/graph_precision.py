@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic.alias_generators import to_camel
 
 from ..errors import WorkerError
 from .base import ModelState, Pass, PassContext
@@ -62,7 +63,7 @@ class GraphPrecision(Pass):
             p.append(("mode", f"not a setting of precision {prec} on runtime tensorrt"))
         for f in _ORT_ONLY:
             if getattr(c, f) is not None:
-                p.append((_camel(f), "an ONNX Runtime quantizer setting; on runtime tensorrt ModelOpt places the "
+                p.append((to_camel(f), "an ONNX Runtime quantizer setting; on runtime tensorrt ModelOpt places the "
                                      "Q/DQ nodes by TensorRT's rules (per-channel weights, per-tensor activations)"))
         if c.calibration is not None:
             if prec not in ("int8", "fp8"):
@@ -176,11 +177,6 @@ class GraphPrecision(Pass):
 
         m = onnx.load(str(src), load_external_data=False)
         return [n.name for n in m.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
-
-
-def _camel(snake: str) -> str:
-    head, *rest = snake.split("_")
-    return head + "".join(r.title() for r in rest)
 
 
 def _copy_model(src: Path, dst: Path) -> None:

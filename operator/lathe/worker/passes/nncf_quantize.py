@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic.alias_generators import to_camel
+
 from .base import ModelState, Pass, PassContext
 from .quantize import QuantizeConfig
 
@@ -63,7 +65,7 @@ class NNCFQuantize(Pass):
                               f"(mode is {c.mode})"))
         for f in _ORT_ONLY:
             if getattr(c, f) is not None:
-                p.append((_camel(f), "an ONNX Runtime setting; not used by runtime openvino (NNCF)"))
+                p.append((to_camel(f), "an ONNX Runtime setting; not used by runtime openvino (NNCF)"))
         if c.calibration is not None and c.calibration.method != "minmax":
             # NNCF picks its own range estimators per preset; rather than pretend a mapping, refuse.
             p.append(("calibration.method", f"{c.calibration.method} calibration is ONNX Runtime's (runtime "
@@ -171,11 +173,6 @@ class NNCFQuantize(Pass):
             prev = err[n]
         scores.sort(key=lambda x: -x[1])
         return scores
-
-
-def _camel(snake: str) -> str:
-    head, *rest = snake.split("_")
-    return head + "".join(r.title() for r in rest)
 
 
 def openvino_candidates(spec, family: str | None = None) -> list:

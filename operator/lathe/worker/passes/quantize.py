@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
+from pydantic.alias_generators import to_camel
 
 from ...api.spec import CalibrationSettings, IntType, Precision, QuantizationAwareTraining, QuantMode
 from .base import ModelState, Pass, PassConfig, PassContext
@@ -80,13 +81,13 @@ class Quantize(Pass):
             if c.mode not in ("static", "qat"):
                 for f in ("calibration", "activation_type"):
                     if getattr(c, f) is not None:
-                        p.append((_camel(f), f"only used by modes static and qat (mode is {c.mode or 'dynamic'})"))
+                        p.append((to_camel(f), f"only used by modes static and qat (mode is {c.mode or 'dynamic'})"))
         else:
             if c.mode is not None and c.mode != "dynamic":
                 p.append(("mode", f"mode {c.mode} needs precision int8 (precision is {prec})"))
             for f in ("calibration", "per_channel", "activation_type", "weight_type"):
                 if getattr(c, f) is not None:
-                    p.append((_camel(f), f"not a setting of precision {prec} (int8 only)"))
+                    p.append((to_camel(f), f"not a setting of precision {prec} (int8 only)"))
         if c.keep_io_types is not None and prec != "fp16":
             p.append(("keepIoTypes", f"only used by precision fp16 (precision is {prec})"))
         if c.block_size is not None:
@@ -344,6 +345,3 @@ def cpu_has_vnni() -> bool:
     return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
-def _camel(snake: str) -> str:
-    head, *rest = snake.split("_")
-    return head + "".join(r.title() for r in rest)
