@@ -13,6 +13,8 @@ class OperatorConfig:
     worker_gpu_image: str = "ghcr.io/lathe-dev/lathe-worker-gpu:0.1.0"
     image_pull_policy: str = "IfNotPresent"
     worker_command: tuple[str, ...] = ("lathe", "worker")
+    # the Job that publishes the architectures' engines as one version (spec.target.gpu.architectures)
+    publish_command: tuple[str, ...] = ("python", "-m", "lathe.serving.architectures")
     cpu_resources: dict = field(default_factory=lambda: {"requests": {"cpu": "2", "memory": "4Gi"},
                                                           "limits": {"memory": "8Gi"}})
     pvc_root: str = "/mnt/pvc"
@@ -39,7 +41,7 @@ class OperatorConfig:
                 kw[name] = float(raw)
             elif f.type == "dict":
                 kw[name] = json.loads(raw)
-            elif name == "worker_command":
+            elif name in ("worker_command", "publish_command"):
                 kw[name] = tuple(raw.split())
             else:
                 kw[name] = raw

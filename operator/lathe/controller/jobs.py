@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from lathe.api.spec import GROUP, Device, ModelOptimizationSpec
+from lathe.api.spec import GROUP, Device, GpuArchitecture, ModelOptimizationSpec
 from lathe.storage.uri import pvc_claims
 
 from .config import OperatorConfig
@@ -15,27 +15,54 @@ NAME_LABEL = f"{GROUP}/name"
 GENERATION_LABEL = f"{GROUP}/generation"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
 COMPONENT_LABEL = "app.kubernetes.io/component"
+ARCH_LABEL = f"{GROUP}/architecture"  # the compute capability a GPU build Job is for ("8.9")
+# NVIDIA GPU feature discovery's node labels (strings): what pins a build Job to one architecture
+GFD_MAJOR, GFD_MINOR, GFD_PRODUCT = "nvidia.com/gpu.compute.major", "nvidia.com/gpu.compute.minor", "nvidia.com/gpu.product"
+PUBLISHER = "publisher"  # COMPONENT_LABEL of the Job that assembles the architectures' engines
 WORKDIR = "/lathe/work"
 SCRATCH = "/lathe/tmp"  # TMPDIR and HOME: the root filesystem is read-only
 TERMINATION_LOG = "/dev/termination-log"
 S3_CA_DIR = "/etc/lathe/s3"
 
 
-def job_name(name: str, generation: int, attempt: int) -> str:
-    base = f"{name}-g{generation}-a{attempt}"
-    if len(base) <= 63:
-        return base
+def arch_suffix(compute_capability: str) -> str:
+    """"8.9" -> "-sm89", "10.0" -> "-sm100": the Job name's mark of its architecture."""
+    return "-sm" + compute_capability.replace(".", "")
+
+
+def job_name(name: str, generation: int, attempt: int, suffix: str = "") -> str:
+    """A DNS label (<= 63) that is a pure function of its arguments, so a restarted operator finds
+    the Jobs it created; a name too long keeps its head and a digest of the whole name."""
+    tail = f"-g{generation}-a{attempt}{suffix}"
+    if len(name) + len(tail) <= 63:
+        return name + tail
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:63 - len(base) + len(name) - 9]}-{digest}-g{generation}-a{attempt}"[:63]
+    tail = f"-{digest}{tail}"
+    return f"{name[:63 - len(tail)]}{tail}"
 
 
-def labels(name: str, generation: int | None = None, attempt: int | None = None) -> dict[str, str]:
-    out = {NAME_LABEL: name, "app.kubernetes.io/name": "lathe", COMPONENT_LABEL: "worker",
+def labels(name: str, generation: int | None = None, attempt: int | None = None,
+           architecture: str | None = None, component: str = "worker") -> dict[str, str]:
+    out = {NAME_LABEL: name, "app.kubernetes.io/name": "lathe", COMPONENT_LABEL: component,
            "app.kubernetes.io/managed-by": "lathe-operator"}
     if generation is not None:
         out[GENERATION_LABEL] = str(generation)
     if attempt is not None:
         out[ATTEMPT_LABEL] = str(attempt)
+    if architecture is not None:
+        out[ARCH_LABEL] = architecture
+    return out
+
+
+def architecture_selector(spec: ModelOptimizationSpec, arch: GpuArchitecture) -> dict[str, str]:
+    """The nodeSelector of one architecture's build Job: the target's, then GPU feature discovery's
+    compute capability (and product when named), then the architecture's own labels."""
+    major, minor = arch.compute_capability.split(".")
+    out = dict(spec.target.node_selector)
+    out[GFD_MAJOR], out[GFD_MINOR] = major, minor
+    if arch.product:
+        out[GFD_PRODUCT] = arch.product
+    out.update(arch.node_selector)
     return out
 
 
@@ -71,9 +98,10 @@ def s3_access(spec: ModelOptimizationSpec, keys: frozenset[str] | set[str]
 
 
 def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, attempt: int,
-                 config: OperatorConfig, secret_keys: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
-    meta = owner["metadata"]
-    name, namespace, generation = meta["name"], meta["namespace"], int(meta.get("generation") or 1)
+                 config: OperatorConfig, secret_keys: frozenset[str] | set[str] = frozenset(),
+                 architecture: GpuArchitecture | None = None) -> dict[str, Any]:
+    """The worker Job; with `architecture` (one entry of spec.target.gpu.architectures) the Job that
+    builds and validates that compute capability's engines, pinned to its nodes."""
     gpu = spec.target.device == Device.gpu
     resources = {"requests": dict(config.cpu_resources.get("requests", {})),
                  "limits": dict(config.cpu_resources.get("limits", {}))}
@@ -82,7 +110,51 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
     if gpu:
         # Extended resources go in limits (requests default to them); the API wants strings.
         resources["limits"][spec.target.gpu.resource_name] = str(spec.target.gpu.count)
+    extra_env = [{"name": "LATHE_BENCH_SECONDS", "value": f"{config.bench_seconds:g}"}]
+    if architecture is not None:
+        extra_env.append({"name": "LATHE_GPU_ARCH", "value": architecture.compute_capability})
+    selector = (architecture_selector(spec, architecture) if architecture is not None
+                else dict(spec.target.node_selector))
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.target.tolerations]
+    if gpu and not any(t.get("key") == spec.target.gpu.resource_name for t in tolerations):
+        tolerations.append({"key": spec.target.gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    cc = architecture.compute_capability if architecture is not None else None
+    return _job(owner, spec, spec_json, attempt, config, secret_keys,
+                image=config.worker_gpu_image if gpu else config.worker_image,
+                command=list(config.worker_command), resources=resources, extra_env=extra_env,
+                node_selector=selector, tolerations=tolerations,
+                suffix=arch_suffix(cc) if cc else "", job_labels_extra={"architecture": cc})
 
+
+def job_manifests(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, attempt: int,
+                  config: OperatorConfig, secret_keys: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
+    """Every worker Job of a first attempt: one per spec.target.gpu.architectures entry (in the
+    spec's order), or the one Job when the list is empty."""
+    archs = spec.target.gpu.architectures if spec.target.device == Device.gpu else []
+    if not archs:
+        return [job_manifest(owner, spec, spec_json, attempt, config, secret_keys)]
+    return [job_manifest(owner, spec, spec_json, attempt, config, secret_keys, a) for a in archs]
+
+
+def publish_job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, candidate: str,
+                         attempt: int, config: OperatorConfig,
+                         secret_keys: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """The small CPU Job that publishes `candidate`'s engines, kept by every architecture's worker
+    under spec.artifacts, as one Triton version with cc_model_filenames
+    (`python -m lathe.serving.architectures`). It copies files: no GPU, no model run."""
+    resources = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+    return _job(owner, spec, spec_json, attempt, config, secret_keys, image=config.worker_image,
+                command=list(config.publish_command), resources=resources,
+                extra_env=[{"name": "LATHE_PUBLISH_CANDIDATE", "value": candidate}],
+                node_selector={}, tolerations=[], suffix="-publish", job_labels_extra={"component": PUBLISHER})
+
+
+def _job(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, attempt: int, config: OperatorConfig,
+         secret_keys: frozenset[str] | set[str], *, image: str, command: list[str], resources: dict[str, Any],
+         extra_env: list[dict[str, Any]], node_selector: dict[str, str], tolerations: list[dict[str, Any]],
+         suffix: str, job_labels_extra: dict[str, str | None]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    name, namespace, generation = meta["name"], meta["namespace"], int(meta.get("generation") or 1)
     claims = pvc_claims(spec.model.uri, spec.data.validation.uri,
                         spec.data.calibration.uri if spec.data.calibration else None,
                         spec.data.training.uri if spec.data.training else None,
@@ -98,9 +170,9 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
 
     container = {
         "name": "worker",
-        "image": config.worker_gpu_image if gpu else config.worker_image,
+        "image": image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": list(config.worker_command),
+        "command": command,
         "args": ["--workdir", WORKDIR, "--termination-log", TERMINATION_LOG],
         "env": [
             {"name": "LATHE_SPEC", "value": spec_json},
@@ -109,7 +181,7 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
             {"name": "LATHE_PVC_MOUNTS", "value": json.dumps({c: f"{config.pvc_root}/{c}" for c in claims})},
             {"name": "LATHE_RESOURCE", "value": f"{namespace}/{name}"},
             {"name": "LATHE_GENERATION", "value": str(generation)},
-            {"name": "LATHE_BENCH_SECONDS", "value": f"{config.bench_seconds:g}"},
+            *extra_env,
             {"name": "HOME", "value": SCRATCH},
             {"name": "TMPDIR", "value": SCRATCH},
             *s3_env,
@@ -135,20 +207,18 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
     }
     if config.service_account:
         pod_spec["serviceAccountName"] = config.service_account
-    if spec.target.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.target.node_selector)
-    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.target.tolerations]
-    if gpu and not any(t.get("key") == spec.target.gpu.resource_name for t in tolerations):
-        tolerations.append({"key": spec.target.gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
     if tolerations:
         pod_spec["tolerations"] = tolerations
 
-    job_labels = labels(name, generation, attempt)
+    job_labels = labels(name, generation, attempt, job_labels_extra.get("architecture"),
+                        job_labels_extra.get("component") or "worker")
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(name, generation, attempt),
+            "name": job_name(name, generation, attempt, suffix),
             "namespace": namespace,
             "labels": job_labels,
             "ownerReferences": [{
