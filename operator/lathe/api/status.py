@@ -225,6 +225,22 @@ class RolloutStatus(Model):
     capture: CaptureStatus | None = Field(None, description="Production samples kept during this rollout (spec.publish.rollout.capture).")
 
 
+class ArchitectureStatus(Model):
+    """One GPU architecture's build Job (spec.target.gpu.architectures): what it did, in the words of its result."""
+    compute_capability: str
+    job: str | None = Field(None, description="The Job building and validating this architecture's engines.")
+    attempt: int = 0
+    phase: str = Field("Pending", pattern=r"^(Pending|Unschedulable|Running|Retrying|Succeeded|Failed)$")
+    winner: str | None = Field(None, description="The candidate this architecture's worker would pick on its own.")
+    verdict: str | None = Field(None, description="passed: at least one candidate within budget on this architecture; rejected: none; failed: the Job failed.")
+    reason: str = ""
+    candidates: list[CandidateResult] = Field(default_factory=list, description="Every candidate as measured on this architecture (compact: verdict, speedup, accuracy drop, reason).")
+    started: str | None = None
+    finished: str | None = None
+    exit_code: int | None = None
+    next_retry: str | None = None
+
+
 class ModelOptimizationStatus(Model):
     observed_generation: int | None = None
     phase: Phase = Phase.pending
@@ -246,4 +262,6 @@ class ModelOptimizationStatus(Model):
     report_config_map: str | None = Field(None, description="ConfigMap holding the full result for "
                                                             "`lathe report`.")
     published: Published | None = None
+    architectures: list[ArchitectureStatus] = Field(default_factory=list, description="spec.target.gpu.architectures: one entry per compute capability, its Job and what it found.")
+    publish_job: JobState | None = Field(None, description="The Job that assembles the architectures' engines into one version (cc_model_filenames).")
     rollout: RolloutStatus | None = None

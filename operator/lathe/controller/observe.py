@@ -11,7 +11,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from . import kube
-from .jobs import ATTEMPT_LABEL, GENERATION_LABEL, NAME_LABEL
+from .jobs import ARCH_LABEL, ATTEMPT_LABEL, COMPONENT_LABEL, GENERATION_LABEL, NAME_LABEL, PUBLISHER
 from .plan import ObservedJob
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
             name=meta["name"], generation=int(labels.get(GENERATION_LABEL, "0")),
             attempt=int(labels.get(ATTEMPT_LABEL, "0")), state=state, exit_code=exit_code, message=message,
             log_tail=log_tail, reason=reason, started=st.get("startTime"), finished=finished, pod=pod_name,
-            unschedulable=waiting))
+            unschedulable=waiting, architecture=labels.get(ARCH_LABEL),
+            publisher=labels.get(COMPONENT_LABEL) == PUBLISHER, ready=int(st.get("ready") or 0)))
     return out
 
 

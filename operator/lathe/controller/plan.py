@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from lathe.api.spec import ModelOptimizationSpec
 from lathe.api.status import (
+    ArchitectureStatus,
     CandidateResult,
     Condition,
     JobState,
@@ -40,6 +41,9 @@ class ObservedJob:
     reason: str | None = None  # the Job's failure reason (DeadlineExceeded, …)
     pod: str | None = None  # the pod whose termination message was read (or that cannot be scheduled)
     unschedulable: str | None = None  # the scheduler's message for a pod of this Job it cannot place
+    architecture: str | None = None  # the compute capability of a GPU build Job (spec.target.gpu.architectures)
+    publisher: bool = False  # the Job that publishes the architectures' engines as one version
+    ready: int = 0  # pods of the Job running and ready
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,14 @@ class World:
 @dataclass(frozen=True)
 class CreateJob:
     attempt: int
+    architecture: str | None = None  # compute capability: that architecture's build Job
+
+
+@dataclass(frozen=True)
+class CreatePublishJob:
+    """Publish `candidate`'s engines, kept by every architecture's worker, as one version."""
+    candidate: str
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,7 @@ class KeepReport:
     pod: str | None
 
 
-Action = CreateJob | DeleteJob | Event | Requeue | RolloutTick | AbandonRollout | KeepReport
+Action = CreateJob | CreatePublishJob | DeleteJob | Event | Requeue | RolloutTick | AbandonRollout | KeepReport
 
 
 @dataclass
@@ -126,11 +138,18 @@ def set_condition(status: ModelOptimizationStatus, type_: str, ok: bool | None, 
                                        last_transition_time=_ts(now), observed_generation=generation))
 
 
-def _asks(spec) -> str:
-    """What the worker pod asks the scheduler for, in the spec's words."""
+def _asks(spec, architecture: str | None = None) -> str:
+    """What the worker pod asks the scheduler for, in the spec's words (with `architecture`: that
+    architecture's build Job, its nodeSelector included)."""
     t = spec.target
     parts = [f"{t.gpu.count} {t.gpu.resource_name}"] if str(t.device) == "gpu" else []
-    parts += [f"nodeSelector {t.node_selector}"] if t.node_selector else []
+    selector = dict(t.node_selector)
+    if architecture is not None:
+        from .jobs import architecture_selector  # pure, like this module
+
+        arch = next(a for a in t.gpu.architectures if a.compute_capability == architecture)
+        selector = architecture_selector(spec, arch)
+    parts += [f"nodeSelector {selector}"] if selector else []
     parts += [f"{k}={v}" for k, v in (t.resources.requests or {}).items()]
     return ", ".join(parts) or "cpu defaults"
 
@@ -204,11 +223,15 @@ def plan(world: World) -> Plan:
 
     if st.phase in (Phase.succeeded, Phase.rejected, Phase.rolled_back) or (
             st.phase == Phase.failed and st.stage != "validate" and st.observed_generation == gen
-            and st.job and st.job.generation == gen and st.job.finished):
+            and ((st.job and st.job.generation == gen and st.job.finished) or st.architectures)):
         return out  # terminal for this generation: nothing to redo after a restart
 
     if st.phase == Phase.rolling_out:
         actions.append(RolloutTick())
+        return out
+
+    if architectures_of(world.spec):
+        _plan_architectures(world, st, actions, transition)
         return out
 
     mine = sorted((j for j in world.jobs if j.generation == gen), key=lambda j: j.attempt)
@@ -282,25 +305,7 @@ def plan(world: World) -> Plan:
         set_condition(st, "Validated", True, "CandidateSelected",
                       f"{summary}; winner {win.name} ({_fmt_speedup(win) or '?'} faster, drop {_fmt_drop(win)})",
                       now, gen)
-        pub = doc.get("published")
-        if pub:
-            st.published = Published.model_validate(pub)
-            set_condition(st, "Published", True, "VersionPublished",
-                          f"{st.published.model_name} version {st.published.version} ({st.published.flavour})",
-                          now, gen)
-            actions.append(Event("Normal", "Published",
-                                 f"{win.name} published as {st.published.model_name} v{st.published.version}"))
-        spec = world.spec
-        if pub and spec.publish and spec.publish.triton_url and spec.publish.rollout:
-            st.rollout = RolloutStatus(state="Pending", canary_version=st.published.version, publish=spec.publish)
-            set_condition(st, "RolledOut", None, "Progressing", "canary starting", now, gen)
-            set_condition(st, "Ready", False, "RollingOut", "canary in progress", now, gen)
-            transition(Phase.rolling_out, "rollout", f"winner {win.name}: canary of version {st.published.version}",
-                       ("Normal", "RolloutStarted"))
-            actions.append(RolloutTick())
-            return out
-        set_condition(st, "Ready", True, "Succeeded", f"winner {win.name}", now, gen)
-        transition(Phase.succeeded, "done", f"winner {win.name}: {summary}", ("Normal", "Succeeded"))
+        _published(world, st, actions, transition, win.name, doc.get("published"), summary)
         return out
 
     # Failed attempt.
@@ -339,6 +344,216 @@ def plan(world: World) -> Plan:
     transition(Phase.failed, "worker", f"gave up after {current.attempt} attempts: {detail}",
                ("Warning", "WorkerFailed"))
     return out
+
+
+def _published(world: World, st: ModelOptimizationStatus, actions: list[Action], transition, winner: str,
+               pub: dict | None, summary: str) -> None:
+    """The winner is chosen (and published when `pub`): Published, then the canary or Succeeded."""
+    gen, now = world.generation, world.now
+    if pub:
+        st.published = Published.model_validate(pub)
+        set_condition(st, "Published", True, "VersionPublished",
+                      f"{st.published.model_name} version {st.published.version} ({st.published.flavour})",
+                      now, gen)
+        actions.append(Event("Normal", "Published",
+                             f"{winner} published as {st.published.model_name} v{st.published.version}"))
+    spec = world.spec
+    if pub and spec.publish and spec.publish.triton_url and spec.publish.rollout:
+        st.rollout = RolloutStatus(state="Pending", canary_version=st.published.version, publish=spec.publish)
+        set_condition(st, "RolledOut", None, "Progressing", "canary starting", now, gen)
+        set_condition(st, "Ready", False, "RollingOut", "canary in progress", now, gen)
+        transition(Phase.rolling_out, "rollout", f"winner {winner}: canary of version {st.published.version}",
+                   ("Normal", "RolloutStarted"))
+        actions.append(RolloutTick())
+        return
+    set_condition(st, "Ready", True, "Succeeded", f"winner {winner}", now, gen)
+    transition(Phase.succeeded, "done", f"winner {winner}: {summary}", ("Normal", "Succeeded"))
+
+
+# ------------------------------------------------------------------ one engine per GPU architecture
+def architectures_of(spec: ModelOptimizationSpec | None) -> list:
+    """spec.target.gpu.architectures when the fan-out applies (a gpu target naming at least one)."""
+    if spec is None or str(spec.target.device) != "gpu":
+        return []
+    return list(spec.target.gpu.architectures)
+
+
+@dataclass(frozen=True)
+class Choice:
+    winner: str | None
+    reason: str
+    candidates: list[CandidateResult]  # one per candidate, as judged across every architecture
+
+
+def choose_across(per_arch: dict[str, list[CandidateResult]]) -> Choice:
+    """What to publish when every architecture's Job finished: the candidate that passed on EVERY
+    architecture with the best worst-case speedup (a version serves all of them, so its slowest
+    architecture is what it is worth); nothing, naming the architecture, when none passed on all."""
+    ccs = list(per_arch)
+    names: list[str] = []
+    for cands in per_arch.values():
+        names += [c.name for c in cands if c.name not in names]
+    merged, eligible = [], []
+    for n in names:
+        on = {cc: next((c for c in per_arch[cc] if c.name == n), None) for cc in ccs}
+        missing = [cc for cc, c in on.items() if c is None]
+        failed = [cc for cc, c in on.items() if c is not None and c.verdict != "passed"]
+        speeds = {cc: c.speedup for cc, c in on.items() if c is not None and c.speedup is not None}
+        worst_cc = min(speeds, key=speeds.get) if speeds else next(cc for cc, c in on.items() if c is not None)
+        base = on[worst_cc].model_copy(deep=True)
+        if missing or failed:
+            why = "; ".join([f"not built on {cc}" for cc in missing]
+                            + [f"{on[cc].verdict} on {cc}: {on[cc].reason}" for cc in failed])
+            base.verdict, base.reason = ("failed" if all(on[cc].verdict == "failed" for cc in failed) and not missing
+                                         else "rejected"), why[:600]
+        elif len(speeds) < len(ccs):
+            base.verdict = "rejected"
+            base.reason = f"passed on every architecture but not timed on {', '.join(c for c in ccs if c not in speeds)}"
+        else:
+            base.reason = (f"passed on every architecture ({', '.join(ccs)}); worst-case speedup "
+                           f"{speeds[worst_cc]:.2f}x on {worst_cc}")
+            eligible.append((speeds[worst_cc], n, worst_cc))
+        merged.append(base)
+    if not eligible:
+        none_passed = [cc for cc in ccs if not any(c.verdict == "passed" for c in per_arch[cc])]
+        if none_passed:
+            reason = f"nothing published: no candidate within budget on architecture {', '.join(none_passed)}"
+        else:
+            reason = "nothing published: no candidate passed on every architecture (" + "; ".join(
+                f"{c.name}: {c.reason}" for c in merged)[:700] + ")"
+        return Choice(None, reason, merged)
+    eligible.sort(reverse=True)
+    speed, win, worst_cc = eligible[0]
+    reason = (f"{win}: passed on every architecture ({', '.join(ccs)}) with the best worst-case speedup, "
+              f"{speed:.2f}x on {worst_cc}")
+    if len(eligible) > 1:
+        reason += "; then " + ", ".join(f"{n} {s:.2f}x on {cc}" for s, n, cc in eligible[1:4])
+    return Choice(win, reason, merged)
+
+
+def _latest(jobs: list[ObservedJob]) -> ObservedJob | None:
+    return max(jobs, key=lambda j: j.attempt) if jobs else None
+
+
+def _arch_entry(world: World, prev: ArchitectureStatus, job: ObservedJob | None, actions: list[Action]
+                ) -> ArchitectureStatus:
+    e = prev.model_copy(deep=True)
+    cc = e.compute_capability
+    if job is None:
+        if e.phase in ("Succeeded", "Failed"):
+            return e  # finished and its Job since removed: what status recorded stands
+        actions.append(CreateJob(e.attempt or 1, cc))
+        e.attempt, e.phase = e.attempt or 1, "Pending"
+        e.started = e.started or _ts(world.now)
+        e.reason = f"build Job for compute capability {cc} created"
+        return e
+    e.job, e.attempt, e.started, e.finished = job.name, job.attempt, job.started or e.started, job.finished
+    if job.state == "active":
+        if job.unschedulable:
+            e.phase = "Unschedulable"
+            e.reason = f"worker pod {job.pod} cannot be scheduled ({_asks(world.spec, cc)}): {job.unschedulable}"
+        else:
+            e.phase = "Running" if job.ready else "Pending"
+            e.reason = "worker running" if job.ready else "waiting for the worker pod to start"
+        return e
+    e.exit_code = job.exit_code
+    if job.state == "succeeded":
+        try:
+            doc = parse_result(job.message or "")
+            e.candidates = [CandidateResult.model_validate(c) for c in doc.get("candidates", [])]
+        except (ValueError, TypeError) as err:
+            e.phase, e.verdict, e.reason = "Failed", "failed", f"unreadable worker result: {err}"
+            return e
+        e.winner = doc.get("winner")
+        passed = sum(c.verdict == "passed" for c in e.candidates)
+        e.phase, e.verdict = "Succeeded", ("passed" if passed else "rejected")
+        e.reason = f"{passed}/{len(e.candidates)} candidates within budget" + (
+            f"; {doc['selection']}" if doc.get("selection") else "")
+        return e
+    e.phase, e.verdict, e.reason = "Failed", "failed", _failure_detail(job)
+    return e
+
+
+def _plan_architectures(world: World, st: ModelOptimizationStatus, actions: list[Action], transition) -> None:
+    """One build Job per architecture, then (all finished) one choice across them, then the publish Job."""
+    gen, now, spec = world.generation, world.now, world.spec
+    mine = [j for j in world.jobs if j.generation == gen]
+    old = {a.compute_capability: a for a in st.architectures}
+    entries = []
+    for a in architectures_of(spec):
+        cc = a.compute_capability
+        prev = old.get(cc) or ArchitectureStatus(compute_capability=cc)
+        entries.append(_arch_entry(world, prev, _latest([j for j in mine if j.architecture == cc]), actions))
+    st.architectures = entries
+    line = ", ".join(f"{e.compute_capability} {e.phase}" for e in entries)
+
+    failed = [e for e in entries if e.phase == "Failed"]
+    if failed:
+        detail = "; ".join(f"architecture {e.compute_capability}: {e.reason}" for e in failed)
+        for e in entries:
+            if e.phase in ("Pending", "Unschedulable", "Running") and e.job:
+                actions.append(DeleteJob(e.job, f"architecture {failed[0].compute_capability} failed"))
+        set_condition(st, "Validated", False, "ArchitectureFailed", detail, now, gen)
+        set_condition(st, "Ready", False, "ArchitectureFailed", f"nothing published: {detail}"[:1000], now, gen)
+        transition(Phase.failed, "architectures", f"nothing published: {detail}", ("Warning", "ArchitectureFailed"))
+        return
+    stuck = [e for e in entries if e.phase == "Unschedulable"]
+    if stuck:
+        msg = "; ".join(f"architecture {e.compute_capability}: {e.reason}" for e in stuck)
+        set_condition(st, "Scheduled", False, "Unschedulable", msg, now, gen)
+        set_condition(st, "Ready", False, "Unschedulable", f"architectures: {line}", now, gen)
+        transition(Phase.pending, "scheduling", f"architectures: {line}; {msg}", ("Warning", "WorkerUnschedulable"))
+        return
+    if (c := condition(st, "Scheduled")) is not None and c.status == "False":
+        set_condition(st, "Scheduled", True, "Scheduled", "every architecture's worker pod placed", now, gen)
+    if any(e.phase != "Succeeded" for e in entries):
+        set_condition(st, "Validated", None, "Optimizing", f"architectures: {line}", now, gen)
+        set_condition(st, "Ready", False, "Optimizing", "optimization in progress", now, gen)
+        transition(Phase.optimizing, "architectures", f"architectures: {line}", ("Normal", "JobCreated"))
+        return
+
+    choice = choose_across({e.compute_capability: e.candidates for e in entries})
+    st.candidates, st.winner, st.selection = choice.candidates, choice.winner, choice.reason
+    win = next((c for c in choice.candidates if c.name == choice.winner), None)
+    st.speedup, st.accuracy_drop = _fmt_speedup(win), _fmt_drop(win)
+    summary = (f"{sum(c.verdict == 'passed' for c in choice.candidates)}/{len(choice.candidates)} candidates "
+               f"within budget on every architecture ({', '.join(e.compute_capability for e in entries)})")
+    if win is None:
+        set_condition(st, "Validated", False, "NoCandidateInBudget", f"{summary}: {choice.reason}"[:1000], now, gen)
+        set_condition(st, "Ready", False, "NoCandidateInBudget", choice.reason[:1000], now, gen)
+        transition(Phase.rejected, "select", f"{summary}; {choice.reason}", ("Warning", "NoCandidateInBudget"))
+        return
+    set_condition(st, "Validated", True, "CandidateSelected", f"{summary}; {choice.reason}"[:1000], now, gen)
+    if spec.publish is None:
+        _published(world, st, actions, transition, win.name, None, summary)
+        return
+    pj = _latest([j for j in mine if j.publisher])
+    if pj is None:
+        if st.publish_job is None or st.publish_job.generation != gen:
+            st.publish_job = JobState(attempt=1, generation=gen, started=_ts(now))
+        actions.append(CreatePublishJob(win.name, st.publish_job.attempt))
+        transition(Phase.publishing, "publish", f"{choice.reason}; publish Job created", ("Normal", "JobCreated"))
+        return
+    st.publish_job = JobState(name=pj.name, attempt=pj.attempt, generation=gen, started=pj.started,
+                              finished=pj.finished, exit_code=pj.exit_code)
+    if pj.state == "active":
+        transition(Phase.publishing, "publish", f"publishing {win.name}: Job {pj.name} running")
+        return
+    if pj.state == "succeeded":
+        try:
+            pub = parse_result(pj.message or "")["published"]
+            Published.model_validate(pub)
+        except (ValueError, KeyError, TypeError) as err:
+            pub, why = None, f"publish Job {pj.name} finished but its result is unreadable: {err}"
+        if pub:
+            _published(world, st, actions, transition, win.name, pub, summary)
+            return
+    else:
+        why = _failure_detail(pj)
+    st.publish_job.log_tail = (pj.log_tail or pj.message or "")[-LOG_TAIL:] or None
+    set_condition(st, "Published", False, "PublishFailed", why[:1000], now, gen)
+    set_condition(st, "Ready", False, "PublishFailed", why[:1000], now, gen)
+    transition(Phase.failed, "publish", f"winner {win.name} not published: {why}", ("Warning", "PublishFailed"))
 
 
 def job_create_refused(st: ModelOptimizationStatus, attempt: int, error: str, now: datetime, gen: int

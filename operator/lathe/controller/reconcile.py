@@ -24,11 +24,12 @@ from lathe.storage.uri import parse_uri
 
 from . import kube, metrics
 from .config import OperatorConfig
-from .jobs import job_manifest
+from .jobs import job_manifest, publish_job_manifest
 from .observe import observe_jobs
 from .plan import (
     AbandonRollout,
     CreateJob,
+    CreatePublishJob,
     DeleteJob,
     Event,
     KeepReport,
@@ -191,9 +192,15 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
     ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     requeue: float | None = None
     for action in result.actions:
-        if isinstance(action, CreateJob):
+        if isinstance(action, CreateJob | CreatePublishJob):
             spec_json = json.dumps(obj["spec"], separators=(",", ":"))
-            manifest = job_manifest(obj, world.spec, spec_json, action.attempt, config, s3_keys)
+            if isinstance(action, CreatePublishJob):
+                manifest = publish_job_manifest(obj, world.spec, spec_json, action.candidate, action.attempt, config,
+                                                s3_keys)
+            else:
+                arch = next((a for a in world.spec.target.gpu.architectures
+                             if a.compute_capability == action.architecture), None)
+                manifest = job_manifest(obj, world.spec, spec_json, action.attempt, config, s3_keys, arch)
             try:
                 kube.call(kube.batch().create_namespaced_job, ns, manifest)
                 metrics.JOBS_CREATED.inc()

@@ -60,9 +60,33 @@ def problems(spec: ModelOptimizationSpec, reachable: Reachability | None = None,
     if spec.data.training is not None and spec.data.training.uri == spec.data.validation.uri:
         out.append("spec.data.training.uri: is the validation set: candidates trained on it would be measured on "
                    "data they have seen (their accuracy optimistic); give a separate training set")
+    out.extend(_architecture_problems(spec))
     out.extend(_location_problems(spec, reachable))
     out.extend(_publish_problems(spec))
     out.extend(_secret_problems(spec, secret_keys))
+    return out
+
+
+def _architecture_problems(spec: ModelOptimizationSpec) -> list[str]:
+    """One engine per architecture: each architecture's worker keeps its engines in spec.artifacts
+    (a path or pvc://, mounted into the publish Job), and the version is a tensorrt_plan."""
+    archs = spec.target.gpu.architectures
+    if not archs:
+        return []
+    if spec.target.device != "gpu":
+        return ["spec.target.gpu.architectures: engines per architecture need target.device gpu"]
+    out = []
+    if spec.publish is not None:
+        if not spec.artifacts:
+            out.append("spec.artifacts: required with spec.target.gpu.architectures: each "
+                       "architecture's worker keeps its engines there (path or pvc://claim/path) for the Job "
+                       "that publishes them as one version")
+        elif spec.artifacts.startswith("s3://"):
+            out.append("spec.artifacts: s3:// cannot hold the per-architecture engines yet; use a path or "
+                       "pvc://claim/path with spec.target.gpu.architectures")
+        if spec.publish.flavour not in ("auto", "tensorrt"):
+            out.append(f"spec.publish.flavour: {spec.publish.flavour} cannot serve TensorRT engines per "
+                       "architecture; use auto or tensorrt")
     return out
 
 

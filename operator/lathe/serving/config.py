@@ -278,7 +278,7 @@ class TensorRTFlavour(Flavour):
     @staticmethod
     def _cc(name: str) -> str | None:
         import re
-        m = re.search(r"sm_?(\d)(\d+)", name)
+        m = re.search(r"sm_?(\d+)(\d)(?!\d)", name)  # the last digit is the minor: sm89 -> 8.9, sm100 -> 10.0
         return f"{m.group(1)}.{m.group(2)}" if m else None
 
     def files(self, artifacts):
