@@ -26,9 +26,10 @@ NOT_OPERATOR = {
     "onnxruntime": "the passes' run(): the worker",
     "torch": "the passes' run(): the worker",
     "nncf": "the passes' run(): the worker",
+    "modelopt": "runtime tensorrt's quantize pass run(): the GPU worker",
     "boto3": "lathe.storage's s3:// download: the worker (optional, not a Lathe dependency)",
 }
-WORKER_PACKAGES = ("torch", "onnxruntime", "openvino", "onnx", "nncf", "onnxscript")  # absent from the operator image
+WORKER_PACKAGES = ("torch", "onnxruntime", "openvino", "onnx", "nncf", "onnxscript", "modelopt")  # absent from the operator image
 
 
 def _file(module: str) -> Path | None:

@@ -131,7 +131,7 @@ def e2e(control_plane, k8s_client, node_agent, tmp_path_factory):
                LATHE_PVC_MOUNTS=json.dumps({"triton-models": str(repo), "captures": str(pvc / "captures")}),
                LATHE_METRICS_PORT=str(metrics_port), LATHE_ROLLOUT_INTERVAL="1", LATHE_MAX_ATTEMPTS="1",
                # The chain is under test here, not the speed (minSpeedup 0): a short benchmark.
-               LATHE_BENCH_SECONDS="6")
+               LATHE_BENCH_SECONDS="3")
     op = Operator(env, ns, work / "operator.log")
     # Both servers are stopped on every path: a failed start of either (a missing binary, a port
     # taken, an interrupt) included; stop() of one not started does nothing.

@@ -40,11 +40,6 @@ def _outputs(path: Path, feeds: dict) -> np.ndarray:
     return sess.run(None, {k: feeds[k] for k in names})[0]
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return samples.make_digits(tmp_path_factory.mktemp("digits"), epochs=3)
-
-
 def test_digits_cnn_graphs_carry_their_precision_and_are_judged_on_the_cpu(digits, tmp_path):
     from onnxruntime.quantization.calibrate import HistogramCollector, MinMaxCalibrater
 
@@ -87,17 +82,14 @@ def test_digits_cnn_graphs_carry_their_precision_and_are_judged_on_the_cpu(digit
     assert errors["trt-fp16"] < errors["trt-int8"], errors
 
 
-def test_minilm_graphs_and_a_broken_budget_rejected_on_the_cpu_before_any_build(tmp_path):
-    """MiniLM-L6 (embeddings, cosine budget 0.01): FP16 holds the budget; INT8 Q/DQ on every MatMul (attention
-    included, TensorRT's placement) does not on this model, and is rejected on the CPU, so a TensorRT worker
-    never builds it; INT4 weight-only puts blocked INT4 weights behind DequantizeLinear on the MatMuls."""
-    sample = samples.make_minilm(tmp_path / "data", seq=32, n_calibration=16, n_validation=32)
-    got = _run(sample, tmp_path, [_cand("trt-fp16", precision="fp16"), _cand("trt-int8", precision="int8"),
+def test_minilm_graphs_and_a_broken_budget_rejected_on_the_cpu_before_any_build(minilm, tmp_path):
+    """MiniLM-L6 (embeddings, cosine budget 0.01): INT8 Q/DQ on every MatMul (attention included, TensorRT's
+    placement) does not hold the budget on this model, and is rejected on the CPU, so a TensorRT worker never
+    builds it; INT4 weight-only puts blocked INT4 weights behind DequantizeLinear on the MatMuls. (FP16 and BF16
+    are the digits test's; on MiniLM they hold the budget: docs/gpu.md.)"""
+    got = _run(minilm, tmp_path, [_cand("trt-int8", precision="int8", calibration={"samples": 16}),
                                   _cand("trt-int4", precision="int4", blockSize=32)])
-    fp16, int8, int4 = got["trt-fp16"], got["trt-int8"], got["trt-int4"]
-    assert trtb.graph_precision(fp16.artifact) == "FP16"
-    assert fp16.verdict == "failed" and "within the budget; engine not built" in fp16.reason, fp16
-    assert 0 < fp16.accuracy_drop < 0.001, fp16  # cosine moved, a little
+    int8, int4 = got["trt-int8"], got["trt-int4"]
     assert trtb.graph_precision(int8.artifact) == "INT8"
     assert int8.verdict == "rejected", int8
     assert int8.reason.startswith("emulated on the CPU (ONNX Runtime, INT8 graph): mean cosine ") and \
