@@ -1,7 +1,7 @@
 """One build Job per GPU architecture, one choice across them, one publish Job: the pure state machine."""
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from lathe.api.spec import ModelOptimizationSpec
 from lathe.api.status import CandidateResult, ModelOptimizationStatus, WorkerResult
@@ -11,6 +11,7 @@ from lathe.controller.plan import (
     DeleteJob,
     ObservedJob,
     Policy,
+    Requeue,
     World,
     choose_across,
     plan,
@@ -51,8 +52,8 @@ def result(*cands):
                         candidates=list(cands), winner=winner.name if winner else None).compact()
 
 
-def job(cc, state="active", message=None, **kw):
-    return ObservedJob(name=f"d-g1-a1-sm{cc.replace('.', '')}", generation=1, attempt=1, state=state,
+def job(cc, state="active", message=None, attempt=1, **kw):
+    return ObservedJob(name=f"d-g1-a{attempt}-sm{cc.replace('.', '')}", generation=1, attempt=attempt, state=state,
                        message=message, architecture=cc, **kw)
 
 
@@ -121,7 +122,8 @@ def test_an_architecture_with_no_passing_candidate_is_named():
 
 
 def test_a_failed_architecture_fails_the_resource_and_stops_the_others():
-    jobs = [job("8.9", "failed", '{"stage":"build","error":"parser: unsupported op"}', exit_code=1), job("9.0")]
+    jobs = [job("8.9", "failed", '{"stage":"build","error":"parser: unsupported op"}', attempt=3, exit_code=1),
+            job("9.0")]  # 8.9's last attempt failed
     p = plan(world(jobs=jobs))
     assert p.status.phase == "Failed" and "architecture 8.9" in p.status.message
     assert "nothing published" in p.status.message and "unsupported op" in p.status.message
@@ -136,3 +138,25 @@ def test_validation_requires_artifacts_with_architectures():
     assert not [m for m in problems(gpu_spec()) if "architectures" in m]
     s3 = problems(gpu_spec(artifacts="s3://bucket/x"))
     assert any(m.startswith("spec.artifacts: s3:// cannot hold") for m in s3), s3
+
+
+def test_a_crashed_architecture_is_retried_with_backoff_alone():
+    crashed = [job("8.9", "failed", "Traceback ... CUDA error", exit_code=1), job("9.0", ready=1)]
+    p = plan(world(jobs=crashed))
+    e89 = p.status.architectures[0]
+    assert (e89.phase, e89.next_retry) == ("Retrying", "2026-12-02T12:00:10Z") and "attempt 1/3 failed" in e89.reason
+    assert p.status.stage == "retry" and p.status.phase == "Optimizing"
+    assert [r.seconds for r in p.actions if isinstance(r, Requeue)] == [10.0]
+    assert not [a for a in p.actions if isinstance(a, CreateJob | DeleteJob)]
+    later = plan(World(generation=1, spec=SPEC, problems=[], status=p.status, jobs=crashed,
+                       now=NOW + timedelta(seconds=11), policy=Policy(max_attempts=3, backoff_seconds=10)))
+    assert [(a.architecture, a.attempt) for a in later.actions if isinstance(a, CreateJob)] == [("8.9", 2)]
+    assert later.status.architectures[0].attempt == 2 and later.status.architectures[0].phase == "Pending"
+    again = plan(world(status=later.status, jobs=crashed))  # attempt 2 not visible yet: the create again
+    assert [(a.architecture, a.attempt) for a in again.actions if isinstance(a, CreateJob)] == [("8.9", 2)]
+
+
+def test_bad_input_on_one_architecture_is_not_retried():
+    p = plan(world(jobs=[job("8.9", "failed", '{"stage":"fetch","error":"no such model"}', exit_code=2), job("9.0")]))
+    assert p.status.phase == "Failed" and p.status.architectures[0].phase == "Failed"
+    assert not [a for a in p.actions if isinstance(a, CreateJob)]

@@ -447,6 +447,9 @@ def _arch_entry(world: World, prev: ArchitectureStatus, job: ObservedJob | None,
         e.started = e.started or _ts(world.now)
         e.reason = f"build Job for compute capability {cc} created"
         return e
+    if e.attempt > job.attempt:  # the next attempt is not visible yet: the create is idempotent
+        actions.append(CreateJob(e.attempt, cc))
+        return e
     e.job, e.attempt, e.started, e.finished = job.name, job.attempt, job.started or e.started, job.finished
     if job.state == "active":
         if job.unschedulable:
@@ -470,7 +473,24 @@ def _arch_entry(world: World, prev: ArchitectureStatus, job: ObservedJob | None,
         e.reason = f"{passed}/{len(e.candidates)} candidates within budget" + (
             f"; {doc['selection']}" if doc.get("selection") else "")
         return e
-    e.phase, e.verdict, e.reason = "Failed", "failed", _failure_detail(job)
+    detail, limit = _failure_detail(job), world.policy.max_attempts
+    if job.exit_code != EXIT_BAD_INPUT and job.attempt < limit:
+        # the single Job's rule, per architecture: bounded attempts with doubling backoff
+        due_at = e.next_retry if prev.attempt == job.attempt else None
+        if due_at is None:
+            delay = world.policy.backoff_seconds * (2 ** (job.attempt - 1))
+            due_at = _ts(world.now + timedelta(seconds=delay))
+        due = datetime.fromisoformat(due_at.replace("Z", "+00:00"))
+        if world.now < due:
+            e.phase, e.next_retry = "Retrying", due_at
+            e.reason = f"attempt {job.attempt}/{limit} failed ({detail}); retrying at {due_at}"
+            actions.append(Requeue((due - world.now).total_seconds()))
+            return e
+        e.attempt, e.next_retry, e.phase, e.finished = job.attempt + 1, None, "Pending", None
+        e.reason = f"attempt {e.attempt}/{limit} created after: {detail}"
+        actions.append(CreateJob(e.attempt, cc))
+        return e
+    e.phase, e.verdict, e.reason = "Failed", "failed", detail
     return e
 
 
@@ -509,7 +529,9 @@ def _plan_architectures(world: World, st: ModelOptimizationStatus, actions: list
     if any(e.phase != "Succeeded" for e in entries):
         set_condition(st, "Validated", None, "Optimizing", f"architectures: {line}", now, gen)
         set_condition(st, "Ready", False, "Optimizing", "optimization in progress", now, gen)
-        transition(Phase.optimizing, "architectures", f"architectures: {line}", ("Normal", "JobCreated"))
+        retrying = any(e.phase == "Retrying" for e in entries)  # stage retry: the operator's timer comes back
+        transition(Phase.optimizing, "retry" if retrying else "architectures", f"architectures: {line}",
+                   ("Warning", "JobFailed") if retrying else ("Normal", "JobCreated"))
         return
 
     choice = choose_across({e.compute_capability: e.candidates for e in entries})
