@@ -78,12 +78,17 @@ def worker_main(argv: list[str] | None = None) -> int:
         _failure(term, "InvalidInput", "spec", msg)
         return 2
     try:
-        from .pipeline import run  # noqa: PLC0415
+        from .pipeline import run, visible_gpu_architecture  # noqa: PLC0415
+        from .publish_step import check_architecture, keep_architecture_engines, publish_winner  # noqa: PLC0415
 
+        arch = os.environ.get("LATHE_GPU_ARCH")  # one of spec.target.gpu.architectures' build Jobs
+        if arch:
+            check_architecture(arch, visible_gpu_architecture())
         result = run(spec, Path(args.workdir), bench_seconds=args.bench_seconds)
-        from .publish_step import publish_winner  # noqa: PLC0415
-
-        publish_winner(spec, result, Path(args.workdir))
+        if arch:
+            keep_architecture_engines(spec, result, arch)  # the operator's publish Job publishes
+        else:
+            publish_winner(spec, result, Path(args.workdir))
         from .keep_report import emit, keep  # noqa: PLC0415
 
         keep(spec, result, Path(args.workdir))

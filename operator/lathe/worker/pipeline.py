@@ -76,9 +76,11 @@ def _eval_batch(info: ModelInfo) -> int:
 def gpu_architecture() -> str | None:
     """The compute capability engines are built for: the operator's LATHE_GPU_ARCH (one Job per architecture),
     else the visible GPU's, else None (no GPU here: every GPU default is kept and judged on the CPU)."""
-    arch = os.environ.get("LATHE_GPU_ARCH")
-    if arch:
-        return arch
+    return os.environ.get("LATHE_GPU_ARCH") or visible_gpu_architecture()
+
+
+def visible_gpu_architecture() -> str | None:
+    """The compute capability of the GPU torch sees ("9.0"), None without one."""
     try:
         import torch  # noqa: PLC0415
 
