@@ -353,6 +353,7 @@ class Pipeline:
         res.accuracy_source = None
         failures = self._validate(runner, res)
         res.artifact, res.sha256, res.size_bytes = str(engine.path), sha256_file(engine.path), engine.size_bytes()
+        res.size_ratio = res.size_bytes / self.base.size_bytes if self.base.size_bytes else None
         details["accuracy_failures"] = failures
         shutil.rmtree(work, ignore_errors=True)
         return Built(res, engine, runner, details)
