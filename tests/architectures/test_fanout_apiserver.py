@@ -14,9 +14,7 @@ fails, saying so, when it finds one."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-import uuid
 
 import pytest
 from kubernetes import client
@@ -31,6 +29,7 @@ from e2e.controlplane.fixture import (
     write_kubeconfig,
 )
 from lathe.api.spec import GROUP, PLURAL, VERSION
+from tests.architectures.conftest import operator_with
 from tests.waiting import wait_for
 
 NODE = "cpu-only-1"
@@ -79,30 +78,9 @@ def cpu_node(k8s_client):
 
 @pytest.fixture(scope="module")
 def operator(kubeconfig, scheduler, cpu_node):
-    from tests.operator.conftest import OperatorThread
-
     env = {"LATHE_METRICS_PORT": str(free_port()), "LATHE_WORKER_COMMAND": f"{sys.executable} -c pass"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    op = OperatorThread(int(env["LATHE_METRICS_PORT"])).start()
-    try:
+    with operator_with(env) as op:
         yield op
-    finally:
-        op.stop()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture()
-def namespace(k8s_client):
-    core = client.CoreV1Api(k8s_client)
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
 
 
 def body(tmp_path, name, architectures):

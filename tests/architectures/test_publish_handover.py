@@ -11,9 +11,7 @@ file. No engine was built, loaded or run."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-import uuid
 from pathlib import Path
 
 import onnx
@@ -25,6 +23,7 @@ from tritonclient.grpc import model_config_pb2
 
 from e2e.controlplane.fixture import free_port
 from lathe.api.spec import GROUP, PLURAL, VERSION
+from tests.architectures.conftest import operator_with
 from tests.waiting import wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -32,31 +31,10 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def operator(kubeconfig, node_agent):
-    from tests.operator.conftest import OperatorThread
-
     env = {"LATHE_METRICS_PORT": str(free_port()), "LATHE_WORKER_COMMAND": f"{sys.executable} {HERE / 'arch_worker.py'}",
            "LATHE_PUBLISH_COMMAND": f"{sys.executable} -m lathe.serving.architectures", "LATHE_MAX_ATTEMPTS": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    op = OperatorThread(int(env["LATHE_METRICS_PORT"])).start()
-    try:
+    with operator_with(env) as op:
         yield op
-    finally:
-        op.stop()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture()
-def namespace(k8s_client):
-    core = client.CoreV1Api(k8s_client)
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
 
 
 def resource(tmp_path, name, script):
