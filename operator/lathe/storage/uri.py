@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-SCHEMES = ("file", "pvc", "https", "s3")
+SCHEMES = ("file", "pvc", "https", "s3", "gs", "az")
 _CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
