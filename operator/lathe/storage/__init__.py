@@ -6,7 +6,7 @@ variables the operator sets from spec.storage.s3, .gcs or .azure). Downloads str
 size limit ($LATHE_MAX_DOWNLOAD_BYTES, default 64 GiB) and the free space of the cache.
 
 Each StorageError has a `reason` the resource's status shows: StorageNotFound, StorageAccessDenied,
-StorageUnreachable, StorageTooLarge, ChecksumMismatch, or StorageError."""
+StorageUnreachable, StorageTooLarge, ChecksumMismatch, StorageConflict, or StorageError."""
 
 from __future__ import annotations
 
