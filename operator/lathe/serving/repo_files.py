@@ -95,8 +95,6 @@ class ObjectFiles:
             self.client.put_bytes(self.bucket, self._key(f"{name}/{rel}"), files[rel])
 
 
-S3Files = ObjectFiles
-
 
 def repository_files(repository: str | Path, client=None) -> RepositoryFiles:
     from lathe.storage.clients import is_object_uri  # noqa: PLC0415
