@@ -106,14 +106,19 @@ class AzuriteServer(LocalServer):
         return env
 
     def _ready(self) -> bool:
+        # Azurite reports a failed listen (a port taken) and then may keep running: fail at once.
+        fatal = [ln for ln in self.log_tail(2000).splitlines() if "Exit due to unhandled error" in ln]
+        if fatal:
+            raise AzuriteError(f"azurite exited early: {fatal[-1]}")
         try:
-            status, _ = self.request("GET", "", {"comp": "list"})
+            status, _ = self.request("GET", "", {"comp": "list"}, timeout=2)
             return status == 200
         except OSError:
             return False
 
     def request(self, method: str, path: str, query: dict[str, str] | None = None, body: bytes = b"",
-                headers: dict[str, str] | None = None, key: str | None = None) -> tuple[int, bytes]:
+                headers: dict[str, str] | None = None, key: str | None = None, timeout: float = 30.0
+                ) -> tuple[int, bytes]:
         """One Shared-Key-signed request; path is /container[/blob] (or "" for the account)."""
         query, headers = dict(query or {}), dict(headers or {})
         headers.update({"x-ms-date": email.utils.formatdate(usegmt=True), "x-ms-version": API_VERSION})
@@ -121,7 +126,7 @@ class AzuriteServer(LocalServer):
             headers["Content-Length"] = str(len(body))
         headers["Authorization"] = shared_key(method, self.account, key or self.key, f"/{self.account}{path}", query,
                                              headers)
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             target = f"/{self.account}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
             conn.request(method, target, body=body, headers=headers)

@@ -95,7 +95,9 @@ class ObjectClient:
         if st is None:
             try:
                 st = self.settings.open(bucket, dict(self._client_options), dict(self._retry))
-            except (ValueError, TypeError) as e:  # a malformed endpoint or key, as object_store words it
+            except StorageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a malformed endpoint or key, as object_store words it
                 raise StorageError(f"{self.uri(bucket)}: cannot open the store: {self._scrub(str(e))}") from None
             self._stores[bucket] = st
         return st
