@@ -7,8 +7,8 @@ publishes and rolls out from S3).
   artifacts prefix; a Triton repository on az:// is refused before any Job (Triton cannot reach it:
   tests/stores/test_triton_stores.py).
 - gs://: model and data read from fake-gcs-server; the reports cannot be kept there, because that
-  emulator refuses object_store's writes (tests/stores/test_objects.py): the run still succeeds and its
-  status says where the copy failed and why, as for any store that refuses a write.
+  emulator refuses object_store's writes (tests/stores/test_objects.py): the run still succeeds, lists no
+  gs:// copy, and its kept result says where the copy failed and why, as for any store refusing a write.
 And on each: a missing object, wrong credentials (Azure; fake-gcs-server checks none), an endpoint that
 is down, and a Secret without the key the store needs, each with its own reason, no retry, and no secret
 value in any status, event or the operator's log."""
@@ -74,7 +74,7 @@ def storee2e(request, control_plane, k8s_client, node_agent, tmp_path_factory):
                        if (work / "operator.log").exists() else None)
         stack.callback(op.stop)
         op.start()
-        yield {"scheme": scheme, "ns": ns, "k": Cluster(k8s_client, control_plane.kubeconfig, ns), "bucket": bucket,
+        yield {"scheme": scheme, "ns": ns, "k8s": k8s_client, "k": Cluster(k8s_client, control_plane.kubeconfig, ns), "bucket": bucket,
                "server": server, "client": server.client(), "work": work, "log": work / "operator.log",
                "batch": client.BatchV1Api(k8s_client), "secrets": secrets}
 
@@ -115,7 +115,12 @@ def test_model_data_and_reports_on_the_store(storee2e):
         assert kept["winner"] == st["winner"]
     else:  # the emulator takes no object_store write: the copy fails, the run does not, and says so
         assert c.list(b, "reports/") == ([], [])
-        assert any("report not kept" in w and "invalid uploadType" in w for w in st.get("warnings", [])), st
+        assert not [x for x in st.get("reportCopies", []) if x.startswith("gs://")], st
+        from lathe.api import result_log
+
+        cm = client.CoreV1Api(e["k8s"]).read_namespaced_config_map(st["reportConfigMap"], e["ns"])
+        kept = result_log.unpack(base64.b64decode(cm.binary_data[result_log.CONFIG_MAP_KEY]))["result"]
+        assert any("report not kept" in w and "invalid uploadType" in w for w in kept["warnings"]), kept["warnings"]
 
 
 def test_each_store_failure_has_its_reason_and_is_not_retried(storee2e):
