@@ -233,3 +233,21 @@ def test_a_secret_never_reaches_a_message_or_repr(store):
     with pytest.raises(StorageNotFound) as e:
         store.client.get_bytes(store.bucket, "missing")
     assert not [s for s in store.secret_values() if s in str(e.value)]
+
+
+def test_malformed_settings_are_clear_errors_before_any_request():
+    from lathe.storage.azure import AzureSettings
+    from lathe.storage.gcs import GCSSettings
+    from lathe.storage.s3 import S3Settings
+
+    assert "not a JSON key" in repr(GCSSettings("not json"))
+    with pytest.raises(StorageAccessDenied, match="not JSON .*service-account.json"):
+        ObjectClient(GCSSettings("not json")).get_bytes("b", "k")
+    with pytest.raises(StorageError, match="expected http"):
+        ObjectClient(AzureSettings("acct", "a2V5", None, "ftp://x")).get_bytes("b", "k")
+    with pytest.raises(StorageError, match="expected http"):
+        ObjectClient(S3Settings("a", "b", endpoint="ftp://x")).get_bytes("b", "k")
+    with pytest.raises(StorageAccessDenied, match="spec.storage.azure.secretRef"):
+        AzureSettings.from_env({"AZURE_STORAGE_ACCOUNT_NAME": "acct"})
+    with pytest.raises(StorageAccessDenied, match="spec.storage.gcs.secretRef"):
+        GCSSettings.from_env({})

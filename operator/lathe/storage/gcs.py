@@ -47,7 +47,11 @@ class GCSSettings:
         return key
 
     def __repr__(self) -> str:  # never the key
-        return f"GCSSettings(client_email={self._key().get('client_email')!r}, endpoint={self.endpoint!r})"
+        try:
+            email = self._key().get("client_email")
+        except StorageError:
+            email = "<not a JSON key>"
+        return f"GCSSettings(client_email={email!r}, endpoint={self.endpoint!r})"
 
     @property
     def where(self) -> str:
