@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what it needs (Debian's containerd/docker/CNI, .venv,
-# the control-plane and node binaries and the S3 server built from Go modules, Lathe's images), checks style and
-# generated files, then runs pytest against real components (kube-apiserver + etcd, a kubelet on
+# the control-plane and node binaries and the S3 and GCS servers built from Go modules, Azurite from npm,
+# Lathe's images), checks style and generated files, then runs pytest against real components (kube-apiserver + etcd, a kubelet on
 # containerd, Triton Inference Server, ONNX Runtime, torch). Needs root (the node's bridge, cgroups).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +20,14 @@ bash e2e/controlplane/build.sh >"$logs/controlplane.log" 2>&1 & cp_pid=$!
 export LATHE_IMAGE_BUILD_STATUS="$logs/images.status" LATHE_IMAGE_BUILD_LOG="$logs/images.log"
 ( rc=0; bash images/build.sh >"$LATHE_IMAGE_BUILD_LOG" 2>&1 || rc=$?
   echo "$rc" >"$LATHE_IMAGE_BUILD_STATUS.tmp" && mv "$LATHE_IMAGE_BUILD_STATUS.tmp" "$LATHE_IMAGE_BUILD_STATUS" ) &
-bash e2e/s3/build.sh >"$logs/s3.log" 2>&1 & s3_pid=$!  # versitygw, the S3 server of tests/s3 and tests/e2e
+bash e2e/s3/build.sh >"$logs/s3.log" 2>&1 & s3_pid=$!  # versitygw, the S3 server of tests/s3, tests/stores, tests/e2e
+bash e2e/gcs/build.sh >"$logs/gcs.log" 2>&1 & gcs_pid=$!  # fake-gcs-server, the GCS emulator of tests/stores
+bash e2e/azurite/install.sh >"$logs/azurite.log" 2>&1 & az_pid=$!  # Azurite (npm ci), the Azure Blob emulator
 status=0
 wait "$cp_pid" || { echo "test.sh: control-plane build failed:"; tail -n 40 "$logs/controlplane.log"; status=1; }
 wait "$s3_pid" || { echo "test.sh: S3 server build failed:"; tail -n 40 "$logs/s3.log"; status=1; }
+wait "$gcs_pid" || { echo "test.sh: GCS emulator build failed:"; tail -n 40 "$logs/gcs.log"; status=1; }
+wait "$az_pid" || { echo "test.sh: Azurite install failed:"; tail -n 40 "$logs/azurite.log"; status=1; }
 (( status == 0 )) || exit 1
 bash e2e/controlplane/gateway_api.sh >/dev/null  # the Gateway API HTTPRoute CRD, for the gateway router's tests
 bash e2e/gitops/crds.sh >/dev/null   # Argo CD, Flux and Prometheus Operator CRDs (Go module zips, no build)

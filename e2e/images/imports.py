@@ -27,7 +27,6 @@ NOT_OPERATOR = {
     "torch": "the passes' run(): the worker",
     "nncf": "the passes' run(): the worker",
     "modelopt": "runtime tensorrt's quantize pass run(): the GPU worker",
-    "boto3": "lathe.storage's s3:// download: the worker (optional, not a Lathe dependency)",
 }
 WORKER_PACKAGES = ("torch", "onnxruntime", "openvino", "onnx", "nncf", "onnxscript", "modelopt")  # absent from the operator image
 

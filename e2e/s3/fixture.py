@@ -23,9 +23,9 @@ interpreter exit, and the server gets SIGKILL if the process that started it die
 
 Clients: :attr:`~S3Server.endpoint`, :attr:`~S3Server.access_key`, :attr:`~S3Server.secret_key`,
 :attr:`~S3Server.region`; :meth:`~S3Server.env` (``AWS_*`` variables for a subprocess such as
-Triton); :meth:`~S3Server.client` (Lathe's own client, lathe.storage.s3);
+Triton); :meth:`~S3Server.client` (Lathe's own client, lathe.storage.s3: obstore);
 :meth:`~S3Server.make_bucket` and :meth:`~S3Server.request` send raw requests over http.client,
-signed by lathe.storage.s3.sign (so a test can send what no client would, e.g. a wrong signature).
+signed by e2e/s3/sigv4.py (so a test can send what no client would, e.g. a wrong signature).
 
 pytest use: session fixture ``s3_server`` (a started :class:`S3Server`; its log tail is added to the
 report of a failing test through the control plane's report hook), function fixtures ``s3_bucket``
@@ -318,10 +318,10 @@ class S3Server:
         """One SigV4-signed request (standard library only); ``path`` is ``/bucket[/key]``, decoded."""
         query = dict(query or {})
         host = f"{self.host}:{self.port}"
-        from lathe.storage.s3 import S3Settings, sign
+        from e2e.s3.sigv4 import Credentials, sign
 
         hdrs = sign(method, host, path, query, dict(headers or {}), hashlib.sha256(body).hexdigest(),
-                    S3Settings(self.access_key, secret_key or self.secret_key, self.region))
+                    Credentials(self.access_key, secret_key or self.secret_key, self.region))
         target = _quote(path, safe="/-_.~")
         if query:
             target += "?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))

@@ -61,7 +61,8 @@ def test_examples_parse(name):
     spec = ModelOptimizationSpec.model_validate(doc["spec"])
     from lathe.controller.validate import problems
 
-    keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "service-account.json", "AZURE_STORAGE_ACCOUNT_NAME",
+            "AZURE_STORAGE_ACCOUNT_KEY"}  # what each store's Secret needs (storage/secrets.py)
     assert problems(spec, secret_keys=lambda name: keys) == []  # and the operator's checks pass too
 
 

@@ -155,3 +155,32 @@ def test_the_publish_job_runs_on_cpu_with_the_storage_mounted():
     assert claims == ["models", "data", "triton", "scratch"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
     validate(job, "1.33", strict=True)
+
+
+def test_gcs_and_azure_credentials_reach_the_worker_by_secret_reference_only():
+    s = ModelOptimizationSpec.model_validate({
+        "model": {"uri": "gs://models/digits/model.onnx"}, "data": {"validation": {"uri": "az://data/val.npz"}},
+        "storage": {"gcs": {"secretRef": "gcs-key", "endpoint": "http://gcs.storage:4443"},
+                    "azure": {"secretRef": "az-creds", "endpoint": "http://azurite.storage:10000/acct1"}}})
+    keys = {"gcs-key": {"service-account.json", "ca.crt"},
+            "az-creds": {"AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_SAS_TOKEN"}}
+    job = job_manifest(OWNER, s, "{}", 1, OperatorConfig(), keys)
+    pod = job["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+
+    def ref(secret, key):
+        return {"secretKeyRef": {"name": secret, "key": key}}
+
+    assert env["GOOGLE_SERVICE_ACCOUNT_KEY"]["valueFrom"] == ref("gcs-key", "service-account.json")
+    assert env["LATHE_GCS_ENDPOINT"]["value"] == "http://gcs.storage:4443"
+    assert env["LATHE_GCS_CA_BUNDLE"]["value"] == "/etc/lathe/gcs/ca.crt"
+    assert env["AZURE_STORAGE_ACCOUNT_NAME"]["valueFrom"] == ref("az-creds", "AZURE_STORAGE_ACCOUNT_NAME")
+    assert env["AZURE_STORAGE_SAS_TOKEN"]["valueFrom"] == ref("az-creds", "AZURE_STORAGE_SAS_TOKEN")
+    assert "AZURE_STORAGE_ACCOUNT_KEY" not in env  # not in the Secret: not referenced (the pod would not start)
+    assert env["AZURE_STORAGE_ENDPOINT"]["value"] == "http://azurite.storage:10000/acct1"
+    assert "LATHE_AZURE_CA_BUNDLE" not in env
+    assert [v for v in pod["volumes"] if v.get("secret")] == [
+        {"name": "gcs-ca", "secret": {"secretName": "gcs-key", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]
+    # No value of any Secret is in the Job: every credential is a reference.
+    assert not [e for e in env.values() if "value" in e and e["name"].startswith(("GOOGLE_", "AWS_SECRET"))]
+    validate(job, "1.33", strict=True)

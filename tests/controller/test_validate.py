@@ -142,3 +142,35 @@ def test_a_capture_needs_lathes_router_and_somewhere_to_go():
         "spec.publish.rollout.capture.uri: s3:// needs credentials: set spec.storage.s3.secretRef to a Secret "
         "with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"]
     assert problems(spec(publish={**base, "rollout": {"capture": {"uri": "https://x/c"}}})) == []  # off: unused
+
+
+def test_gcs_and_azure_locations_need_their_storage_entry_and_secret_keys():
+    gs = dict(model={"uri": "gs://bucket/model.onnx"}, data={"validation": {"uri": "gs://bucket/val.npz"}},
+              artifacts="gs://bucket/artifacts")
+    out = problems(spec(**gs))
+    assert [p.split(": ", 1)[0] for p in out] == ["spec.model.uri", "spec.data.validation.uri", "spec.artifacts"]
+    assert all("gs:// needs credentials: set spec.storage.gcs.secretRef to a Secret with service-account.json" in p
+               for p in out)
+    az = dict(model={"uri": "az://container/model.onnx"}, data={"validation": {"uri": "az://container/"}})
+    out = problems(spec(**az, storage={"azure": {"secretRef": "az-creds"}}))
+    assert out == ["spec.data.validation.uri: az://container/: expected az://container/key of an object"]
+    assert "set spec.storage.azure.secretRef to a Secret with AZURE_STORAGE_ACCOUNT_NAME and " \
+           "AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN" in problems(spec(**az))[0]
+    both = spec(**gs, storage={"gcs": {"secretRef": "gcs-key"}, "azure": {"secretRef": "az-creds"}})
+    secrets = {"gcs-key": {"service-account.json"}, "az-creds": {"AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_SAS_TOKEN"}}
+    assert problems(both, secret_keys=secrets.__getitem__) == []
+    secrets = {"gcs-key": {"key.json"}, "az-creds": {"AZURE_STORAGE_ACCOUNT_NAME"}}
+    assert problems(both, secret_keys=secrets.__getitem__) == [
+        "spec.storage.gcs.secretRef: Secret 'gcs-key' has no key service-account.json (keys present: key.json)",
+        "spec.storage.azure.secretRef: Secret 'az-creds' has no key AZURE_STORAGE_ACCOUNT_KEY or "
+        "AZURE_STORAGE_SAS_TOKEN (keys present: AZURE_STORAGE_ACCOUNT_NAME)"]
+
+
+def test_a_triton_repository_on_azure_is_refused_one_on_gcs_is_not():
+    st = {"gcs": {"secretRef": "g"}, "azure": {"secretRef": "a"}}
+    out = problems(spec(storage=st, publish={"repository": "az://container/repo", "modelName": "m"}))
+    assert len(out) == 1 and out[0].startswith("spec.publish.repository: az:// cannot hold a Triton repository: ")
+    assert "blob.core.windows.net" in out[0]
+    assert problems(spec(storage=st, publish={"repository": "gs://bucket/repo", "modelName": "m"})) == []
+    # az:// is fine for everything Triton does not read
+    assert problems(spec(storage=st, model={"uri": "az://c/model.onnx"}, artifacts="az://c/artifacts")) == []

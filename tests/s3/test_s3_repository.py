@@ -1,4 +1,4 @@
-"""Publishing into a Triton model repository on the real S3 server (serving/s3_repository.py), and the
+"""Publishing into a Triton model repository on the real S3 server (serving/object_repository.py), and the
 real Triton (pytriton wheel) serving what was published from s3://."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from lathe.api.spec import Publish
 from lathe.serving import publish
 from lathe.serving.config import config_versions
-from lathe.serving.s3_repository import s3_versions
+from lathe.serving.object_repository import object_versions as s3_versions
 from lathe.storage import StorageAccessDenied, StorageNotFound
 from tests.s3.test_triton_s3 import call, triton_on_s3
 

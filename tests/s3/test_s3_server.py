@@ -1,15 +1,14 @@
-"""The S3 test server (versitygw v1.7.0, posix backend) and Lathe's S3 client (lathe.storage.s3) against
-it: put/get/head/delete, ListObjectsV2 with prefix/delimiter/pages, multipart upload, CopyObject, each
-failure as the StorageError a status shows, and conditional writes. ``If-None-Match: *`` refuses to
+"""The S3 test server (versitygw v1.7.0, posix backend) and what is S3's own in Lathe's client against it
+(the calls every store shares, get/put/list/multipart/copy, run in tests/stores/test_objects.py): each
+failure with S3's error codes, the settings from the worker's AWS variables, and conditional writes. ``If-None-Match: *`` refuses to
 overwrite when requests come one after another, but it is NOT an exclusive create under concurrency
 (the posix backend checks the precondition before it reads the body), which is why the S3 publisher
-claims version numbers by listing (serving/s3_repository.py) instead.
+claims version numbers by listing (serving/object_repository.py) instead.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import stat
 import threading
@@ -23,56 +22,11 @@ from lathe.storage import (
     StorageAccessDenied,
     StorageConflict,
     StorageNotFound,
-    StorageTooLarge,
     StorageUnreachable,
 )
 from lathe.storage.s3 import S3Client, S3Settings
 
 MiB = 1024 * 1024
-
-
-def test_put_get_head_download_delete(s3_client, s3_bucket, tmp_path):
-    body = os.urandom(4096)
-    etag = s3_client.put_bytes(s3_bucket, "models/m/1/model.onnx", body)
-    assert etag == hashlib.md5(body).hexdigest()
-    assert s3_client.get_bytes(s3_bucket, "models/m/1/model.onnx") == body
-    head = s3_client.head(s3_bucket, "models/m/1/model.onnx")
-    assert (head.size, head.etag) == (len(body), etag)
-    got = s3_client.download(s3_bucket, "models/m/1/model.onnx", tmp_path / "m.onnx", max_bytes=len(body))
-    assert got.size == len(body) and (tmp_path / "m.onnx").read_bytes() == body
-    with pytest.raises(StorageTooLarge, match="over the limit of 4095"):
-        s3_client.download(s3_bucket, "models/m/1/model.onnx", tmp_path / "big.onnx", max_bytes=len(body) - 1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no partial file left
-    s3_client.delete(s3_bucket, "models/m/1/model.onnx")
-    with pytest.raises(StorageNotFound, match="NoSuchKey"):
-        s3_client.get_bytes(s3_bucket, "models/m/1/model.onnx")
-    s3_client.delete(s3_bucket, "models/m/1/model.onnx")  # deleting what is gone is fine
-
-
-def test_list_prefix_delimiter_and_pages(s3_client, s3_bucket):
-    keys = ["repo/a/config.pbtxt", "repo/a/1/model.py", "repo/a/2/model.py", "repo/b/config.pbtxt",
-            "repo/top.txt", "other/x"]
-    for k in keys:
-        s3_client.put_bytes(s3_bucket, k, k.encode())
-    objs, prefixes = s3_client.list(s3_bucket, "repo/", delimiter="/")
-    assert prefixes == ["repo/a/", "repo/b/"] and [o.key for o in objs] == ["repo/top.txt"]
-    objs, prefixes = s3_client.list(s3_bucket, "repo/a/", delimiter="/")
-    assert prefixes == ["repo/a/1/", "repo/a/2/"] and [o.key for o in objs] == ["repo/a/config.pbtxt"]
-    objs, _ = s3_client.list(s3_bucket, max_keys=2)  # three pages, followed by continuation tokens
-    assert [o.key for o in objs] == sorted(keys)
-    assert s3_client.list(s3_bucket, "nothing/") == ([], [])
-
-
-def test_multipart_upload_and_copy(s3_client, s3_bucket, tmp_path):
-    src = tmp_path / "engine.plan"
-    src.write_bytes(os.urandom(11 * MiB))
-    etag = s3_client.upload(s3_bucket, "big/engine.plan", src, part_size=5 * MiB)
-    assert etag.endswith("-3")  # the multipart ETag: md5 of the part md5s, "-<parts>"
-    s3_client.copy(s3_bucket, "big/engine.plan", "repo/m/3/engine.plan")
-    s3_client.download(s3_bucket, "repo/m/3/engine.plan", tmp_path / "back", max_bytes=12 * MiB)
-    assert hashlib.sha256((tmp_path / "back").read_bytes()).digest() == hashlib.sha256(src.read_bytes()).digest()
-    with pytest.raises(StorageNotFound):
-        s3_client.copy(s3_bucket, "missing", "x")
 
 
 def test_each_failure_is_its_own_reason(s3_server, s3_client, s3_bucket):

@@ -125,7 +125,7 @@ class InputSpec(Model):
 
 
 class ModelSource(Model):
-    uri: str = Field(min_length=1, description="Where the model is: a path, pvc://claim/path, s3://bucket/key (needs spec.storage.s3) or https://... (needs sha256).")
+    uri: str = Field(min_length=1, description="Where the model is: a path, pvc://claim/path, s3://bucket/key, gs://bucket/key, az://container/key (each needs its spec.storage entry) or https://... (needs sha256).")
     format: ModelFormat = Field(ModelFormat.onnx, description="onnx, torchscript (torch.jit.save) or pytorch-export (torch.export.save).")
     sha256: str | None = Field(None, pattern=r"^[a-f0-9]{64}$", description="Verified before anything runs when given.")
     inputs: list[InputSpec] = Field(default_factory=list, description="Input names, shapes and dtypes; required to export PyTorch models.")
@@ -374,12 +374,24 @@ class S3Storage(Model):
     region: str | None = Field(None, max_length=64, description="Default: the Secret's AWS_REGION, else us-east-1.")
 
 
+class GCSStorage(Model):
+    secret_ref: str = Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="A Secret in the resource's namespace with service-account.json (a service-account JSON key; optional: ca.crt); mounted into the worker as environment, never shown in status.")
+    endpoint: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$", description="Another Cloud Storage endpoint (an emulator, a private endpoint), e.g. http://gcs.storage:4443; default: the key's gcs_base_url, else Google.")
+
+
+class AzureStorage(Model):
+    secret_ref: str = Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="A Secret in the resource's namespace with AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN (optional: ca.crt); mounted into the worker as environment, never shown in status.")
+    endpoint: str | None = Field(None, pattern=r"^https?://[^/\s]+(/[A-Za-z0-9]+)?/?$", description="Blob service endpoint (Azurite: http://azurite:10000/<account>); default https://<account>.blob.core.windows.net.")
+
+
 class Storage(Model):
     s3: S3Storage | None = Field(None, description="Credentials and endpoint for every s3:// location of this resource.")
+    gcs: GCSStorage | None = Field(None, description="Credentials and endpoint for every gs://bucket/path location of this resource.")
+    azure: AzureStorage | None = Field(None, description="Credentials and endpoint for every az://container/path location (Azure Blob Storage) of this resource.")
 
 
 class Publish(Model):
-    repository: str = Field(min_length=1, description="Triton model repository: a path, pvc://claim/path or s3://bucket/prefix (needs spec.storage.s3).")
+    repository: str = Field(min_length=1, description="Triton model repository: a path, pvc://claim/path or s3://bucket/prefix (needs spec.storage.s3); gs:// and az:// are refused: the Triton Lathe is tested with cannot serve them (docs/storage.md).")
     model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     flavour: str = Field("auto", pattern=r"^(auto|onnxruntime|python|tensorrt|openvino)$", description="Triton backend; auto picks from the winner's runtime.")
     triton_url: str | None = Field(None, description="Triton HTTP endpoint (host:port); without it nothing is loaded or rolled out.")

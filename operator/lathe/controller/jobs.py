@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from lathe.api.spec import GROUP, Device, GpuArchitecture, ModelOptimizationSpec
+from lathe.storage.secrets import CONTRACTS, ENDPOINT_ENV
 from lathe.storage.uri import pvc_claims
 
 from .config import OperatorConfig
@@ -22,7 +24,7 @@ PUBLISHER = "publisher"  # COMPONENT_LABEL of the Job that assembles the archite
 WORKDIR = "/lathe/work"
 SCRATCH = "/lathe/tmp"  # TMPDIR and HOME: the root filesystem is read-only
 TERMINATION_LOG = "/dev/termination-log"
-S3_CA_DIR = "/etc/lathe/s3"
+S3_CA_DIR = CONTRACTS["s3"].ca_dir  # where spec.storage.s3's ca.crt is mounted
 
 
 def arch_suffix(compute_capability: str) -> str:
@@ -66,39 +68,67 @@ def architecture_selector(spec: ModelOptimizationSpec, arch: GpuArchitecture) ->
     return out
 
 
-def s3_access(spec: ModelOptimizationSpec, keys: frozenset[str] | set[str]
-              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(env, volumes, mounts) that hand spec.storage.s3's Secret to the worker: values by secretKeyRef, so
-    the operator never copies one into the Job; `keys`: the key names validation saw in the Secret."""
-    s3 = spec.storage.s3 if spec.storage else None
-    if s3 is None:
-        return [], [], []
+SecretKeyNames = frozenset[str] | set[str] | Mapping[str, "set[str] | frozenset[str]"]
 
-    def ref(key: str) -> dict[str, Any]:
-        return {"name": key, "valueFrom": {"secretKeyRef": {"name": s3.secret_ref, "key": key}}}
 
-    env = [ref("AWS_ACCESS_KEY_ID"), ref("AWS_SECRET_ACCESS_KEY")]
-    if "AWS_SESSION_TOKEN" in keys:
-        env.append(ref("AWS_SESSION_TOKEN"))
-    if s3.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint.rstrip("/")})
-    elif "AWS_ENDPOINT_URL" in keys:
-        env.append(ref("AWS_ENDPOINT_URL"))
-    if s3.region:
-        env.append({"name": "AWS_REGION", "value": s3.region})
-    elif "AWS_REGION" in keys:
-        env.append(ref("AWS_REGION"))
-    volumes, mounts = [], []
-    if "ca.crt" in keys:
-        volumes.append({"name": "s3-ca", "secret": {"secretName": s3.secret_ref,
-                                                    "items": [{"key": "ca.crt", "path": "ca.crt"}]}})
-        mounts.append({"name": "s3-ca", "mountPath": S3_CA_DIR, "readOnly": True})
-        env.append({"name": "AWS_CA_BUNDLE", "value": f"{S3_CA_DIR}/ca.crt"})
+def _keys_of(secret_keys: SecretKeyNames, secret: str) -> set[str] | frozenset[str]:
+    """A Secret's key names: from a {secret: keys} map, or a plain set (the keys of spec.storage.s3's Secret)."""
+    if isinstance(secret_keys, Mapping):
+        return secret_keys.get(secret, set())
+    return secret_keys
+
+
+def store_access(spec: ModelOptimizationSpec, secret_keys: SecretKeyNames
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, volumes, mounts) that hand each spec.storage entry's Secret to the worker: values by
+    secretKeyRef (the operator never copies one into the Job), only keys validation saw in the Secret
+    (a missing optional key would keep the pod from starting), a ca.crt as a secret volume, the
+    endpoint as a plain value (storage/secrets.py says which key goes where)."""
+    env: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if spec.storage is None:
+        return env, volumes, mounts
+    for field, contract in CONTRACTS.items():
+        entry = getattr(spec.storage, field)
+        if entry is None:
+            continue
+        keys = _keys_of(secret_keys, entry.secret_ref)
+
+        def ref(key: str, var: str, secret: str = entry.secret_ref) -> dict[str, Any]:
+            return {"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+        required = {k for alts in contract.required for k in alts if len(alts) == 1}
+        env += [ref(key, var) for key, var in contract.env if key in keys or key in required]
+        endpoint_var = ENDPOINT_ENV[field]
+        if entry.endpoint:
+            env.append({"name": endpoint_var, "value": entry.endpoint.rstrip("/")})
+        elif field == "s3" and "AWS_ENDPOINT_URL" in keys:
+            env.append(ref("AWS_ENDPOINT_URL", endpoint_var))
+        if field == "s3":
+            if entry.region:
+                env.append({"name": "AWS_REGION", "value": entry.region})
+            elif "AWS_REGION" in keys:
+                env.append(ref("AWS_REGION", "AWS_REGION"))
+        if "ca.crt" in keys:
+            volumes.append({"name": f"{field}-ca", "secret": {"secretName": entry.secret_ref,
+                                                             "items": [{"key": "ca.crt", "path": "ca.crt"}]}})
+            mounts.append({"name": f"{field}-ca", "mountPath": contract.ca_dir, "readOnly": True})
+            env.append({"name": contract.ca_env, "value": f"{contract.ca_dir}/ca.crt"})
     return env, volumes, mounts
 
 
+def s3_access(spec: ModelOptimizationSpec, keys: frozenset[str] | set[str]
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """store_access for spec.storage.s3 alone, given its Secret's key names."""
+    if spec.storage is None or spec.storage.s3 is None:
+        return [], [], []
+    only_s3 = spec.model_copy(update={"storage": spec.storage.model_copy(update={"gcs": None, "azure": None})})
+    return store_access(only_s3, {spec.storage.s3.secret_ref: keys})
+
+
 def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, attempt: int,
-                 config: OperatorConfig, secret_keys: frozenset[str] | set[str] = frozenset(),
+                 config: OperatorConfig, secret_keys: SecretKeyNames = frozenset(),
                  architecture: GpuArchitecture | None = None) -> dict[str, Any]:
     """The worker Job; with `architecture` (one entry of spec.target.gpu.architectures) the Job that
     builds and validates that compute capability's engines, pinned to its nodes."""
@@ -127,7 +157,7 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
 
 
 def job_manifests(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, attempt: int,
-                  config: OperatorConfig, secret_keys: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
+                  config: OperatorConfig, secret_keys: SecretKeyNames = frozenset()) -> list[dict[str, Any]]:
     """Every worker Job of a first attempt: one per spec.target.gpu.architectures entry (in the
     spec's order), or the one Job when the list is empty."""
     archs = spec.target.gpu.architectures if spec.target.device == Device.gpu else []
@@ -138,7 +168,7 @@ def job_manifests(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json:
 
 def publish_job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, candidate: str,
                          attempt: int, config: OperatorConfig,
-                         secret_keys: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+                         secret_keys: SecretKeyNames = frozenset()) -> dict[str, Any]:
     """The small CPU Job that publishes `candidate`'s engines, kept by every architecture's worker
     under spec.artifacts, as one Triton version with cc_model_filenames
     (`python -m lathe.serving.architectures`). It copies files: no GPU, no model run."""
@@ -150,7 +180,7 @@ def publish_job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spe
 
 
 def _job(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, attempt: int, config: OperatorConfig,
-         secret_keys: frozenset[str] | set[str], *, image: str, command: list[str], resources: dict[str, Any],
+         secret_keys: SecretKeyNames, *, image: str, command: list[str], resources: dict[str, Any],
          extra_env: list[dict[str, Any]], node_selector: dict[str, str], tolerations: list[dict[str, Any]],
          suffix: str, job_labels_extra: dict[str, str | None]) -> dict[str, Any]:
     meta = owner["metadata"]
@@ -164,7 +194,7 @@ def _job(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, att
     for i, claim in enumerate(claims):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}})
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{config.pvc_root}/{claim}"})
-    s3_env, s3_volumes, s3_mounts = s3_access(spec, secret_keys)
+    s3_env, s3_volumes, s3_mounts = store_access(spec, secret_keys)
     volumes += s3_volumes
     mounts += s3_mounts
 

@@ -154,9 +154,11 @@ def _once(namespace: str, name: str, config: OperatorConfig, body: dict[str, Any
     world = World(generation=generation, spec=spec, problems=found, status=status, jobs=jobs,
                   now=datetime.now(UTC), policy=Policy(config.max_attempts, config.backoff_seconds))
     result = plan(world)
-    s3 = spec.storage.s3 if spec is not None and spec.storage else None
-    s3_keys = keys(s3.secret_ref) if s3 else set()
-    requeue = _apply(obj, result, world, config, s3_keys if isinstance(s3_keys, set) else set())
+    # The key names of every spec.storage Secret (what the Job may reference by secretKeyRef).
+    refs = [e.secret_ref for e in (spec.storage.s3, spec.storage.gcs, spec.storage.azure) if e is not None] \
+        if spec is not None and spec.storage else []
+    store_keys = {r: k for r in refs if isinstance(k := keys(r), set)}
+    requeue = _apply(obj, result, world, config, store_keys)
     _write_status(api, obj, result.status)
     metrics.record_phase(f"{namespace}/{name}", result.status.phase)
     return requeue
@@ -188,7 +190,7 @@ def _write_status(api: client.CustomObjectsApi, obj: dict[str, Any], status: Mod
 
 
 def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConfig,
-           s3_keys: set[str]) -> float | None:
+           store_keys: dict[str, set[str]]) -> float | None:
     ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     requeue: float | None = None
     for action in result.actions:
@@ -196,11 +198,11 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
             spec_json = json.dumps(obj["spec"], separators=(",", ":"))
             if isinstance(action, CreatePublishJob):
                 manifest = publish_job_manifest(obj, world.spec, spec_json, action.candidate, action.attempt, config,
-                                                s3_keys)
+                                                store_keys)
             else:
                 arch = next((a for a in world.spec.target.gpu.architectures
                              if a.compute_capability == action.architecture), None)
-                manifest = job_manifest(obj, world.spec, spec_json, action.attempt, config, s3_keys, arch)
+                manifest = job_manifest(obj, world.spec, spec_json, action.attempt, config, store_keys, arch)
             try:
                 kube.call(kube.batch().create_namespaced_job, ns, manifest)
                 metrics.JOBS_CREATED.inc()

@@ -82,15 +82,13 @@ def executor_for(pub: Publish, namespace: str, spec: ModelOptimizationSpec | Non
                  capture_at: str | None = None) -> RolloutExecutor:
     """capture_at: where this rollout's production capture goes (None: no capture)."""
     rollout = pub.rollout or Rollout()
-    s3 = None
-    needs_s3 = pub.repository.startswith("s3://") or (capture_at or "").startswith("s3://")
-    if needs_s3:
-        from .storage_secret import s3_client_for
+    from .storage_secret import client_for_location
 
-        s3 = s3_client_for(spec.storage if spec else None, namespace)
-    triton = TritonControl(pub.triton_url, pub.repository, metrics_url=pub.metrics_url,
-                           s3_client=s3 if pub.repository.startswith("s3://") else None)
-    capture = capture_run(spec, capture_at, s3) if capture_at and spec else None
+    storage = spec.storage if spec else None
+    repo_client = client_for_location(pub.repository, storage, namespace)
+    triton = TritonControl(pub.triton_url, pub.repository, metrics_url=pub.metrics_url, s3_client=repo_client)
+    capture = (capture_run(spec, capture_at, client_for_location(capture_at, storage, namespace))
+               if capture_at and spec else None)
     return RolloutExecutor(triton, pub.model_name, router=rollout.router, apply_manifest=_apply_manifest(namespace),
                            gateway_options=gateway_options(rollout, namespace), compare=compare_of(rollout, spec),
                            capture=capture)
@@ -111,7 +109,7 @@ def tick(obj: dict[str, Any], world: World, result: Plan, config: OperatorConfig
         new, _ = ex.step(with_defaults(pub.rollout or Rollout(), world.spec), rollout, now)
     except TritonError as e:
         new = rollout.model_copy(update={"reason": f"Triton: {e}; retrying"})
-    except StorageError as e:  # the repository on S3 refused or is gone: the step waits, nothing moved
+    except StorageError as e:  # the repository on an object store refused or is gone: the step waits, nothing moved
         new = rollout.model_copy(update={"reason": f"model repository: {e}; retrying"})
     st.rollout = new
     st.message = new.reason

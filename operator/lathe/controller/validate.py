@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lathe.api.spec import ModelOptimizationSpec, Runtime, runtimes_of
+from lathe.storage.secrets import BY_SCHEME, CONTRACTS
 from lathe.storage.uri import SCHEMES, parse_uri
 
 # uri -> None when reachable, else why not
@@ -18,6 +19,9 @@ Reachability = Callable[[str], str | None]
 # Secret name -> its key names, or why it cannot be read (values never come in here)
 SecretKeys = Callable[[str], "set[str] | str"]
 S3_KEYS_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Object stores Triton 2.51 cannot read a repository from (docs/storage.md): its as:// client only
+# reaches https://<account>.blob.core.windows.net, with no endpoint setting.
+NOT_A_TRITON_REPOSITORY = {"az": "Triton reads Azure Blob Storage only as as://<account>/<container>/<path> at https://<account>.blob.core.windows.net (no endpoint setting), which Lathe cannot test against an emulator; keep the repository on a path, pvc://, s3:// or gs://"}
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -81,9 +85,9 @@ def _architecture_problems(spec: ModelOptimizationSpec) -> list[str]:
             out.append("spec.artifacts: required with spec.target.gpu.architectures: each "
                        "architecture's worker keeps its engines there (path or pvc://claim/path) for the Job "
                        "that publishes them as one version")
-        elif spec.artifacts.startswith("s3://"):
-            out.append("spec.artifacts: s3:// cannot hold the per-architecture engines yet; use a path or "
-                       "pvc://claim/path with spec.target.gpu.architectures")
+        elif spec.artifacts.split("://", 1)[0] in BY_SCHEME and "://" in spec.artifacts:
+            out.append(f"spec.artifacts: {spec.artifacts.split('://', 1)[0]}:// cannot hold the per-architecture "
+                       "engines yet; use a path or pvc://claim/path with spec.target.gpu.architectures")
         if spec.publish.flavour not in ("auto", "tensorrt"):
             out.append(f"spec.publish.flavour: {spec.publish.flavour} cannot serve TensorRT engines per "
                        "architecture; use auto or tensorrt")
@@ -91,17 +95,23 @@ def _architecture_problems(spec: ModelOptimizationSpec) -> list[str]:
 
 
 def _secret_problems(spec: ModelOptimizationSpec, secret_keys: SecretKeys | None) -> list[str]:
-    s3 = spec.storage.s3 if spec.storage else None
-    if s3 is None or secret_keys is None:
+    """Each spec.storage entry's Secret exists and has the key names its store needs (storage/secrets.py)."""
+    if spec.storage is None or secret_keys is None:
         return []
-    keys = secret_keys(s3.secret_ref)
-    if isinstance(keys, str):
-        return [f"spec.storage.s3.secretRef: {keys}"]
-    missing = [k for k in S3_KEYS_REQUIRED if k not in keys]
-    if missing:
-        return [f"spec.storage.s3.secretRef: Secret {s3.secret_ref!r} has no key {', '.join(missing)} "
-                f"(keys present: {', '.join(sorted(keys)) or 'none'})"]
-    return []
+    out = []
+    for field, contract in CONTRACTS.items():
+        entry = getattr(spec.storage, field)
+        if entry is None:
+            continue
+        keys = secret_keys(entry.secret_ref)
+        if isinstance(keys, str):
+            out.append(f"spec.storage.{field}.secretRef: {keys}")
+            continue
+        missing = contract.missing(keys)
+        if missing:
+            out.append(f"spec.storage.{field}.secretRef: Secret {entry.secret_ref!r} has no key {', '.join(missing)} "
+                       f"(keys present: {', '.join(sorted(keys)) or 'none'})")
+    return out
 
 
 def _location_problems(spec: ModelOptimizationSpec, reachable: Reachability | None) -> list[str]:
@@ -129,12 +139,16 @@ def _location_problems(spec: ModelOptimizationSpec, reachable: Reachability | No
         except ValueError as e:
             out.append(f"{field}: {e}")
             continue
-        if scheme == "s3":
-            if spec.storage is None or spec.storage.s3 is None:
-                out.append(f"{field}: s3:// needs credentials: set spec.storage.s3.secretRef to a Secret with "
-                           "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        if scheme in BY_SCHEME:
+            contract = BY_SCHEME[scheme]
+            if spec.storage is None or getattr(spec.storage, contract.field) is None:
+                out.append(f"{field}: {scheme}:// needs credentials: set spec.storage.{contract.field}.secretRef to "
+                           f"a Secret with {contract.describe()}")
             elif sha_field is not None and (not path or path.endswith("/")):
-                out.append(f"{field}: {uri}: expected s3://bucket/key of an object")
+                out.append(f"{field}: {uri}: expected {scheme}://{'container' if scheme == 'az' else 'bucket'}/key "
+                           "of an object")
+            elif field == "spec.publish.repository" and scheme in NOT_A_TRITON_REPOSITORY:
+                out.append(f"{field}: {scheme}:// cannot hold a Triton repository: {NOT_A_TRITON_REPOSITORY[scheme]}")
             continue
         if scheme == "https" and sha_field is None:
             out.append(f"{field}: https:// can only be read, not written")

@@ -1,5 +1,6 @@
 """Where the operator writes a production capture: a folder (a path, or pvc://claim/path on a claim the
-operator mounts) or an S3 prefix. Each file is written whole (temp + rename; one PUT on S3), so a reader
+operator mounts) or an object-store prefix (s3://, gs://, az://). Each file is written whole (temp +
+rename; one PUT on an object store), so a reader
 never sees half a data set."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lathe.serving.repository import write_atomic
+from lathe.serving.folder_repository import write_atomic
 from lathe.storage.uri import parse_uri, pvc_path
 
 
@@ -18,10 +19,11 @@ class CaptureStore:
         if scheme == "https":
             raise ValueError(f"{uri}: a capture cannot be written to https://")
         self.s3 = None
-        if scheme == "s3":
-            from lathe.storage.s3 import S3Client  # noqa: PLC0415
+        if scheme in ("s3", "gs", "az"):
+            from lathe.storage.clients import client_for_uri  # noqa: PLC0415
 
-            self.s3, self.bucket, self.prefix = s3_client or S3Client(), authority, path.strip("/")
+            self.s3, self.bucket, prefix = client_for_uri(self.uri, s3_client)  # any object store's client
+            self.prefix = prefix.strip("/")
         else:
             self.root = pvc_path(authority, path) if scheme == "pvc" else Path(path).expanduser()
 

@@ -1,7 +1,7 @@
 """The few file operations the rollout makes in a Triton model repository (read and replace a
-config.pbtxt, check a version exists, create the router model), on a local folder or on S3.
+config.pbtxt, check a version exists, create the router model), on a local folder or an object store.
 
-Local: each replace is write-temp-then-rename, the router folder is renamed in whole. S3: each replace
+Local: each replace is write-temp-then-rename, the router folder is renamed in whole. Object store: each replace
 is one PUT (atomic per object); the router model is written model.py first, config.pbtxt last, so
 Triton never finds a config without its code.
 """
@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from .repository import rename_noreplace, resolve_repository, write_atomic
+from .folder_repository import rename_noreplace, resolve_repository, write_atomic
 
 
 class RepositoryFiles(Protocol):
@@ -58,12 +58,13 @@ class LocalFiles:
             shutil.rmtree(stage, ignore_errors=True)
 
 
-class S3Files:
-    def __init__(self, repository: str, client=None):
-        from lathe.storage.s3 import S3Client, parse_s3  # noqa: PLC0415
+class ObjectFiles:
+    """A repository on s3://, gs:// or az:// (storage/objects.py)."""
 
-        self.client = client or S3Client()
-        self.bucket, prefix = parse_s3(repository.rstrip("/"))
+    def __init__(self, repository: str, client=None):
+        from lathe.storage.clients import client_for_uri  # noqa: PLC0415
+
+        self.client, self.bucket, prefix = client_for_uri(repository.rstrip("/"), client)
         self.prefix = prefix.strip("/")
         self.where = repository
 
@@ -82,7 +83,7 @@ class S3Files:
         self.client.put_bytes(self.bucket, self._key(rel), text.encode(), content_type="text/plain")
 
     def has_version(self, model: str, version: int) -> bool:
-        # Objects under <model>/<version>/ and no publisher still holding its claim (serving/s3_repository.py)
+        # Objects under <model>/<version>/ and no publisher still holding its claim (serving/object_repository.py)
         listed = self.client.list(self.bucket, self._key(f"{model}/{version}/"), limit=1)[0]
         claimed = self.client.list(self.bucket, self._key(f"{model}/.lathe-claims/{version}/"), limit=1)[0]
         return bool(listed) and not claimed
@@ -94,7 +95,10 @@ class S3Files:
             self.client.put_bytes(self.bucket, self._key(f"{name}/{rel}"), files[rel])
 
 
-def repository_files(repository: str | Path, s3_client=None) -> RepositoryFiles:
-    if str(repository).startswith("s3://"):
-        return S3Files(str(repository), s3_client)
+
+def repository_files(repository: str | Path, client=None) -> RepositoryFiles:
+    from lathe.storage.clients import is_object_uri  # noqa: PLC0415
+
+    if is_object_uri(str(repository)):
+        return ObjectFiles(str(repository), client)
     return LocalFiles(resolve_repository(repository))

@@ -42,7 +42,8 @@ class TritonControl:
     def __init__(self, url: str, repository: str | Path, *, metrics_url: str | None = None,
                  timeout: float = 120.0, poll: float = 0.05, s3_client=None):
         """url: Triton HTTP host:port. repository: the model repository as this process sees it (path, pvc://
-        or s3://bucket/prefix, read and written with `s3_client`, default one from the AWS variables).
+        or an s3://, gs:// or az:// prefix, read and written with `s3_client`: an object-store client of that
+        scheme, default one from this process's environment).
         metrics_url: Prometheus endpoint; default http://<host>:8002/metrics."""
         self.url = url.removeprefix("http://")
         self.files = repository_files(repository, s3_client)

@@ -1,11 +1,12 @@
 """Model and data locations: a local path (or file://), `pvc://claim/path` (mounted into Jobs under
 $LATHE_PVC_ROOT, default /mnt/pvc), `https://…` (sha256 required, for data sets as for models:
-spec.data.*.sha256; downloaded once to a cache) and `s3://bucket/key` (storage.s3; credentials from
-the AWS variables the operator sets from spec.storage.s3.secretRef). Downloads stream to disk under a
+spec.data.*.sha256; downloaded once to a cache) and the object stores `s3://bucket/key`,
+`gs://bucket/key` and `az://container/key` (storage/objects.py over obstore; credentials from the
+variables the operator sets from spec.storage.s3, .gcs or .azure). Downloads stream to disk under a
 size limit ($LATHE_MAX_DOWNLOAD_BYTES, default 64 GiB) and the free space of the cache.
 
 Each StorageError has a `reason` the resource's status shows: StorageNotFound, StorageAccessDenied,
-StorageUnreachable, StorageTooLarge, ChecksumMismatch, or StorageError."""
+StorageUnreachable, StorageTooLarge, ChecksumMismatch, StorageConflict, or StorageError."""
 
 from __future__ import annotations
 
@@ -92,10 +93,10 @@ def resolve(uri: str, sha256: str | None = None) -> Path:
         if not sha256:
             raise StorageError(f"{uri}: an https:// location needs a sha256")
         return _download(uri, sha256.lower())
-    elif uri.startswith("s3://"):
-        return _s3(uri, sha256)
+    elif uri.split("://", 1)[0] in ("s3", "gs", "az") and "://" in uri:
+        return _object(uri, sha256)
     elif "://" in uri and not uri.startswith("file://"):
-        raise StorageError(f"{uri}: unsupported scheme (use a path, pvc://, https:// or s3://)")
+        raise StorageError(f"{uri}: unsupported scheme (use a path, pvc://, https://, s3://, gs:// or az://)")
     else:
         path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
     if not path.exists():
@@ -136,25 +137,27 @@ def _download(uri: str, sha256: str) -> Path:
     return dest
 
 
-def _s3(uri: str, sha256: str | None) -> Path:
+def _object(uri: str, sha256: str | None) -> Path:
     """Download once into the cache; a cached copy is reused while its size and ETag match the store's."""
-    from .s3 import S3Client, parse_s3  # noqa: PLC0415
+    from .clients import client_for, split  # noqa: PLC0415
 
-    bucket, key = parse_s3(uri)
+    scheme, bucket, key = split(uri)
     if not key or key.endswith("/"):
-        raise StorageError(f"{uri}: expected s3://bucket/key (an object, not a prefix)")
-    client = S3Client()
+        raise StorageError(f"{uri}: expected {scheme}://bucket/key (an object, not a prefix)")
+    client = client_for(scheme)
     head = client.head(bucket, key)
-    dest = cache_dir() / "s3" / bucket / key
+    dest = cache_dir() / client.scheme / bucket / key
     tag = dest.with_name(f".{dest.name}.etag")
     stamp = f"{head.size} {head.etag}"
     if not (dest.exists() and tag.exists() and tag.read_text() == stamp):
         limit = max_download_bytes()
+        if head.size > limit:
+            raise StorageTooLarge(f"{uri}: {head.size} bytes, over the limit of {limit} (LATHE_MAX_DOWNLOAD_BYTES)")
         dest.parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(dest.parent).free
         if head.size > free:
             raise StorageTooLarge(f"{uri}: {head.size} bytes, but only {free} free in {dest.parent}")
-        client.download(bucket, key, dest, max_bytes=limit)
-        tag.write_text(stamp)
+        got = client.download(bucket, key, dest, max_bytes=limit, if_match=head.etag or None)
+        tag.write_text(f"{got.size} {got.etag}")
     verify(dest, sha256, uri)
     return dest

@@ -1,8 +1,9 @@
 """Parsing of model/data/repository locations (pure; resolving them is storage.resolve's job).
 
 Forms: a plain path, file:///path, pvc://claim/path (a PersistentVolumeClaim mounted into the
-Job at $LATHE_PVC_ROOT/claim), https://host/path (read-only, needs a sha256 for models and data) and
-s3://bucket/key (credentials from spec.storage.s3; docs/storage.md)."""
+Job at $LATHE_PVC_ROOT/claim), https://host/path (read-only, needs a sha256 for models and data) and the
+object stores s3://bucket/key, gs://bucket/key and az://container/key (credentials from spec.storage.s3,
+.gcs, .azure; docs/storage.md)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import os
 import re
 from pathlib import Path
 
-SCHEMES = ("file", "pvc", "https", "s3")
+SCHEMES = ("file", "pvc", "https", "s3", "gs", "az")
 _CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 def parse_uri(uri: str) -> tuple[str, str, str]:
-    """-> (scheme, authority, path). authority is the claim for pvc://, the bucket for s3://."""
+    """-> (scheme, authority, path). authority is the claim for pvc://, the bucket for s3:// and gs://, the
+    container for az://."""
     if "://" not in uri:
         if not uri.strip():
             raise ValueError("empty location")

@@ -1,5 +1,5 @@
 """Keeping the report after the pod: copies of result.json, details.json and report.html under
-spec.artifacts (a path, pvc://claim/path or s3://bucket/prefix, in <namespace>/<name>/generation-<n>/
+spec.artifacts (a path, pvc://claim/path or an s3://, gs:// or az:// prefix, in <namespace>/<name>/generation-<n>/
 for a Job), the
 Triton version folder's own copy (written by the publisher), and the whole result in the worker's
 last log lines for the operator to keep in a ConfigMap (lathe.api.result_log)."""
@@ -16,6 +16,7 @@ from pathlib import Path
 from lathe.api import result_log
 from lathe.api.spec import ModelOptimizationSpec
 from lathe.api.status import WorkerResult
+from lathe.storage.clients import is_object_uri
 from lathe.storage.uri import pvc_path
 
 from .errors import WorkerError
@@ -32,7 +33,7 @@ def artifacts_dir(uri: str) -> Path:
             raise WorkerError("report", f"spec.artifacts {uri!r}: want pvc://claim/path")
         return pvc_path(claim, sub)
     if "://" in uri and not uri.startswith("file://"):
-        raise WorkerError("report", f"spec.artifacts {uri!r}: only a path, pvc://claim/path or s3:// can be written")
+        raise WorkerError("report", f"spec.artifacts {uri!r}: only a path, pvc://claim/path, s3://, gs:// or az:// can be written")
     return Path(uri.removeprefix("file://")).expanduser()
 
 
@@ -48,7 +49,7 @@ def keep(spec: ModelOptimizationSpec, result: WorkerResult, workdir: Path) -> li
     (also in result.copies). A location that cannot be written costs a warning, not the run."""
     copies: list[str] = []
     pub = result.published
-    if pub and pub.path and pub.path.startswith("s3://"):  # the publisher uploaded what the folder had
+    if pub and pub.path and is_object_uri(pub.path):  # the publisher uploaded what the folder had
         if result.report:
             copies.append(f"{pub.path}/report.json")
             if Path(result.report).with_name("report.html").exists():
@@ -63,7 +64,7 @@ def keep(spec: ModelOptimizationSpec, result: WorkerResult, workdir: Path) -> li
     shown_artifacts = (spec.artifacts or "").rstrip("/") + (f"/{sub}" if sub else "")
     if spec.artifacts:
         try:
-            dest = "s3" if spec.artifacts.startswith("s3://") else artifacts_dir(spec.artifacts) / sub
+            dest = "object" if is_object_uri(spec.artifacts) else artifacts_dir(spec.artifacts) / sub
         except WorkerError as e:
             result.warnings.append(e.message)
         else:
@@ -72,7 +73,7 @@ def keep(spec: ModelOptimizationSpec, result: WorkerResult, workdir: Path) -> li
     (workdir / "result.json").write_text(result.model_dump_json(by_alias=True, indent=2))
     if dest is not None:
         try:
-            if dest == "s3":
+            if dest == "object":
                 _upload(shown_artifacts, workdir)
             else:
                 dest.mkdir(parents=True, exist_ok=True)
@@ -93,11 +94,10 @@ def keep(spec: ModelOptimizationSpec, result: WorkerResult, workdir: Path) -> li
 
 
 def _upload(prefix_uri: str, workdir: Path) -> None:
-    """One PUT per file: S3 makes each object visible whole or not at all."""
-    from lathe.storage.s3 import S3Client, parse_s3  # noqa: PLC0415
+    """One PUT per file: an object store makes each object visible whole or not at all."""
+    from lathe.storage.clients import client_for_uri  # noqa: PLC0415
 
-    bucket, prefix = parse_s3(prefix_uri)
-    client = S3Client()
+    client, bucket, prefix = client_for_uri(prefix_uri)
     for n in FILES:
         if (workdir / n).exists():
             client.upload(bucket, f"{prefix.strip('/')}/{n}".lstrip("/"), workdir / n)
