@@ -265,3 +265,83 @@ def test_agreement_floor_comes_from_the_budget():
     assert with_defaults(MIRRORED, s).analysis.min_agreement == 0.95  # the analysis' own figure wins
     assert compare_of(Rollout(), s).kind == "cosine"
     assert compare_of(Rollout(), spec({"type": "classification"}, {})).kind == "top1"
+
+
+# --- causal LMs: the canary scored stable's continuations (llm_router_model.py) --------------------
+TOKENS = Rollout(steps=[RolloutStep(weight=0, mirror=100, pause_seconds=10, min_requests=0),
+                        RolloutStep(weight=100, pause_seconds=10, min_requests=5)],
+                 analysis=Analysis(max_latency_ratio=10.0, min_agreement=0.95, max_perplexity_ratio=1.02,
+                                   min_compared_requests=20))
+
+
+def _tok_obs(n_stable, n_canary, compared, tokens, agree, nll_stable, nll_canary, calls=None, routed=None):
+    """Cumulative counters: requests per version, the router's scored requests, tokens, agreeing positions,
+    NLL sums, the router's own model calls and the client requests it routed."""
+    from lathe.rollout.machine import MirrorCounters
+
+    calls = 2 * compared if calls is None else calls
+    routed = n_stable + n_canary - calls if routed is None else routed
+    return Observation({1: Counters(success=n_stable, request_us=n_stable * 9000.0),
+                        2: Counters(success=n_canary, request_us=n_canary * 1000.0)},
+                       mirror={(1, 2): MirrorCounters(compared, tokens, agree, 0.0, 0.0, nll_stable, nll_canary,
+                                                      calls)},
+                       router=Counters(success=routed))
+
+
+def test_token_canary_rolled_back_on_next_token_agreement():
+    s, _ = advance(TOKENS, start(1, 2), _tok_obs(0, 0, 0, 0, 0, 0, 0), T0)
+    # 20 requests scored, 640 tokens, 480 agreeing: 0.75 < 0.95 (the perplexity ratio is recorded too)
+    s, actions = advance(TOKENS, s, _tok_obs(60, 20, 20, 640, 480, 640 * 2.0, 640 * 2.5), T0 + timedelta(seconds=11))
+    assert s.state == "RolledBack", s.reason
+    assert "next-token top-1 agrees with stable's on 0.7500 of 640 scored tokens" in s.reason
+    h = s.history[-1]
+    assert (h.agreement, h.compared) == (0.75, 20) and abs(h.perplexity_ratio - 1.648721) < 1e-6
+    assert Route(((1, 100),)) in actions and Serve((1,)) in actions
+
+
+def test_token_canary_rolled_back_on_perplexity_ratio_alone():
+    s, _ = advance(TOKENS, start(1, 2), _tok_obs(0, 0, 0, 0, 0, 0, 0), T0)
+    # every top-1 agrees, but the canary is less sure of stable's tokens: ppl ratio e^(0.05) = 1.0513 > 1.02
+    s, _ = advance(TOKENS, s, _tok_obs(60, 20, 20, 1000, 1000, 2000.0, 2050.0), T0 + timedelta(seconds=11))
+    assert s.state == "RolledBack" and "canary perplexity is 1.0513x stable's on 1000 scored tokens" in s.reason
+    assert s.history[-1].agreement == 1.0
+
+
+def test_token_canary_passes_with_its_figures_and_no_false_bypass():
+    # counters from an earlier rollout; this step: 60 client streams from stable, 30 of them scored by both
+    # versions (2 calls each): 90 requests to stable, 30 to the canary, none of them a bypass
+    s, _ = advance(TOKENS, start(1, 2), _tok_obs(0, 0, 100, 3200, 3100, 6400.0, 6410.0, calls=200, routed=0), T0)
+    s, _ = advance(TOKENS, s, _tok_obs(90, 30, 130, 4160, 4050, 8320.0, 8336.0, calls=260, routed=60),
+                   T0 + timedelta(seconds=11))
+    assert s.state == "Progressing" and s.step == 1, s.reason
+    h = s.history[0]
+    assert h.decision == "Passed" and h.compared == 30 and h.agreement == round(950 / 960, 6)
+    assert h.perplexity_ratio == round(float(__import__("math").exp(6.0 / 960)), 6)
+    assert "token agreement 0.9896 (min 0.9500), perplexity ratio 1.0063 (max 1.0200) over 960 tokens" in h.reason
+    assert not h.bypassed, h.reason
+    # the same step with 40 more requests than the router explains: reported as a bypass
+    s, _ = advance(TOKENS, start(1, 2), _tok_obs(0, 0, 100, 3200, 3100, 6400.0, 6410.0, calls=200, routed=0), T0)
+    s, _ = advance(TOKENS, s, _tok_obs(130, 30, 130, 4160, 4050, 8320.0, 8336.0, calls=260, routed=60),
+                   T0 + timedelta(seconds=11))
+    assert s.history[0].bypassed == 40
+
+
+def test_token_mirror_metrics_are_parsed():
+    text = "\n".join([
+        'lathe_mirror_requests_total{canary="2",model="m",stable="1"} 4',
+        'lathe_mirror_samples_total{canary="2",model="m",stable="1"} 128',
+        'lathe_mirror_agreement_total{canary="2",model="m",stable="1"} 120',
+        'lathe_mirror_nll_total{canary="2",model="m",side="stable",stable="1"} 250.5',
+        'lathe_mirror_nll_total{canary="2",model="m",side="canary",stable="1"} 260.25',
+        'lathe_mirror_calls_total{canary="2",model="m",stable="1"} 9'])
+    m = observe(text, "m").mirror[(1, 2)]
+    assert (m.requests, m.samples, m.agree, m.nll_stable, m.nll_canary, m.calls) == (4, 128, 120, 250.5, 260.25, 9)
+    assert m.scored_tokens
+
+
+def test_token_thresholds_come_from_the_budget():
+    from lathe.api.spec import Budget
+    from lathe.rollout.agreement import token_thresholds
+
+    assert token_thresholds(Budget()) == (0.95, 1.02)  # the budget's defaults
+    assert token_thresholds(Budget(min_token_agreement=0.9, max_perplexity_increase=0.05)) == (0.9, 1.05)

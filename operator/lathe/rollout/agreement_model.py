@@ -6,10 +6,12 @@ metric family when the instance that created it is torn down, even while the new
 name (seen on Triton 2.51: every other reload lost the counters). This model is loaded once and never
 reloaded by a rollout, so its counters stay cumulative like Triton's own.
 
-Input FIGURES (FP64 [6]): stable, canary, compared requests, rows, sum of agreement, failure kind
-(0 none, 1 error, 2 timeout). Output OK (BOOL [1]). Metrics, labels model, stable, canary:
-lathe_mirror_requests_total, lathe_mirror_samples_total, lathe_mirror_agreement_total,
-lathe_mirror_failures_total{reason=error|timeout}.
+Input FIGURES (FP64 [6] or [9]): stable, canary, compared requests, rows, sum of agreement, failure kind
+(0 none, 1 error, 2 timeout), and from the causal-LM router (llm_router_model.py) the summed negative
+log-likelihood of the scored tokens under stable and under the canary, and the model calls the judgment
+made. Output OK (BOOL [1]). Metrics, labels model, stable, canary: lathe_mirror_requests_total,
+lathe_mirror_samples_total, lathe_mirror_agreement_total, lathe_mirror_failures_total{reason=error|timeout},
+and for causal LMs lathe_mirror_nll_total{side=stable|canary} and lathe_mirror_calls_total.
 """
 
 import json
@@ -32,6 +34,10 @@ class TritonPythonModel:
                                            kind),
             "failures": pb_utils.MetricFamily("lathe_mirror_failures_total",
                                               "Mirrored calls that failed or timed out (never seen by clients)", kind),
+            "nll": pb_utils.MetricFamily("lathe_mirror_nll_total",
+                                         "Causal LMs: summed negative log-likelihood of the scored tokens", kind),
+            "calls": pb_utils.MetricFamily("lathe_mirror_calls_total",
+                                           "Causal LMs: model calls the router made to judge the canary", kind),
         }
         self.metrics = {}
 
@@ -48,11 +54,24 @@ class TritonPythonModel:
             }
         return self.metrics[key]
 
+    def _nll(self, stable, canary):
+        """Created on the first causal-LM figures only: a classifier's rollout shows no NLL series."""
+        key = (stable, canary, "nll")
+        if key not in self.metrics:
+            labels = {"model": self.target, "stable": str(stable), "canary": str(canary)}
+            self.metrics[key] = {side: self.families["nll"].Metric(labels={**labels, "side": side})
+                                 for side in ("stable", "canary")}
+            self.metrics[key]["calls"] = self.families["calls"].Metric(labels=labels)
+        return self.metrics[key]
+
     def execute(self, requests):
         out = []
         for r in requests:
             fig = pb_utils.get_input_tensor_by_name(r, "FIGURES").as_numpy().reshape(-1)
             m = self._metrics(int(fig[0]), int(fig[1]))
+            if len(fig) >= 9:
+                tok = self._nll(int(fig[0]), int(fig[1]))
+                tok["calls"].increment(float(fig[8]))
             if int(fig[5]) == 1:
                 m["error"].increment(1)
             elif int(fig[5]) == 2:
@@ -61,6 +80,9 @@ class TritonPythonModel:
                 m["requests"].increment(float(fig[2]))
                 m["samples"].increment(float(fig[3]))
                 m["agree"].increment(float(fig[4]))
+                if len(fig) >= 9:
+                    tok["stable"].increment(float(fig[6]))
+                    tok["canary"].increment(float(fig[7]))
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OK", np.array([True]))]))
         return out
 

@@ -22,6 +22,7 @@ ran) is harmless.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -53,10 +54,22 @@ class MirrorCounters:
     agree: float = 0.0     # sum over rows of their agreement
     errors: float = 0.0    # mirrored calls that failed
     timeouts: float = 0.0  # mirrored calls not answered within mirror_timeout_ms
+    # causal LMs (llm_router_model.py): samples are scored tokens of stable's continuations, agree the
+    # positions where both versions' next-token top-1 match, and these the summed negative log-likelihood
+    # of those tokens under each version (teacher-forced)
+    nll_stable: float = 0.0
+    nll_canary: float = 0.0
+    calls: float = 0.0  # causal LMs: model calls the router made to judge (2 or 3 per mirrored request)
+
+    @property
+    def scored_tokens(self) -> bool:
+        return self.nll_stable > 0 or self.nll_canary > 0
 
 
-MIRROR_COUNTERS = ("requests", "samples", "agree", "errors", "timeouts")
+MIRROR_COUNTERS = ("requests", "samples", "agree", "errors", "timeouts", "nll_stable", "nll_canary", "calls")
 DEFAULT_MIN_AGREEMENT = 0.98  # when neither the analysis nor the resource's budget says
+DEFAULT_MIN_TOKEN_AGREEMENT = 0.95  # causal LMs: the budget's minTokenAgreement default
+DEFAULT_MAX_PERPLEXITY_RATIO = 1.02  # causal LMs: 1 + the budget's maxPerplexityIncrease default
 
 
 @dataclass(frozen=True)
@@ -131,15 +144,21 @@ def _snapshot(obs: Observation | None, versions: list[int]) -> dict[str, float]:
 def bypassed(obs: Observation, snap: dict[str, float], model_requests: float,
              mirrored: MirrorCounters | None) -> float | None:
     """Requests that reached the model directly, not through its router this step (None: unknown).
-    The model counts one request per routed request plus one per mirrored copy; a few in flight at
-    either end of the step are not a bypass."""
+    The model counts one request per routed request plus one per mirrored copy (for causal LMs: the
+    scoring calls and reference generations the router counts itself); a few in flight at either end of the
+    step are not a bypass."""
     if obs.router is None or "start:router:success" not in snap:
         return None
     routed = 0.0
     for k in ("success", "failure"):
         now, was = float(getattr(obs.router, k)), snap[f"start:router:{k}"]
         routed += now - was if now >= was else now
-    copies = (mirrored.requests + mirrored.errors + mirrored.timeouts) if mirrored else 0.0
+    if mirrored is None:
+        copies = 0.0
+    elif mirrored.calls:  # the causal-LM router says how many calls its judgments made
+        copies = mirrored.calls
+    else:
+        copies = mirrored.requests + mirrored.errors + mirrored.timeouts
     extra = model_requests - routed - copies
     return extra if extra > max(5.0, 0.02 * routed) else 0.0
 
@@ -298,7 +317,12 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
         measured.bypassed = direct
         notes.append(f"{direct:.0f} requests reached the model directly, not through its router: "
                      "they were neither split nor compared (clients should call <model>_router)")
-    if mirrored is not None:
+    if mirrored is not None and mirrored.scored_tokens:
+        verdict = _judge_tokens(a, mirrored, measured)
+        if verdict.startswith("fail:"):
+            return fail(verdict[5:])
+        notes.append(verdict)
+    elif mirrored is not None:
         agree = mirrored.agree / mirrored.samples if mirrored.samples else 0.0
         floor = a.min_agreement if a.min_agreement is not None else DEFAULT_MIN_AGREEMENT
         measured.compared, measured.agreement = mirrored.requests, round(agree, 6)
@@ -324,6 +348,27 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
     s.history.append(_measuring(s.step, nxt.weight, now, _snapshot(obs, [stable, canary])))
     s.reason = f"step {s.step + 1}/{len(steps)}: {_describe(nxt, canary)}"
     return s, [_route(w, nxt.mirror, (stable, canary))]
+
+
+def _judge_tokens(a, mirrored: MirrorCounters, measured: RolloutStepStatus) -> str:
+    """Causal LMs: the canary scored stable's continuations. "fail:<why>" or a note for the step's reason.
+    Next-token agreement = positions where the canary's top-1 equals stable's; perplexity ratio = canary
+    perplexity / stable perplexity on the same tokens = exp((NLL canary - NLL stable) / tokens)."""
+    n = mirrored.samples
+    agree = mirrored.agree / n if n else 0.0
+    ratio = math.exp((mirrored.nll_canary - mirrored.nll_stable) / n) if n else float("inf")
+    floor = a.min_agreement if a.min_agreement is not None else DEFAULT_MIN_TOKEN_AGREEMENT
+    ceiling = a.max_perplexity_ratio if a.max_perplexity_ratio is not None else DEFAULT_MAX_PERPLEXITY_RATIO
+    measured.compared, measured.agreement = mirrored.requests, round(agree, 6)
+    measured.perplexity_ratio = round(ratio, 6) if n else None
+    measured.mirror_failures = mirrored.errors + mirrored.timeouts
+    over = f"{n:.0f} scored tokens of stable's continuations ({mirrored.requests:.0f} mirrored requests)"
+    if agree < floor:
+        return f"fail:canary's next-token top-1 agrees with stable's on {agree:.4f} of {over}; min {floor:.4f}"
+    if ratio > ceiling:
+        return f"fail:canary perplexity is {ratio:.4f}x stable's on {over}; max {ceiling:.4f}x"
+    return (f"token agreement {agree:.4f} (min {floor:.4f}), perplexity ratio {ratio:.4f} (max {ceiling:.4f}) "
+            f"over {n:.0f} tokens")
 
 
 def _describe(step, canary: int) -> str:

@@ -9,9 +9,10 @@ from .machine import Counters, MirrorCounters, Observation
 _LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+([-+0-9.eEinfNa]+)')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
-# The router's answer comparison (router_model.py), per (stable, canary) pair.
+# The router's answer comparison (router_model.py; llm_router_model.py adds lathe_mirror_nll_total{side}),
+# per (stable, canary) pair.
 _MIRROR = {"lathe_mirror_requests_total": "requests", "lathe_mirror_samples_total": "samples",
-           "lathe_mirror_agreement_total": "agree"}
+           "lathe_mirror_agreement_total": "agree", "lathe_mirror_calls_total": "calls"}
 _FIELDS = {"nv_inference_request_success": "success", "nv_inference_request_failure": "failure",
            "nv_inference_request_duration_us": "request_us",
            "nv_inference_compute_infer_duration_us": "compute_us"}
@@ -42,10 +43,13 @@ def observe(text: str, model: str) -> Observation:
             continue
         if labels.get("model") != model:
             continue
-        if name in _MIRROR or name == "lathe_mirror_failures_total":
+        if name in _MIRROR or name in ("lathe_mirror_failures_total", "lathe_mirror_nll_total"):
             if labels.get("stable", "").isdigit() and labels.get("canary", "").isdigit():
                 d = mirror.setdefault((int(labels["stable"]), int(labels["canary"])), {})
-                key = _MIRROR.get(name) or ("timeouts" if labels.get("reason") == "timeout" else "errors")
+                if name == "lathe_mirror_nll_total":
+                    key = "nll_canary" if labels.get("side") == "canary" else "nll_stable"
+                else:
+                    key = _MIRROR.get(name) or ("timeouts" if labels.get("reason") == "timeout" else "errors")
                 d[key] = d.get(key, 0.0) + value
             continue
         if not labels.get("version", "").isdigit():
