@@ -345,3 +345,48 @@ def test_token_thresholds_come_from_the_budget():
 
     assert token_thresholds(Budget()) == (0.95, 1.02)  # the budget's defaults
     assert token_thresholds(Budget(min_token_agreement=0.9, max_perplexity_increase=0.05)) == (0.9, 1.05)
+
+
+def _stream_obs(base: Observation, streams: dict) -> Observation:
+    from lathe.rollout.machine import StreamCounters
+
+    return Observation(base.counters, mirror=base.mirror, router=base.router,
+                       streams={v: StreamCounters(*c) for v, c in streams.items()})
+
+
+STREAMED = Rollout(steps=[RolloutStep(weight=50, pause_seconds=10, min_requests=10)],
+                   analysis=Analysis(max_error_rate=0.05, max_latency_ratio=1.5))
+
+
+def test_causal_lm_steps_are_judged_on_the_client_streams():
+    """Triton's request duration of a decoupled model is the hand-over to its thread: ignored. The router's
+    stream counters give the error rate, time per generated token and time to first token per version."""
+    triton = Observation({1: Counters(success=40, request_us=40 * 1000.0), 2: Counters(success=20, request_us=20.0)},
+                         router=Counters(success=60))
+    s, _ = advance(STREAMED, start(1, 2), _stream_obs(triton, {}), T0)
+    # 20 streams each: 16 tokens in 0.3 s after the first (20 ms/token) on stable, 0.9 s (60 ms/token) on the canary
+    slow = _stream_obs(triton, {1: (20, 0, 320, 20 * 0.1, 20 * 0.3), 2: (20, 0, 320, 20 * 0.1, 20 * 0.9)})
+    s2, _ = advance(STREAMED, s, slow, T0 + timedelta(seconds=11))
+    assert s2.state == "RolledBack", s2.reason
+    assert "canary time per generated token 60.00 ms/token is 3.00x stable 20.00 ms/token" in s2.reason
+    h = s2.history[-1]
+    assert h.requests == {"1": 20, "2": 20} and h.first_token_ms == {"1": 100.0, "2": 100.0}
+    # the same speed: passes, figures per token; a failed stream counts as an error
+    same = _stream_obs(triton, {1: (20, 0, 320, 2.0, 6.0), 2: (20, 0, 320, 2.0, 6.3)})
+    s3, _ = advance(STREAMED, s, same, T0 + timedelta(seconds=11))
+    assert s3.state == "Promoted" and s3.history[-1].latency_ms == {"1": 20.0, "2": 21.0, "ratio": 1.05}
+    failing = _stream_obs(triton, {1: (20, 0, 320, 2.0, 6.0), 2: (20, 2, 288, 1.8, 5.4)})
+    s4, _ = advance(STREAMED, s, failing, T0 + timedelta(seconds=11))
+    assert s4.state == "RolledBack" and "canary error rate 0.1000 > 0.05 over 20 requests" in s4.reason
+
+
+def test_stream_metrics_are_parsed_per_version():
+    text = "\n".join([
+        'lathe_stream_requests_total{model="m",version="2"} 5',
+        'lathe_stream_failures_total{model="m",version="2"} 1',
+        'lathe_stream_tokens_total{model="m",version="2"} 64',
+        'lathe_stream_first_token_seconds_total{model="m",version="2"} 0.5',
+        'lathe_stream_decode_seconds_total{model="m",version="2"} 1.25',
+        'lathe_stream_requests_total{model="other",version="2"} 7'])
+    st = observe(text, "m").streams[2]
+    assert (st.requests, st.failures, st.tokens, st.first_s, st.decode_s) == (5, 1, 64, 0.5, 1.25)

@@ -176,7 +176,8 @@ class RolloutStepStatus(Model):
     weight: int
     requests: dict[str, float] = Field(default_factory=dict)
     error_rate: dict[str, float] = Field(default_factory=dict)
-    latency_ms: dict[str, float] = Field(default_factory=dict)
+    latency_ms: dict[str, float] = Field(default_factory=dict)  # causal LMs: ms per generated token
+    first_token_ms: dict[str, float] = Field(default_factory=dict)  # causal LMs: mean time to the first token
     compared: float | None = None  # mirrored requests whose two answers were compared this step
     agreement: float | None = None  # their agreement (see Analysis.min_agreement)
     perplexity_ratio: float | None = None  # causal LMs: canary / stable perplexity on stable's scored continuations

@@ -24,12 +24,17 @@ nothing else. For a mirrored request, after the client's stream has ended:
    exp((NLL canary - NLL stable) / tokens) = canary perplexity / stable perplexity on stable's tokens, and
    the model calls this judgment made (2 or 3: the analysis tells them from clients bypassing the router).
 A failed or timed-out scoring call counts as a mirror failure, never reaches the client.
+Every client stream is also counted per version (agreement_model.py STREAM: ok or failed, tokens, time to the
+first token and from the first to the last): Triton's own request duration of a decoupled model ends when
+execute() returns, and an error response counts as a success, so these are the figures the analysis judges a
+causal LM's errors and speed by.
 Generation parameters sent as request parameters (Triton's generate endpoint) are passed on as the model's
 input tensors, so `/v2/models/<model>_router/generate_stream` takes the same request body as the model.
 """
 
 import json
 import threading
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -65,10 +70,10 @@ class TritonPythonModel:
         self.mirror = int(params.get("mirror") or 0)
         self.mirror_acc = 0
         self.pair = None
+        self.counter_model = params.get("agreement_model") or f"{self.target}_agreement"
         if self.mirror:
             self.pair = tuple(int(x) for x in params["pair"].split(":"))
             self.timeout_us = int(params.get("mirror_timeout_ms") or 1000) * 1000
-            self.counter_model = params.get("agreement_model") or f"{self.target}_agreement"
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(int(params.get("max_concurrent") or 16))
         self.threads = set()
@@ -122,6 +127,7 @@ class TritonPythonModel:
                                          requested_output_names=self.outputs, inputs=list(inputs.values()), **kw)
 
     def _serve(self, inputs, sender):
+        version = None
         try:
             version, scored = self._choose()
             if "score_ids" in inputs:
@@ -130,6 +136,8 @@ class TritonPythonModel:
             if scored and ids is not None:
                 self._judge(version, inputs, ids)
         except Exception as e:  # noqa: BLE001 - the client always gets a final response
+            if version is not None and "score_ids" not in inputs:
+                self._record_stream([version, 0, 0, 0.0, 0.0])
             try:
                 sender.send(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
                     f"lathe router: {e}")), flags=FINAL)
@@ -141,12 +149,17 @@ class TritonPythonModel:
                 self.threads.discard(threading.current_thread())
 
     def _stream(self, version, inputs, sender):
-        """Forward `version`'s responses to the client as they come; return its generated ids (None on error)."""
+        """Forward `version`'s responses to the client as they come; return its generated ids (None on error).
+        What the client saw (time to the first token, time from the first to the last, tokens, or a failure)
+        goes to the counters model: the analysis' error rate and speed per version for causal LMs."""
         ids = []
+        t0 = time.perf_counter()
+        first = last = None
         for resp in self._request(version, inputs).exec(decoupled=True):
             if resp.has_error():
                 sender.send(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
                     f"{self.target} v{version}: {resp.error().message()}")), flags=FINAL)
+                self._record_stream([version, 0, 0, 0.0, 0.0])
                 return None
             tensors = resp.output_tensors()
             if not tensors:
@@ -156,8 +169,23 @@ class TritonPythonModel:
                     ids.extend(int(x) for x in t.as_numpy().reshape(-1))
             sender.send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(t.name(), t.as_numpy().copy())
                                                                    for t in tensors]))
+            last = time.perf_counter()
+            if first is None:
+                first = last
         sender.send(flags=FINAL)
+        if "score_ids" not in inputs and first is not None:
+            self._record_stream([version, 1, len(ids), first - t0, last - first])
         return ids
+
+    def _record_stream(self, figures):
+        try:
+            req = pb_utils.InferenceRequest(model_name=self.counter_model, requested_output_names=["OK"],
+                                            inputs=[pb_utils.Tensor("STREAM", np.array(figures, dtype=np.float64))])
+            resp = req.exec()
+            if resp.has_error():
+                pb_utils.Logger.log_warn(f"lathe llm router: {self.counter_model}: {resp.error().message()}")
+        except Exception as e:  # noqa: BLE001 - counting never reaches the client
+            pb_utils.Logger.log_warn(f"lathe llm router: counting the stream failed: {e}")
 
     def _generate(self, version, inputs):
         """A whole continuation from `version`, not streamed (the reference when the canary answered)."""

@@ -73,11 +73,27 @@ DEFAULT_MAX_PERPLEXITY_RATIO = 1.02  # causal LMs: 1 + the budget's maxPerplexit
 
 
 @dataclass(frozen=True)
+class StreamCounters:
+    """Causal LMs: cumulative counters of the client streams one version answered, as the router saw them
+    (llm_router_model.py). A decoupled model's Triton request duration ends when it takes the request, and its
+    error responses count as successes, so for causal LMs the analysis judges errors and speed by these."""
+    requests: float = 0.0
+    failures: float = 0.0
+    tokens: float = 0.0
+    first_s: float = 0.0   # summed seconds to the first token
+    decode_s: float = 0.0  # summed seconds from the first to the last token
+
+
+STREAM_COUNTERS = ("requests", "failures", "tokens", "first_s", "decode_s")
+
+
+@dataclass(frozen=True)
 class Observation:
     counters: dict[int, Counters] = field(default_factory=dict)
     error: str | None = None   # metrics could not be read: the machine waits
     mirror: dict[tuple[int, int], MirrorCounters] = field(default_factory=dict)
     router: Counters | None = None  # the `<model>_router` model's own counters (router: triton)
+    streams: dict[int, StreamCounters] = field(default_factory=dict)  # causal LMs: per version
 
 
 # ---------------------------------------------------------------------------------------- actions
@@ -138,6 +154,11 @@ def _snapshot(obs: Observation | None, versions: list[int]) -> dict[str, float]:
     if obs.router is not None:
         for k in ("success", "failure"):
             snap[f"start:router:{k}"] = float(getattr(obs.router, k))
+    if obs.streams:
+        for v in versions:
+            c = obs.streams.get(v, StreamCounters())
+            for k in STREAM_COUNTERS:
+                snap[f"start:stream:{v}:{k}"] = float(getattr(c, k))
     return snap
 
 
@@ -182,6 +203,15 @@ def _delta(obs: Observation, snap: dict[str, float], v: int) -> Counters:
     return Counters(**vals, p99_ms=c.p99_ms)
 
 
+def _stream_delta(obs: Observation, snap: dict[str, float], v: int) -> StreamCounters:
+    c = obs.streams.get(v, StreamCounters())
+    vals = {}
+    for k in STREAM_COUNTERS:
+        now, was = float(getattr(c, k)), snap.get(f"start:stream:{v}:{k}", 0.0)
+        vals[k] = now - was if now >= was else now
+    return StreamCounters(**vals)
+
+
 @dataclass(frozen=True)
 class Stats:
     requests: float
@@ -196,6 +226,16 @@ def stats(d: Counters) -> Stats:
     return Stats(requests=n, error_rate=(d.failure / n) if n else 0.0,
                  mean_ms=(d.request_us / n / 1000.0) if n else None,
                  compute_ms=(d.compute_us / n / 1000.0) if n else None, p99_ms=d.p99_ms)
+
+
+def stream_stats(d: StreamCounters) -> tuple[Stats, float | None]:
+    """Causal LMs: (stats with mean_ms = milliseconds per generated token after the first, time to the first
+    token in ms) of the client streams one version answered this step."""
+    ok = d.requests - d.failures
+    per_token = d.decode_s * 1000.0 / (d.tokens - ok) if d.tokens > ok > 0 else None
+    return (Stats(requests=d.requests, error_rate=(d.failures / d.requests) if d.requests else 0.0,
+                  mean_ms=per_token, compute_ms=None, p99_ms=None),
+            d.first_s * 1000.0 / ok if ok > 0 else None)
 
 
 def _measuring(step: int, weight: int, now: datetime, snap: dict[str, float], reason: str = "") -> RolloutStepStatus:
@@ -257,6 +297,13 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
         s.reason = f"step {s.step + 1}: baseline counters taken"
         return s, []
     dc, ds = stats(_delta(obs, snap, canary)), stats(_delta(obs, snap, stable))
+    model_requests = dc.requests + ds.requests  # every call Triton counted: clients', the router's, bypassing ones
+    tokens = bool(obs.streams)  # a causal LM: its client streams, as the router saw them, are judged
+    first_ms: dict[str, float] = {}
+    if tokens:
+        (dc, fc), (ds, fs) = stream_stats(_stream_delta(obs, snap, canary)), stream_stats(_stream_delta(obs, snap, stable))
+        first_ms = {str(v): round(f, 4) for v, f in ((canary, fc), (stable, fs)) if f is not None}
+    unit = "ms/token" if tokens else "ms"
     a = spec.analysis
     measured = RolloutStepStatus(
         step=s.step, weight=step.weight,
@@ -264,7 +311,7 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
         # like latency: no figure for a version that had no requests this step
         error_rate={str(v): round(x.error_rate, 6) for v, x in ((canary, dc), (stable, ds)) if x.requests},
         latency_ms={str(v): round(x.mean_ms, 4) for v, x in ((canary, dc), (stable, ds)) if x.mean_ms is not None},
-        time=_iso(now))
+        first_token_ms=first_ms, time=_iso(now))
 
     def fail(why: str):
         measured.decision, measured.reason = FAILED, why
@@ -299,7 +346,8 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
         ratio = dc.mean_ms / base
         measured.latency_ms["ratio"] = round(ratio, 4)
         if ratio > a.max_latency_ratio:
-            return fail(f"canary mean latency {dc.mean_ms:.2f} ms is {ratio:.2f}x stable {base:.2f} ms "
+            what = "time per generated token" if tokens else "mean latency"
+            return fail(f"canary {what} {dc.mean_ms:.2f} {unit} is {ratio:.2f}x stable {base:.2f} {unit} "
                         f"(max {a.max_latency_ratio}x)")
     elif dc.requests == 0:
         notes.append("no canary requests (minRequests 0): error rate and latency not measured")
@@ -312,7 +360,7 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
             return fail(f"canary p99 {dc.p99_ms:.2f} ms > {a.max_p99_latency_ms} ms")
         else:
             measured.latency_ms["p99"] = round(dc.p99_ms, 4)
-    direct = bypassed(obs, snap, dc.requests + ds.requests, mirrored)
+    direct = bypassed(obs, snap, model_requests, mirrored)
     if direct:
         measured.bypassed = direct
         notes.append(f"{direct:.0f} requests reached the model directly, not through its router: "
@@ -332,8 +380,8 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
                         f"({mirrored.requests:.0f} mirrored requests; min {floor:.4f})")
         notes.append(f"agreement {agree:.4f} over {mirrored.samples:.0f} samples (min {floor:.4f})")
     measured.decision = PASSED
-    figures = [] if dc.requests == 0 else [f"error rate {dc.error_rate:.4f}, mean {dc.mean_ms or 0:.2f} ms"
-                                            + (f" vs stable {base:.2f} ms" if base else "")]
+    figures = [] if dc.requests == 0 else [f"error rate {dc.error_rate:.4f}, mean {dc.mean_ms or 0:.2f} {unit}"
+                                            + (f" vs stable {base:.2f} {unit}" if base else "")]
     measured.reason = "; ".join(figures + notes)
     s.history[-1] = measured
     if s.step + 1 >= len(steps):

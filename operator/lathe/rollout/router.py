@@ -149,9 +149,10 @@ def agreement_config(model: str) -> str:
 
     cfg = model_config_pb2.ModelConfig()
     cfg.name, cfg.backend, cfg.max_batch_size = agreement_name(model), "python", 0
-    i = cfg.input.add()
-    i.name, i.data_type = "FIGURES", model_config_pb2.TYPE_FP64
-    i.dims.append(-1)  # 6 figures, 9 from the causal-LM router (agreement_model.py)
+    for name in ("FIGURES", "STREAM"):  # 6 figures (9 from the causal-LM router); STREAM: agreement_model.py
+        i = cfg.input.add()
+        i.name, i.data_type, i.optional = name, model_config_pb2.TYPE_FP64, True
+        i.dims.append(-1)
     o = cfg.output.add()
     o.name, o.data_type = "OK", model_config_pb2.TYPE_BOOL
     o.dims.append(1)
@@ -196,8 +197,9 @@ class TritonRouter:
                                  self.capture, capture_version)
         except ValueError as e:
             raise TritonLoadError(str(e)) from e
-        code = (Path(__file__).parent / router_code(model_cfg)).read_bytes()
-        if mirror and pair:
+        code_file = router_code(model_cfg)
+        code = (Path(__file__).parent / code_file).read_bytes()
+        if (mirror and pair) or code_file == "llm_router_model.py":  # the LLM router counts every stream there
             self._agreement_counters()
         if "capture_percent" in text:
             self._capture_queue()
