@@ -10,7 +10,8 @@ with `bash e2e/controlplane/build.sh`):
 * ``k8s_client`` (session): a configured ``kubernetes.client.ApiClient``;
 * ``node_agent`` (session): e2e/nodeagent/agent.py running pods as local processes;
 * ``s3_server`` (session), ``s3_bucket``, ``s3_client``: a real S3 server (versitygw, built by
-  `bash e2e/s3/build.sh`, see e2e/s3/fixture.py).
+  `bash e2e/s3/build.sh`, see e2e/s3/fixture.py);
+* ``tiny_llm`` (session): a tiny causal LM built by the onnxruntime-genai model builder (e2e/triton/fixtures.py).
 
 A failing test gets the tails of the component logs appended to its report.
 """
@@ -30,3 +31,4 @@ from e2e.controlplane.fixture import (  # noqa: E402,F401
     pytest_runtest_makereport,
 )
 from e2e.s3.fixture import s3_bucket, s3_client, s3_server  # noqa: E402,F401
+from e2e.triton.fixtures import tiny_llm  # noqa: E402,F401 - here, so tests/serving and tests/rollout share one build

@@ -8,7 +8,7 @@ for p in (ROOT / "operator", ROOT):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from e2e.triton.fixtures import digits_models, report_log_tail, tiny_llm, triton, triton_repo  # noqa: E402,F401
+from e2e.triton.fixtures import digits_models, report_log_tail, triton, triton_repo  # noqa: E402,F401
 
 
 def pytest_runtest_makereport(item, call):

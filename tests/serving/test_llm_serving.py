@@ -7,8 +7,9 @@ a decoupled model running onnxruntime-genai that streams tokens through Triton's
   one is refused before anything is written;
 - serving: `/generate_stream` streams one event per token, and the streamed tokens of the published INT4 model
   equal, token for token, the greedy output of onnxruntime-genai run directly on the same folder; `/generate`
-  returns the same in one answer; concurrent streams too; a teacher-forced scoring request returns the same
-  log-probabilities as the model run directly; bad requests get a clear error.
+  returns the same in one answer; concurrent streams too; sampling with a temperature and a seed gives what
+  the runtime gives directly with them; a teacher-forced scoring request returns the same log-probabilities as
+  the model run directly; bad requests get a clear error.
 """
 
 from __future__ import annotations
@@ -129,6 +130,34 @@ def test_concurrent_streams_each_equal_their_greedy_output(triton, tiny_llm, ser
     assert errors == [] and got == want
 
 
+def test_sampling_follows_temperature_and_seed_like_the_runtime_itself(triton, tiny_llm, served_int4):
+    import onnxruntime_genai as og
+
+    prompt = PROMPTS[0]
+    model = og.Model(str(tiny_llm["int4"]))
+    ids = og.Tokenizer(model).encode(prompt)
+
+    def direct(seed):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + MAX_TOKENS, batch_size=1, do_sample=True, temperature=1.5,
+                                  top_k=0, top_p=1.0, random_seed=seed)
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        out = []
+        while not gen.is_done():
+            gen.generate_next_token()
+            out.append(int(gen.get_next_tokens()[0]))
+        return out
+
+    def served(seed):
+        return generate_stream(triton.http_url, served_int4, {"text_input": prompt, "max_tokens": MAX_TOKENS,
+                                                              "parameters": {"stream": True, "temperature": 1.5,
+                                                                             "seed": seed}}).ids
+
+    assert served(7) == direct(7) and served(8) == direct(8)
+    assert served(7) != served(8) and greedy(tiny_llm["int4"], prompt, MAX_TOKENS) not in (served(7), served(8))
+
+
 def test_teacher_forced_scoring_matches_the_model_run_directly(triton, tiny_llm, served_int4):
     import onnxruntime_genai as og
 
@@ -159,6 +188,8 @@ def test_bad_requests_get_a_clear_error(triton, served_int4):
         generate(triton.http_url, served_int4, {"text_input": "word " * 400})
     with pytest.raises(GenerateError, match="max_tokens"):
         generate(triton.http_url, served_int4, {"text_input": "x", "max_tokens": 0})
+    with pytest.raises(GenerateError, match="chat template"):  # the tiny tokenizer has none
+        generate(triton.http_url, served_int4, {"text_input": "x", "chat": True})
     with pytest.raises(GenerateError, match="vocabulary"):
         generate(triton.http_url, served_int4, {"text_input": "x", "score_ids": [10 ** 6]})
     # the server is still fine afterwards

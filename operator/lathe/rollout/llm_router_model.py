@@ -41,7 +41,7 @@ import triton_python_backend_utils as pb_utils
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # request parameters the genai model also takes as inputs: name -> numpy type of the input tensor
-_AS_INPUTS = {"stream": np.bool_, "max_tokens": np.int32, "temperature": np.float32, "top_k": np.int32,
+_AS_INPUTS = {"stream": np.bool_, "chat": np.bool_, "max_tokens": np.int32, "temperature": np.float32, "top_k": np.int32,
               "top_p": np.float32, "seed": np.int64}
 
 
@@ -201,7 +201,7 @@ class TritonPythonModel:
         return ids
 
     def _score(self, version, inputs, ids):
-        prompt = {n: inputs[n] for n in ("text_input", "input_ids") if n in inputs}
+        prompt = {n: inputs[n] for n in ("text_input", "input_ids", "chat") if n in inputs}  # the same prompt
         prompt["score_ids"] = pb_utils.Tensor("score_ids", np.asarray(ids, dtype=np.int64))
         lp = top = None
         for resp in self._request(version, prompt, self.timeout_us).exec(decoupled=True):

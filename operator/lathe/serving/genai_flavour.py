@@ -30,6 +30,7 @@ RUNTIME = "onnxruntime-genai"
 INPUTS = (
     ("text_input", "TYPE_STRING", (1,), True),
     ("input_ids", "TYPE_INT64", (-1,), True),
+    ("chat", "TYPE_BOOL", (1,), True),
     ("stream", "TYPE_BOOL", (1,), True),
     ("max_tokens", "TYPE_INT32", (1,), True),
     ("temperature", "TYPE_FP32", (1,), True),

@@ -6,6 +6,8 @@ genai_config.json, tokenizer files) and answers two kinds of request:
 
 Generation (Triton's generate extension: `POST /v2/models/<m>/generate` and `/generate_stream`):
   text_input   BYTES [1]  the prompt (or `input_ids` INT64 [-1], already tokenized)
+  chat         BOOL  [1]  true: text_input is a user's message, put in the model's chat template (instruct
+                          models answer raw text poorly); false or absent: the text as it is
   stream       BOOL  [1]  true: one response per generated token (what generate_stream clients want); false
                           or absent: one response with the whole continuation (what /generate accepts)
   max_tokens   INT32 [1]  new tokens at most (default 64; the model's context length caps prompt + output)
@@ -39,7 +41,8 @@ import onnxruntime_genai as og
 import triton_python_backend_utils as pb_utils
 
 DEFAULT_MAX_TOKENS = 64
-_PARAMS = {"stream": bool, "max_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
+_PARAMS = {"stream": bool, "chat": bool, "max_tokens": int, "temperature": float, "top_k": int, "top_p": float,
+           "seed": int}
 
 
 class BadRequest(ValueError):
@@ -131,6 +134,8 @@ class TritonPythonModel:
             text = _text(request)
             if text is None:
                 raise BadRequest("no prompt: send text_input (or input_ids)")
+            if p.get("chat"):
+                text = self._chat(text)
             prompt = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
         score = _ids(request, "score_ids")
         seq = prompt if score is None else np.concatenate([prompt, score])
@@ -145,6 +150,13 @@ class TritonPythonModel:
             raise BadRequest(f"max_tokens must be at least 1, got {max_tokens}")
         return {"prompt": prompt, "score": score, "params": p, "request": request,
                 "max_tokens": min(max_tokens, self.context - len(prompt))}
+
+    def _chat(self, text):
+        try:
+            return self.tokenizer.apply_chat_template(json.dumps([{"role": "user", "content": text}]),
+                                                      add_generation_prompt=True)
+        except Exception as e:  # noqa: BLE001 - onnxruntime-genai raises RuntimeError without a template
+            raise BadRequest(f"chat: this model has no usable chat template ({e})") from None
 
     def _run(self, job, sender):
         try:

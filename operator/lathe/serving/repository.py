@@ -3,6 +3,7 @@
 Layout written for model `m`, version `N`:
     <repo>/m/config.pbtxt            shared by all versions (IO, batching, instances, version_policy)
     <repo>/m/N/<model files>         model.onnx | model.plan | model_sm80.plan ... | model.py
+                                     | an onnxruntime-genai model folder's files (flavour genai)
     <repo>/m/N/lathe.json            candidate, flavour, sha256 of every file, created time
     <repo>/m/N/report.json           the validation report (when given)
 
@@ -261,8 +262,10 @@ def publish(repository: str | os.PathLike, model_name: str, artifact_files: Sequ
     """Write the candidate as version max(existing)+1 of `model_name` in the Triton repository.
 
     artifact_files: the model file(s): an .onnx for onnxruntime/python; .plan engines (+ the source .onnx for
-    the signature) for tensorrt; a mapping {name: path} when names matter (model_sm80.plan ...).
-    runtime: the candidate's runtime (onnxruntime/openvino/tensorrt) — picks the flavour when the spec says auto.
+    the signature) for tensorrt; a mapping {name: path} when names matter (model_sm80.plan ...); for genai the
+    onnxruntime-genai model folder itself (its files go into the version as they are).
+    runtime: the candidate's runtime (onnxruntime/openvino/tensorrt/onnxruntime-genai) — picks the flavour when
+    the spec says auto.
     reuse_existing: a version already holding the same candidate and artifact sha256 is returned instead of
     publishing a duplicate (an operator restarted between publish and status write must not add N+2).
     An s3://bucket/prefix repository is written by serving.s3_repository (same layout, same guarantees).
