@@ -142,3 +142,23 @@ def test_a_capture_needs_lathes_router_and_somewhere_to_go():
         "spec.publish.rollout.capture.uri: s3:// needs credentials: set spec.storage.s3.secretRef to a Secret "
         "with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"]
     assert problems(spec(publish={**base, "rollout": {"capture": {"uri": "https://x/c"}}})) == []  # off: unused
+
+
+def test_the_genai_flavour_and_causal_lm_go_together():
+    base = {"repository": "pvc://triton-models/", "modelName": "m"}
+    assert problems(spec(publish={**base, "flavour": "genai"})) == [
+        "spec.publish.flavour: genai serves causal LMs (task causal-lm, runtime onnxruntime-genai); use auto for "
+        "this task"]
+    # a causal-LM spec (the task type comes with the worker half of issue 22; built here without validation)
+    s = spec(publish={**base, "flavour": "python", "tritonUrl": "t:8000",
+                      "rollout": {"capture": {"enabled": True, "uri": "/c"}}})
+    llm = s.model_copy(update={"task": s.task.model_copy(update={"type": "causal-lm"})})
+    assert problems(llm) == [
+        "spec.publish.flavour: a causal LM is served as genai (a decoupled model that streams tokens), not python; "
+        "use auto or genai",
+        "spec.publish.rollout.capture.enabled: live prompts of causal LMs are not captured (the streaming router "
+        "samples nothing); set enabled: false"]
+    ok = llm.model_copy(update={"publish": llm.publish.model_copy(update={
+        "flavour": "auto", "rollout": llm.publish.rollout.model_copy(update={"capture": llm.publish.rollout.capture
+                                                                            .model_copy(update={"enabled": False})})})})
+    assert problems(ok) == []

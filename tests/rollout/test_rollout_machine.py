@@ -390,3 +390,24 @@ def test_stream_metrics_are_parsed_per_version():
         'lathe_stream_requests_total{model="other",version="2"} 7'])
     st = observe(text, "m").streams[2]
     assert (st.requests, st.failures, st.tokens, st.first_s, st.decode_s) == (5, 1, 64, 0.5, 1.25)
+
+
+def test_a_causal_lm_rollout_takes_its_floors_from_the_token_budget():
+    from lathe.api.spec import ModelOptimizationSpec
+    from lathe.rollout.agreement import compare_of, with_defaults
+
+    base = ModelOptimizationSpec.model_validate({"model": {"uri": "m"}, "data": {"validation": {"uri": "v.txt"}},
+                                                 "budget": {"minTokenAgreement": 0.9, "maxPerplexityIncrease": 0.05}})
+    # task causal-lm comes with the worker half of issue 22; set here without validation
+    llm = base.model_copy(update={"task": base.task.model_copy(update={"type": "causal-lm"})})
+    a = with_defaults(Rollout(), llm).analysis
+    assert (a.min_agreement, a.max_perplexity_ratio) == (0.9, 1.05)
+    own = Rollout(analysis=Analysis(min_agreement=0.99))
+    assert with_defaults(own, llm).analysis.min_agreement == 0.99  # the analysis' own figure wins
+    plain = llm.model_copy(update={"budget": base.budget.model_copy(update={"min_token_agreement": None,
+                                                                           "max_perplexity_increase": None})})
+    a = with_defaults(Rollout(), plain).analysis
+    assert (a.min_agreement, a.max_perplexity_ratio) == (0.95, 1.02)
+    c = compare_of(Rollout(), llm)
+    assert (c.kind, c.timeout_ms) == ("tokens", 30000)  # scoring runs after the client's stream: a long bound
+    assert compare_of(Rollout(analysis=Analysis(mirror_timeout_ms=5000)), llm).timeout_ms == 5000
