@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from e2e.triton.generate import generate_stream, greedy
+from e2e.triton.generate import GenerateError, generate_stream, greedy
 from lathe.api.spec import Analysis, Budget, Publish, Rollout, RolloutStep
 from lathe.api.status import RolloutStatus
 from lathe.rollout import RolloutExecutor, observe, start
@@ -59,11 +59,11 @@ def score_offline(folder, prompt: str, cont: list[int]) -> tuple[np.ndarray, np.
     return rows[np.arange(len(cont)), cont] - logz, rows.argmax(1)
 
 
-def offline_figures(stable, canary, prompts):
+def offline_figures(stable, canary, prompts, max_tokens=MAX_TOKENS):
     """What the router must count for `prompts`: tokens, agreeing positions, NLL under each version."""
     n = agree = nll_s = nll_c = 0.0
     for p in prompts:
-        ref = greedy(stable, p, MAX_TOKENS)
+        ref = greedy(stable, p, max_tokens)
         lp_s, top_s = score_offline(stable, p, ref)
         lp_c, top_c = score_offline(canary, p, ref)
         n += len(ref)
@@ -101,18 +101,28 @@ def test_router_token_figures_equal_the_offline_scoring(triton, triton_repo, tin
         got = [generate_stream(triton.http_url, router_name(name),
                                {"text_input": p, "max_tokens": MAX_TOKENS, "stream": True}).ids for p in PROMPTS[:3]]
         assert got == [greedy(tiny_llm["fp32"], p, MAX_TOKENS) for p in PROMPTS[:3]]  # clients: stable's tokens
-        m = wait_mirror(tc, name, 3)
+        # generation settings sent as parameters reach the model through the router; one the model refuses comes
+        # back to the client with the model's own message
+        one = generate_stream(triton.http_url, router_name(name), {"text_input": PROMPTS[0],
+                                                                   "parameters": {"max_tokens": 3, "stream": True}})
+        assert one.ids == got[0][:3] and one.events == 3
+        with pytest.raises(GenerateError, match="max_tokens must be at least 1"):
+            generate_stream(triton.http_url, router_name(name), {"text_input": PROMPTS[0],
+                                                                 "parameters": {"max_tokens": 0}})
+        m = wait_mirror(tc, name, 4)
         n, agree, nll_s, nll_c = offline_figures(tiny_llm["fp32"], tiny_llm["int4"], PROMPTS[:3])
-        assert (m.requests, m.samples, m.agree, m.errors, m.timeouts) == (3, n, agree, 0, 0)
+        n3, agree3, nll_s3, nll_c3 = offline_figures(tiny_llm["fp32"], tiny_llm["int4"], PROMPTS[:1], 3)
+        n, agree, nll_s, nll_c = n + n3, agree + agree3, nll_s + nll_s3, nll_c + nll_c3
+        assert (m.requests, m.samples, m.agree, m.errors, m.timeouts) == (4, n, agree, 0, 0)
         assert math.isclose(m.nll_stable, nll_s, rel_tol=1e-4) and math.isclose(m.nll_canary, nll_c, rel_tol=1e-4)
-        assert m.calls == 6  # two prefills per judged request
+        assert m.calls == 8  # two prefills per judged request (the refused request was never judged)
         assert agree < n  # INT4 is not FP32: the comparison is not trivially 1
         # the canary answers, stable generates the reference on the side: the same figures for that prompt
         ex.router.set_weights({1: 0, 2: 100}, mirror=100, pair=(1, 2))
         s = generate_stream(triton.http_url, router_name(name),
                             {"text_input": PROMPTS[3], "max_tokens": MAX_TOKENS, "stream": True})
         assert s.ids == greedy(tiny_llm["int4"], PROMPTS[3], MAX_TOKENS)  # the client got the canary's stream
-        m2 = wait_mirror(tc, name, 4)
+        m2 = wait_mirror(tc, name, 5)
         n4, agree4, nll_s4, nll_c4 = offline_figures(tiny_llm["fp32"], tiny_llm["int4"], PROMPTS[3:4])
         assert (m2.samples - m.samples, m2.agree - m.agree, m2.calls - m.calls) == (n4, agree4, 3)
         assert math.isclose(m2.nll_canary - m.nll_canary, nll_c4, rel_tol=1e-4)

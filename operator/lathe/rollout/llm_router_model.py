@@ -96,17 +96,19 @@ class TritonPythonModel:
 
     def execute(self, requests):
         for request in requests:
-            inputs = self._inputs(request)
+            inputs, params = self._inputs(request)
             sender = request.get_response_sender()
             self.slots.acquire()
-            t = threading.Thread(target=self._serve, args=(inputs, sender), daemon=True)
+            t = threading.Thread(target=self._serve, args=(inputs, params, sender), daemon=True)
             with self.lock:
                 self.threads.add(t)
             t.start()
         return None
 
     def _inputs(self, request):
-        """The client's tensors, plus its request parameters that the model takes as inputs."""
+        """The client's tensors, plus its request parameters that the model takes as inputs; and the parameters
+        themselves, passed on as they came (BLS takes bool, int and str values), so that the model answers a bad
+        one as it would answer the client directly."""
         tensors = {n: pb_utils.get_input_tensor_by_name(request, n) for n in self.inputs}
         out = {n: pb_utils.Tensor(n, t.as_numpy().copy()) for n, t in tensors.items() if t is not None}
         try:
@@ -118,21 +120,25 @@ class TritonPythonModel:
                 try:
                     out[name] = pb_utils.Tensor(name, np.array([_cast(params[name], dtype)], dtype=dtype))
                 except (TypeError, ValueError):
-                    pass  # left out: the model answers with its default, as it would called directly
-        return out
+                    pass  # the parameter goes on as it came: the model refuses it with its own message
+        passed = {str(k): v if isinstance(v, (bool, int, str)) else json.dumps(v) if isinstance(v, (list, dict))
+                  else str(v) for k, v in params.items()} if isinstance(params, dict) else {}
+        return out, passed
 
-    def _request(self, version, inputs, timeout_us=None):
+    def _request(self, version, inputs, params=None, timeout_us=None):
         kw = {"timeout": timeout_us} if timeout_us else {}
+        if params:
+            kw["parameters"] = params
         return pb_utils.InferenceRequest(model_name=self.target, model_version=version,
                                          requested_output_names=self.outputs, inputs=list(inputs.values()), **kw)
 
-    def _serve(self, inputs, sender):
+    def _serve(self, inputs, params, sender):
         version = None
         try:
             version, scored = self._choose()
             if "score_ids" in inputs:
                 scored = False  # a scoring request is passed through, never judged itself
-            ids = self._stream(version, inputs, sender)
+            ids = self._stream(version, inputs, params, sender)
             if scored and ids is not None:
                 self._judge(version, inputs, ids)
         except Exception as e:  # noqa: BLE001 - the client always gets a final response
@@ -148,14 +154,14 @@ class TritonPythonModel:
             with self.lock:
                 self.threads.discard(threading.current_thread())
 
-    def _stream(self, version, inputs, sender):
+    def _stream(self, version, inputs, params, sender):
         """Forward `version`'s responses to the client as they come; return its generated ids (None on error).
         What the client saw (time to the first token, time from the first to the last, tokens, or a failure)
         goes to the counters model: the analysis' error rate and speed per version for causal LMs."""
         ids = []
         t0 = time.perf_counter()
         first = last = None
-        for resp in self._request(version, inputs).exec(decoupled=True):
+        for resp in self._request(version, inputs, params).exec(decoupled=True):
             if resp.has_error():
                 sender.send(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
                     f"{self.target} v{version}: {resp.error().message()}")), flags=FINAL)
@@ -204,7 +210,7 @@ class TritonPythonModel:
         prompt = {n: inputs[n] for n in ("text_input", "input_ids", "chat") if n in inputs}  # the same prompt
         prompt["score_ids"] = pb_utils.Tensor("score_ids", np.asarray(ids, dtype=np.int64))
         lp = top = None
-        for resp in self._request(version, prompt, self.timeout_us).exec(decoupled=True):
+        for resp in self._request(version, prompt, timeout_us=self.timeout_us).exec(decoupled=True):
             if resp.has_error():
                 raise RuntimeError(resp.error().message())
             for t in resp.output_tensors():
