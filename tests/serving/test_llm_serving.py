@@ -65,6 +65,23 @@ def test_publish_genai_version_layout_and_atomicity(tmp_path, tiny_llm):
     assert list(parse_config((repo / "lm" / "config.pbtxt").read_text()).version_policy.specific.versions) == [1]
 
 
+def test_the_folder_s_files_given_one_by_one_are_published_the_same(tmp_path, tiny_llm):
+    """What the worker passes: {name: path} of the folder's model files, its build cache's own files left out."""
+    build = tmp_path / "build"
+    shutil.copytree(tiny_llm["int4"], build)
+    (build / "builder.log").write_text("the builder's output\n")
+    (build / ".complete").write_text("{}")
+    files = {f.name: f for f in build.iterdir() if f.name not in ("builder.log", ".complete")}
+    p = publish(tmp_path / "repo", "lm", files, "onnxruntime-genai", None, "int4")
+    whole = publish(tmp_path / "repo2", "lm", tiny_llm["int4"], "onnxruntime-genai", None, "int4")
+    assert p.flavour == "genai" and p.sha256 == whole.sha256  # the same model, the same digest
+    assert sorted(f.name for f in (tmp_path / "repo" / "lm" / "1").iterdir()) == sorted([*files, "model.py",
+                                                                                         "lathe.json"])
+    del files["model.onnx.data"]
+    with pytest.raises(ConfigError, match=r"model.onnx.data"):
+        publish(tmp_path / "repo", "lm", files, "onnxruntime-genai", None, "int4")
+
+
 def test_a_folder_that_is_not_a_model_is_refused_before_anything_is_written(tmp_path, tiny_llm):
     repo = tmp_path / "repo"
     broken = tmp_path / "broken"

@@ -52,33 +52,40 @@ RESERVED = {"model.py", "lathe.json", "report.json", "report.html", "calibration
 
 
 def model_folder_files(folder: Path) -> dict[str, Path]:
-    """The files of an onnxruntime-genai model folder, checked: genai_config.json, the decoder graph it names,
-    that graph's external weights, a tokenizer. Raises ConfigError naming what is missing."""
+    """The files of an onnxruntime-genai model folder (hidden files, such as a build cache's markers, left out),
+    checked by check_model_files."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"genai flavour needs the model builder's output folder, got {folder}")
-    cfg_path = folder / "genai_config.json"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{folder}: no genai_config.json (not an onnxruntime-genai model folder)")
-    try:
-        decoder = json.loads(cfg_path.read_text())["model"]["decoder"]["filename"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{cfg_path}: no model.decoder.filename ({e})") from None
-    if decoder != Path(decoder).name or not (folder / decoder).is_file():
-        raise ConfigError(f"{folder}: the decoder graph {decoder!r} named by genai_config.json is missing")
     subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if subdirs:
         raise ConfigError(f"{folder}: sub-folders {subdirs} (a model folder is flat)")
-    files = {p.name: p for p in sorted(folder.iterdir()) if p.is_file()}
+    files = {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    return check_model_files(files, str(folder))
+
+
+def check_model_files(files: Mapping[str, Path], where: str) -> dict[str, Path]:
+    """{name in the version: path} of a model folder, checked: genai_config.json, the decoder graph it names, that
+    graph's external weights, a tokenizer, nothing Lathe writes itself. Raises ConfigError naming what is wrong;
+    returns the files with the decoder graph first (repository.identify takes the first "model*" file as the
+    version's main file)."""
+    files = {str(n): Path(p) for n, p in files.items()}
+    if "genai_config.json" not in files:
+        raise ConfigError(f"{where}: no genai_config.json (not an onnxruntime-genai model folder)")
+    try:
+        decoder = json.loads(files["genai_config.json"].read_text())["model"]["decoder"]["filename"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{where}: genai_config.json has no model.decoder.filename ({e})") from None
+    if decoder != Path(decoder).name or decoder not in files:
+        raise ConfigError(f"{where}: the decoder graph {decoder!r} named by genai_config.json is missing")
     clash = sorted(RESERVED & set(files))
     if clash:
-        raise ConfigError(f"{folder}: holds {clash}, which Lathe writes into every version")
+        raise ConfigError(f"{where}: holds {clash}, which Lathe writes into every version")
     if not any(n in files for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        raise ConfigError(f"{folder}: no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
-    missing = sorted(loc for loc in external_data(folder / decoder) if loc not in files)
+        raise ConfigError(f"{where}: no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
+    missing = sorted(loc for loc in external_data(files[decoder]) if loc not in files)
     if missing:
-        raise ConfigError(f"{folder}: {decoder} keeps its weights in {missing}, which are not in the folder")
-    # the decoder first: repository.identify takes the first "model*" file as the version's main file
+        raise ConfigError(f"{where}: {decoder} keeps its weights in {missing}, which are not among its files")
     return {decoder: files.pop(decoder), **files}
 
 
@@ -129,18 +136,14 @@ class GenAIFlavour(Flavour):
     digest_all_files = True  # repository.identify: the weights live outside model.onnx
 
     def files(self, artifacts: Mapping[str, Path]) -> dict[str, Path]:
+        """The model folder itself, or its files as {name: path} (the worker leaves its build cache's own files
+        out); either way checked as a whole model folder."""
         dirs = [p for p in artifacts.values() if Path(p).is_dir()]
         if len(dirs) == 1 and len(artifacts) == 1:
             return model_folder_files(dirs[0])
-        # the folder's files given one by one: they must make a whole folder
-        parents = {Path(p).parent for p in artifacts.values()}
-        if len(parents) != 1:
-            raise ConfigError(f"genai flavour needs one model folder, got {sorted(artifacts)}")
-        files = model_folder_files(parents.pop())
-        if set(files) != set(artifacts):
-            raise ConfigError(f"genai flavour publishes the whole model folder: got {sorted(artifacts)}, "
-                              f"the folder holds {sorted(files)}")
-        return files
+        if dirs:
+            raise ConfigError(f"genai flavour needs one model folder or its files, got {sorted(artifacts)}")
+        return check_model_files(artifacts, "the model files")
 
     def signature(self, artifacts, files):
         return SIGNATURE
@@ -155,4 +158,5 @@ class GenAIFlavour(Flavour):
 register_flavour(GenAIFlavour())
 AUTO_FLAVOUR.setdefault(RUNTIME, "genai")
 
-__all__ = ["GenAIFlavour", "SIGNATURE", "INPUTS", "OUTPUTS", "model_folder_files", "genai_config_text"]
+__all__ = ["GenAIFlavour", "SIGNATURE", "INPUTS", "OUTPUTS", "model_folder_files", "check_model_files",
+           "genai_config_text"]
