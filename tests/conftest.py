@@ -14,6 +14,7 @@ with `bash e2e/controlplane/build.sh`):
 * ``gcs_server``, ``azurite_server`` (session): fake-gcs-server and Azurite (`bash e2e/gcs/build.sh`,
   `bash e2e/azurite/install.sh`), and ``store``: one test run against each of S3, GCS and Azure
   (e2e/stores/fixtures.py).
+* ``tiny_llm`` (session): a tiny causal LM built by the onnxruntime-genai model builder (e2e/triton/fixtures.py).
 
 A failing test gets the tails of the component logs appended to its report.
 """
@@ -34,3 +35,4 @@ from e2e.controlplane.fixture import (  # noqa: E402,F401
 )
 from e2e.s3.fixture import s3_bucket, s3_client, s3_server  # noqa: E402,F401
 from e2e.stores.fixtures import azurite_server, gcs_server, store  # noqa: E402,F401
+from e2e.triton.fixtures import tiny_llm  # noqa: E402,F401 - here, so tests/serving and tests/rollout share one build

@@ -5,7 +5,11 @@ Use in a conftest.py:  from e2e.triton.fixtures import digits_models, triton, tr
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,22 @@ def digits_models(tmp_path_factory):
     from tests.serving.models import build
 
     return build(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> dict:
+    """A tiny causal LM (tests/serving/llm_models.py) built once per session by the onnxruntime-genai model
+    builder: {"fp32", "int8", "int4", "noisy": model folders, "ckpt": the checkpoint, "build": timings}. Built in
+    a subprocess, so torch and the builder stay out of the test process."""
+    out = tmp_path_factory.mktemp("llm")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run([sys.executable, "-m", "tests.serving.llm_models", str(out)], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        pytest.fail(f"building the tiny causal LM failed:\n{r.stderr[-3000:]}", pytrace=False)
+    paths = {k: out / k for k in ("ckpt", "fp32", "int8", "int4", "noisy")}
+    return {**paths, "build": json.loads((out / "build.json").read_text())}
 
 
 @pytest.fixture(scope="session")

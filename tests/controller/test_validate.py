@@ -174,3 +174,23 @@ def test_a_triton_repository_on_azure_is_refused_one_on_gcs_is_not():
     assert problems(spec(storage=st, publish={"repository": "gs://bucket/repo", "modelName": "m"})) == []
     # az:// is fine for everything Triton does not read
     assert problems(spec(storage=st, model={"uri": "az://c/model.onnx"}, artifacts="az://c/artifacts")) == []
+
+
+def test_the_genai_flavour_and_causal_lm_go_together():
+    base = {"repository": "pvc://triton-models/", "modelName": "m"}
+    assert problems(spec(publish={**base, "flavour": "genai"})) == [
+        "spec.publish.flavour: genai serves causal LMs (task causal-lm, runtime onnxruntime-genai); use auto for "
+        "this task"]
+    # a causal-LM spec (the task type comes with the worker half of issue 22; built here without validation)
+    s = spec(publish={**base, "flavour": "python", "tritonUrl": "t:8000",
+                      "rollout": {"capture": {"enabled": True, "uri": "/c"}}})
+    llm = s.model_copy(update={"task": s.task.model_copy(update={"type": "causal-lm"})})
+    assert problems(llm) == [
+        "spec.publish.flavour: a causal LM is served as genai (a decoupled model that streams tokens), not python; "
+        "use auto or genai",
+        "spec.publish.rollout.capture.enabled: live prompts of causal LMs are not captured (the streaming router "
+        "samples nothing); set enabled: false"]
+    ok = llm.model_copy(update={"publish": llm.publish.model_copy(update={
+        "flavour": "auto", "rollout": llm.publish.rollout.model_copy(update={"capture": llm.publish.rollout.capture
+                                                                            .model_copy(update={"enabled": False})})})})
+    assert problems(ok) == []

@@ -265,3 +265,149 @@ def test_agreement_floor_comes_from_the_budget():
     assert with_defaults(MIRRORED, s).analysis.min_agreement == 0.95  # the analysis' own figure wins
     assert compare_of(Rollout(), s).kind == "cosine"
     assert compare_of(Rollout(), spec({"type": "classification"}, {})).kind == "top1"
+
+
+# --- causal LMs: the canary scored stable's continuations (llm_router_model.py) --------------------
+TOKENS = Rollout(steps=[RolloutStep(weight=0, mirror=100, pause_seconds=10, min_requests=0),
+                        RolloutStep(weight=100, pause_seconds=10, min_requests=5)],
+                 analysis=Analysis(max_latency_ratio=10.0, min_agreement=0.95, max_perplexity_ratio=1.02,
+                                   min_compared_requests=20))
+
+
+def _tok_obs(n_stable, n_canary, compared, tokens, agree, nll_stable, nll_canary, calls=None, routed=None):
+    """Cumulative counters: requests per version, the router's scored requests, tokens, agreeing positions,
+    NLL sums, the router's own model calls and the client requests it routed."""
+    from lathe.rollout.machine import MirrorCounters
+
+    calls = 2 * compared if calls is None else calls
+    routed = n_stable + n_canary - calls if routed is None else routed
+    return Observation({1: Counters(success=n_stable, request_us=n_stable * 9000.0),
+                        2: Counters(success=n_canary, request_us=n_canary * 1000.0)},
+                       mirror={(1, 2): MirrorCounters(compared, tokens, agree, 0.0, 0.0, nll_stable, nll_canary,
+                                                      calls)},
+                       router=Counters(success=routed))
+
+
+def test_token_canary_rolled_back_on_next_token_agreement():
+    s, _ = advance(TOKENS, start(1, 2), _tok_obs(0, 0, 0, 0, 0, 0, 0), T0)
+    # 20 requests scored, 640 tokens, 480 agreeing: 0.75 < 0.95 (the perplexity ratio is recorded too)
+    s, actions = advance(TOKENS, s, _tok_obs(60, 20, 20, 640, 480, 640 * 2.0, 640 * 2.5), T0 + timedelta(seconds=11))
+    assert s.state == "RolledBack", s.reason
+    assert "next-token top-1 agrees with stable's on 0.7500 of 640 scored tokens" in s.reason
+    h = s.history[-1]
+    assert (h.agreement, h.compared) == (0.75, 20) and abs(h.perplexity_ratio - 1.648721) < 1e-6
+    assert Route(((1, 100),)) in actions and Serve((1,)) in actions
+
+
+def test_token_canary_rolled_back_on_perplexity_ratio_alone():
+    s, _ = advance(TOKENS, start(1, 2), _tok_obs(0, 0, 0, 0, 0, 0, 0), T0)
+    # every top-1 agrees, but the canary is less sure of stable's tokens: ppl ratio e^(0.05) = 1.0513 > 1.02
+    s, _ = advance(TOKENS, s, _tok_obs(60, 20, 20, 1000, 1000, 2000.0, 2050.0), T0 + timedelta(seconds=11))
+    assert s.state == "RolledBack" and "canary perplexity is 1.0513x stable's on 1000 scored tokens" in s.reason
+    assert s.history[-1].agreement == 1.0
+
+
+def test_token_canary_passes_with_its_figures_and_no_false_bypass():
+    # counters from an earlier rollout; this step: 60 client streams from stable, 30 of them scored by both
+    # versions (2 calls each): 90 requests to stable, 30 to the canary, none of them a bypass
+    s, _ = advance(TOKENS, start(1, 2), _tok_obs(0, 0, 100, 3200, 3100, 6400.0, 6410.0, calls=200, routed=0), T0)
+    s, _ = advance(TOKENS, s, _tok_obs(90, 30, 130, 4160, 4050, 8320.0, 8336.0, calls=260, routed=60),
+                   T0 + timedelta(seconds=11))
+    assert s.state == "Progressing" and s.step == 1, s.reason
+    h = s.history[0]
+    assert h.decision == "Passed" and h.compared == 30 and h.agreement == round(950 / 960, 6)
+    assert h.perplexity_ratio == round(float(__import__("math").exp(6.0 / 960)), 6)
+    assert "token agreement 0.9896 (min 0.9500), perplexity ratio 1.0063 (max 1.0200) over 960 tokens" in h.reason
+    assert not h.bypassed, h.reason
+    # the same step with 40 more requests than the router explains: reported as a bypass
+    s, _ = advance(TOKENS, start(1, 2), _tok_obs(0, 0, 100, 3200, 3100, 6400.0, 6410.0, calls=200, routed=0), T0)
+    s, _ = advance(TOKENS, s, _tok_obs(130, 30, 130, 4160, 4050, 8320.0, 8336.0, calls=260, routed=60),
+                   T0 + timedelta(seconds=11))
+    assert s.history[0].bypassed == 40
+
+
+def test_token_mirror_metrics_are_parsed():
+    text = "\n".join([
+        'lathe_mirror_requests_total{canary="2",model="m",stable="1"} 4',
+        'lathe_mirror_samples_total{canary="2",model="m",stable="1"} 128',
+        'lathe_mirror_agreement_total{canary="2",model="m",stable="1"} 120',
+        'lathe_mirror_nll_total{canary="2",model="m",side="stable",stable="1"} 250.5',
+        'lathe_mirror_nll_total{canary="2",model="m",side="canary",stable="1"} 260.25',
+        'lathe_mirror_calls_total{canary="2",model="m",stable="1"} 9'])
+    m = observe(text, "m").mirror[(1, 2)]
+    assert (m.requests, m.samples, m.agree, m.nll_stable, m.nll_canary, m.calls) == (4, 128, 120, 250.5, 260.25, 9)
+    assert m.scored_tokens
+
+
+def test_token_thresholds_come_from_the_budget():
+    from lathe.api.spec import Budget
+    from lathe.rollout.agreement import token_thresholds
+
+    assert token_thresholds(Budget()) == (0.95, 1.02)  # the budget's defaults
+    assert token_thresholds(Budget(min_token_agreement=0.9, max_perplexity_increase=0.05)) == (0.9, 1.05)
+
+
+def _stream_obs(base: Observation, streams: dict) -> Observation:
+    from lathe.rollout.machine import StreamCounters
+
+    return Observation(base.counters, mirror=base.mirror, router=base.router,
+                       streams={v: StreamCounters(*c) for v, c in streams.items()})
+
+
+STREAMED = Rollout(steps=[RolloutStep(weight=50, pause_seconds=10, min_requests=10)],
+                   analysis=Analysis(max_error_rate=0.05, max_latency_ratio=1.5))
+
+
+def test_causal_lm_steps_are_judged_on_the_client_streams():
+    """Triton's request duration of a decoupled model is the hand-over to its thread: ignored. The router's
+    stream counters give the error rate, time per generated token and time to first token per version."""
+    triton = Observation({1: Counters(success=40, request_us=40 * 1000.0), 2: Counters(success=20, request_us=20.0)},
+                         router=Counters(success=60))
+    s, _ = advance(STREAMED, start(1, 2), _stream_obs(triton, {}), T0)
+    # 20 streams each: 16 tokens in 0.3 s after the first (20 ms/token) on stable, 0.9 s (60 ms/token) on the canary
+    slow = _stream_obs(triton, {1: (20, 0, 320, 20 * 0.1, 20 * 0.3), 2: (20, 0, 320, 20 * 0.1, 20 * 0.9)})
+    s2, _ = advance(STREAMED, s, slow, T0 + timedelta(seconds=11))
+    assert s2.state == "RolledBack", s2.reason
+    assert "canary time per generated token 60.00 ms/token is 3.00x stable 20.00 ms/token" in s2.reason
+    h = s2.history[-1]
+    assert h.requests == {"1": 20, "2": 20} and h.first_token_ms == {"1": 100.0, "2": 100.0}
+    # the same speed: passes, figures per token; a failed stream counts as an error
+    same = _stream_obs(triton, {1: (20, 0, 320, 2.0, 6.0), 2: (20, 0, 320, 2.0, 6.3)})
+    s3, _ = advance(STREAMED, s, same, T0 + timedelta(seconds=11))
+    assert s3.state == "Promoted" and s3.history[-1].latency_ms == {"1": 20.0, "2": 21.0, "ratio": 1.05}
+    failing = _stream_obs(triton, {1: (20, 0, 320, 2.0, 6.0), 2: (20, 2, 288, 1.8, 5.4)})
+    s4, _ = advance(STREAMED, s, failing, T0 + timedelta(seconds=11))
+    assert s4.state == "RolledBack" and "canary error rate 0.1000 > 0.05 over 20 requests" in s4.reason
+
+
+def test_stream_metrics_are_parsed_per_version():
+    text = "\n".join([
+        'lathe_stream_requests_total{model="m",version="2"} 5',
+        'lathe_stream_failures_total{model="m",version="2"} 1',
+        'lathe_stream_tokens_total{model="m",version="2"} 64',
+        'lathe_stream_first_token_seconds_total{model="m",version="2"} 0.5',
+        'lathe_stream_decode_seconds_total{model="m",version="2"} 1.25',
+        'lathe_stream_requests_total{model="other",version="2"} 7'])
+    st = observe(text, "m").streams[2]
+    assert (st.requests, st.failures, st.tokens, st.first_s, st.decode_s) == (5, 1, 64, 0.5, 1.25)
+
+
+def test_a_causal_lm_rollout_takes_its_floors_from_the_token_budget():
+    from lathe.api.spec import ModelOptimizationSpec
+    from lathe.rollout.agreement import compare_of, with_defaults
+
+    base = ModelOptimizationSpec.model_validate({"model": {"uri": "m"}, "data": {"validation": {"uri": "v.txt"}},
+                                                 "budget": {"minTokenAgreement": 0.9, "maxPerplexityIncrease": 0.05}})
+    # task causal-lm comes with the worker half of issue 22; set here without validation
+    llm = base.model_copy(update={"task": base.task.model_copy(update={"type": "causal-lm"})})
+    a = with_defaults(Rollout(), llm).analysis
+    assert (a.min_agreement, a.max_perplexity_ratio) == (0.9, 1.05)
+    own = Rollout(analysis=Analysis(min_agreement=0.99))
+    assert with_defaults(own, llm).analysis.min_agreement == 0.99  # the analysis' own figure wins
+    plain = llm.model_copy(update={"budget": base.budget.model_copy(update={"min_token_agreement": None,
+                                                                           "max_perplexity_increase": None})})
+    a = with_defaults(Rollout(), plain).analysis
+    assert (a.min_agreement, a.max_perplexity_ratio) == (0.95, 1.02)
+    c = compare_of(Rollout(), llm)
+    assert (c.kind, c.timeout_ms) == ("tokens", 30000)  # scoring runs after the client's stream: a long bound
+    assert compare_of(Rollout(analysis=Analysis(mirror_timeout_ms=5000)), llm).timeout_ms == 5000

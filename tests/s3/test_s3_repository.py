@@ -126,3 +126,25 @@ def test_real_triton_serves_what_was_published_to_s3(s3_env, s3_client, s3_bucke
     finally:
         srv.stop()
     assert not srv.alive()
+
+
+def test_a_causal_lm_published_to_s3_streams_from_triton(s3_env, s3_client, s3_bucket, tiny_llm, tmp_path):
+    """The genai flavour's model folder (graph, external weights, tokenizer) lands whole on S3, and the real
+    Triton serving from s3:// streams the tokens onnxruntime-genai gives directly on the same folder."""
+    from e2e.triton.generate import generate_stream, greedy
+
+    repo = f"s3://{s3_bucket}/llm"
+    p = publish(repo, "lm", tiny_llm["int4"], "onnxruntime-genai", Publish(repository=repo, model_name="lm"), "int4")
+    assert (p.version, p.flavour) == (1, "genai")
+    assert _keys(s3_client, s3_bucket, "llm/lm/1/") == sorted(
+        f"llm/lm/1/{n}" for n in [f.name for f in tiny_llm["int4"].iterdir()] + ["model.py", "lathe.json"])
+    srv = triton_on_s3(s3_env, s3_bucket, "llm", tmp_path)
+    try:
+        srv.start()
+        assert call(srv, "/v2/repository/models/lm/load")[0] == 200, srv.log_tail()
+        prompt = "Return the number of"
+        s = generate_stream(srv.http_url, "lm", {"text_input": prompt, "max_tokens": 16, "stream": True})
+        assert s.ids == greedy(tiny_llm["int4"], prompt, 16)
+    finally:
+        srv.stop()
+    assert not srv.alive()

@@ -287,6 +287,8 @@ class Budget(Model):
     min_speedup: float | None = Field(None, ge=0, description="Least speedup (baseline p50 / candidate p50 at the first batch size; throughput ratio for objective throughput). Unset: the speedup's 95% interval must lie above 1.0 (unless the objective is size); 0: no speed requirement.")
     max_size_mb: float | None = Field(None, gt=0)
     max_activation_out_of_range: float | None = Field(None, ge=0, le=1, description="Static INT8 (ONNX Runtime): reject a candidate when, for some quantized tensor, more than this share of validation activations falls outside its calibrated range (e.g. 0.01). Unset: reported, not gated.")
+    max_perplexity_increase: float | None = Field(None, ge=0, le=10, description="Task causal-lm: largest perplexity increase relative to the FP32 model on the validation text (0.02 = +2%). Unset: 0.02, the upper end of the 1-2% loss careful LLM quantization aims for: INT8 weight-only measured +0.5% on SmolLM2-135M, round-to-nearest INT4 +31% (docs/llm.md), so 2% keeps the good candidates and refuses the broken ones.")
+    min_token_agreement: float | None = Field(None, ge=0, le=1, description="Task causal-lm: least share of validation positions where the candidate's next-token top-1, fed the same text (teacher-forced), equals the FP32 model's. Unset: 0.95. Perplexity alone can hide a model that is right on average and wrong on the tokens that matter; greedy answers diverge within a few tokens even for INT8, so exact generation match is too harsh and this is the per-token figure instead.")
 
 
 class TensorRTProfile(Model):
@@ -314,7 +316,8 @@ class Analysis(Model):
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_latency_ratio: float = Field(1.5, gt=0, description="Canary mean latency / stable mean latency.")
     max_p99_latency_ms: float | None = Field(None, gt=0)
-    min_agreement: float | None = Field(None, ge=0, le=1, description="Steps with mirror > 0: the least share of compared samples on which canary and stable agree (classification: same top-1; embedding: mean cosine similarity; otherwise: outputs within agreementTolerance). Default from the budget: 1 - 2 x maxAccuracyDrop for top-1 and agreement, 1 - maxAccuracyDrop for cosine.")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="Steps with mirror > 0: the least share of compared samples on which canary and stable agree (classification: same top-1; embedding: mean cosine similarity; causal LMs: scored tokens of stable's continuations where the canary's next-token top-1 equals stable's, teacher-forced; otherwise: outputs within agreementTolerance). Default from the budget: 1 - 2 x maxAccuracyDrop for top-1 and agreement, 1 - maxAccuracyDrop for cosine, minTokenAgreement for causal LMs.")
+    max_perplexity_ratio: float | None = Field(None, ge=1, description="Causal LMs, steps with mirror > 0: the largest canary perplexity / stable perplexity on stable's mirrored continuations (both scored teacher-forced). Default from the budget: 1 + maxPerplexityIncrease.")
     min_compared_requests: int = Field(50, ge=1, description="Steps with mirror > 0 wait for this many compared requests before they can pass.")
     agreement_tolerance: float = Field(0.01, gt=0, description="Task type other/regression: outputs agree when |a - b| <= tolerance x (1 + |b|) elementwise.")
     mirror_timeout_ms: int = Field(1000, ge=1, le=60000, description="The most the router waits for a mirrored answer before counting it as a mirror failure (never seen by the client).")
@@ -393,7 +396,7 @@ class Storage(Model):
 class Publish(Model):
     repository: str = Field(min_length=1, description="Triton model repository: a path, pvc://claim/path or s3://bucket/prefix (needs spec.storage.s3); gs:// and az:// are refused: the Triton Lathe is tested with cannot serve them (docs/storage.md).")
     model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    flavour: str = Field("auto", pattern=r"^(auto|onnxruntime|python|tensorrt|openvino)$", description="Triton backend; auto picks from the winner's runtime.")
+    flavour: str = Field("auto", pattern=r"^(auto|onnxruntime|python|tensorrt|openvino|genai)$", description="Triton backend; auto picks from the winner's runtime (genai for onnxruntime-genai: a decoupled Python-backend model that streams tokens).")
     triton_url: str | None = Field(None, description="Triton HTTP endpoint (host:port); without it nothing is loaded or rolled out.")
     metrics_url: str | None = Field(None, description="Triton's Prometheus endpoint; default http://<tritonUrl host>:8002/metrics.")
     max_batch_size: int = Field(8, ge=0)

@@ -176,9 +176,11 @@ class RolloutStepStatus(Model):
     weight: int
     requests: dict[str, float] = Field(default_factory=dict)
     error_rate: dict[str, float] = Field(default_factory=dict)
-    latency_ms: dict[str, float] = Field(default_factory=dict)
+    latency_ms: dict[str, float] = Field(default_factory=dict)  # causal LMs: ms per generated token
+    first_token_ms: dict[str, float] = Field(default_factory=dict)  # causal LMs: mean time to the first token
     compared: float | None = None  # mirrored requests whose two answers were compared this step
     agreement: float | None = None  # their agreement (see Analysis.min_agreement)
+    perplexity_ratio: float | None = None  # causal LMs: canary / stable perplexity on stable's scored continuations
     mirror_failures: float | None = None  # mirrored calls that failed or timed out (the client never saw them)
     bypassed: float | None = None  # requests sent to the model itself, not its router: not split, not judged
     decision: str = ""

@@ -178,6 +178,13 @@ def _publish_problems(spec: ModelOptimizationSpec) -> list[str]:
                 out.append(f"spec.publish.rollout.steps[{i}].mirror: answers are compared by Lathe's router only "
                            "(router: triton); with router: gateway, mirror with the HTTPRoute's RequestMirror "
                            "filter yourself (docs/serving.md) and set mirror: 0")
+    causal = str(spec.task.type) == "causal-lm"
+    if pub.flavour == "genai" and not causal:
+        out.append("spec.publish.flavour: genai serves causal LMs (task causal-lm, runtime onnxruntime-genai); "
+                   "use auto for this task")
+    elif causal and pub.flavour not in ("auto", "genai"):
+        out.append(f"spec.publish.flavour: a causal LM is served as genai (a decoupled model that streams tokens), "
+                   f"not {pub.flavour}; use auto or genai")
     if pub.rollout is not None:
         for i, step in enumerate(pub.rollout.steps):
             if step.weight == 0 and not step.mirror:
@@ -194,6 +201,9 @@ def _capture_problems(spec: ModelOptimizationSpec) -> list[str]:
     out = []
     if spec.publish.rollout.router != "triton":
         out.append("spec.publish.rollout.capture.enabled: inputs are captured by Lathe's router only (router: triton)")
+    if str(spec.task.type) == "causal-lm":
+        out.append("spec.publish.rollout.capture.enabled: live prompts of causal LMs are not captured (the streaming "
+                   "router samples nothing); set enabled: false")
     if not cap.uri and not spec.artifacts:
         out.append("spec.publish.rollout.capture.uri: say where the capture goes (or set spec.artifacts: it then "
                    "goes under <artifacts>/<namespace>/<name>/generation-<n>/capture)")

@@ -22,6 +22,7 @@ ran) is harmless.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -53,10 +54,37 @@ class MirrorCounters:
     agree: float = 0.0     # sum over rows of their agreement
     errors: float = 0.0    # mirrored calls that failed
     timeouts: float = 0.0  # mirrored calls not answered within mirror_timeout_ms
+    # causal LMs (llm_router_model.py): samples are scored tokens of stable's continuations, agree the
+    # positions where both versions' next-token top-1 match, and these the summed negative log-likelihood
+    # of those tokens under each version (teacher-forced)
+    nll_stable: float = 0.0
+    nll_canary: float = 0.0
+    calls: float = 0.0  # causal LMs: model calls the router made to judge (2 or 3 per mirrored request)
+
+    @property
+    def scored_tokens(self) -> bool:
+        return self.nll_stable > 0 or self.nll_canary > 0
 
 
-MIRROR_COUNTERS = ("requests", "samples", "agree", "errors", "timeouts")
+MIRROR_COUNTERS = ("requests", "samples", "agree", "errors", "timeouts", "nll_stable", "nll_canary", "calls")
 DEFAULT_MIN_AGREEMENT = 0.98  # when neither the analysis nor the resource's budget says
+DEFAULT_MIN_TOKEN_AGREEMENT = 0.95  # causal LMs: the budget's minTokenAgreement default
+DEFAULT_MAX_PERPLEXITY_RATIO = 1.02  # causal LMs: 1 + the budget's maxPerplexityIncrease default
+
+
+@dataclass(frozen=True)
+class StreamCounters:
+    """Causal LMs: cumulative counters of the client streams one version answered, as the router saw them
+    (llm_router_model.py). A decoupled model's Triton request duration ends when it takes the request, and its
+    error responses count as successes, so for causal LMs the analysis judges errors and speed by these."""
+    requests: float = 0.0
+    failures: float = 0.0
+    tokens: float = 0.0
+    first_s: float = 0.0   # summed seconds to the first token
+    decode_s: float = 0.0  # summed seconds from the first to the last token
+
+
+STREAM_COUNTERS = ("requests", "failures", "tokens", "first_s", "decode_s")
 
 
 @dataclass(frozen=True)
@@ -65,6 +93,7 @@ class Observation:
     error: str | None = None   # metrics could not be read: the machine waits
     mirror: dict[tuple[int, int], MirrorCounters] = field(default_factory=dict)
     router: Counters | None = None  # the `<model>_router` model's own counters (router: triton)
+    streams: dict[int, StreamCounters] = field(default_factory=dict)  # causal LMs: per version
 
 
 # ---------------------------------------------------------------------------------------- actions
@@ -125,21 +154,32 @@ def _snapshot(obs: Observation | None, versions: list[int]) -> dict[str, float]:
     if obs.router is not None:
         for k in ("success", "failure"):
             snap[f"start:router:{k}"] = float(getattr(obs.router, k))
+    if obs.streams:
+        for v in versions:
+            c = obs.streams.get(v, StreamCounters())
+            for k in STREAM_COUNTERS:
+                snap[f"start:stream:{v}:{k}"] = float(getattr(c, k))
     return snap
 
 
 def bypassed(obs: Observation, snap: dict[str, float], model_requests: float,
              mirrored: MirrorCounters | None) -> float | None:
     """Requests that reached the model directly, not through its router this step (None: unknown).
-    The model counts one request per routed request plus one per mirrored copy; a few in flight at
-    either end of the step are not a bypass."""
+    The model counts one request per routed request plus one per mirrored copy (for causal LMs: the
+    scoring calls and reference generations the router counts itself); a few in flight at either end of the
+    step are not a bypass."""
     if obs.router is None or "start:router:success" not in snap:
         return None
     routed = 0.0
     for k in ("success", "failure"):
         now, was = float(getattr(obs.router, k)), snap[f"start:router:{k}"]
         routed += now - was if now >= was else now
-    copies = (mirrored.requests + mirrored.errors + mirrored.timeouts) if mirrored else 0.0
+    if mirrored is None:
+        copies = 0.0
+    elif mirrored.calls:  # the causal-LM router says how many calls its judgments made
+        copies = mirrored.calls
+    else:
+        copies = mirrored.requests + mirrored.errors + mirrored.timeouts
     extra = model_requests - routed - copies
     return extra if extra > max(5.0, 0.02 * routed) else 0.0
 
@@ -163,6 +203,15 @@ def _delta(obs: Observation, snap: dict[str, float], v: int) -> Counters:
     return Counters(**vals, p99_ms=c.p99_ms)
 
 
+def _stream_delta(obs: Observation, snap: dict[str, float], v: int) -> StreamCounters:
+    c = obs.streams.get(v, StreamCounters())
+    vals = {}
+    for k in STREAM_COUNTERS:
+        now, was = float(getattr(c, k)), snap.get(f"start:stream:{v}:{k}", 0.0)
+        vals[k] = now - was if now >= was else now
+    return StreamCounters(**vals)
+
+
 @dataclass(frozen=True)
 class Stats:
     requests: float
@@ -177,6 +226,16 @@ def stats(d: Counters) -> Stats:
     return Stats(requests=n, error_rate=(d.failure / n) if n else 0.0,
                  mean_ms=(d.request_us / n / 1000.0) if n else None,
                  compute_ms=(d.compute_us / n / 1000.0) if n else None, p99_ms=d.p99_ms)
+
+
+def stream_stats(d: StreamCounters) -> tuple[Stats, float | None]:
+    """Causal LMs: (stats with mean_ms = milliseconds per generated token after the first, time to the first
+    token in ms) of the client streams one version answered this step."""
+    ok = d.requests - d.failures
+    per_token = d.decode_s * 1000.0 / (d.tokens - ok) if d.tokens > ok > 0 else None
+    return (Stats(requests=d.requests, error_rate=(d.failures / d.requests) if d.requests else 0.0,
+                  mean_ms=per_token, compute_ms=None, p99_ms=None),
+            d.first_s * 1000.0 / ok if ok > 0 else None)
 
 
 def _measuring(step: int, weight: int, now: datetime, snap: dict[str, float], reason: str = "") -> RolloutStepStatus:
@@ -238,6 +297,13 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
         s.reason = f"step {s.step + 1}: baseline counters taken"
         return s, []
     dc, ds = stats(_delta(obs, snap, canary)), stats(_delta(obs, snap, stable))
+    model_requests = dc.requests + ds.requests  # every call Triton counted: clients', the router's, bypassing ones
+    tokens = bool(obs.streams)  # a causal LM: its client streams, as the router saw them, are judged
+    first_ms: dict[str, float] = {}
+    if tokens:
+        (dc, fc), (ds, fs) = stream_stats(_stream_delta(obs, snap, canary)), stream_stats(_stream_delta(obs, snap, stable))
+        first_ms = {str(v): round(f, 4) for v, f in ((canary, fc), (stable, fs)) if f is not None}
+    unit = "ms/token" if tokens else "ms"
     a = spec.analysis
     measured = RolloutStepStatus(
         step=s.step, weight=step.weight,
@@ -245,7 +311,7 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
         # like latency: no figure for a version that had no requests this step
         error_rate={str(v): round(x.error_rate, 6) for v, x in ((canary, dc), (stable, ds)) if x.requests},
         latency_ms={str(v): round(x.mean_ms, 4) for v, x in ((canary, dc), (stable, ds)) if x.mean_ms is not None},
-        time=_iso(now))
+        first_token_ms=first_ms, time=_iso(now))
 
     def fail(why: str):
         measured.decision, measured.reason = FAILED, why
@@ -280,7 +346,8 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
         ratio = dc.mean_ms / base
         measured.latency_ms["ratio"] = round(ratio, 4)
         if ratio > a.max_latency_ratio:
-            return fail(f"canary mean latency {dc.mean_ms:.2f} ms is {ratio:.2f}x stable {base:.2f} ms "
+            what = "time per generated token" if tokens else "mean latency"
+            return fail(f"canary {what} {dc.mean_ms:.2f} {unit} is {ratio:.2f}x stable {base:.2f} {unit} "
                         f"(max {a.max_latency_ratio}x)")
     elif dc.requests == 0:
         notes.append("no canary requests (minRequests 0): error rate and latency not measured")
@@ -293,12 +360,17 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
             return fail(f"canary p99 {dc.p99_ms:.2f} ms > {a.max_p99_latency_ms} ms")
         else:
             measured.latency_ms["p99"] = round(dc.p99_ms, 4)
-    direct = bypassed(obs, snap, dc.requests + ds.requests, mirrored)
+    direct = bypassed(obs, snap, model_requests, mirrored)
     if direct:
         measured.bypassed = direct
         notes.append(f"{direct:.0f} requests reached the model directly, not through its router: "
                      "they were neither split nor compared (clients should call <model>_router)")
-    if mirrored is not None:
+    if mirrored is not None and mirrored.scored_tokens:
+        verdict = _judge_tokens(a, mirrored, measured)
+        if verdict.startswith("fail:"):
+            return fail(verdict[5:])
+        notes.append(verdict)
+    elif mirrored is not None:
         agree = mirrored.agree / mirrored.samples if mirrored.samples else 0.0
         floor = a.min_agreement if a.min_agreement is not None else DEFAULT_MIN_AGREEMENT
         measured.compared, measured.agreement = mirrored.requests, round(agree, 6)
@@ -308,8 +380,8 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
                         f"({mirrored.requests:.0f} mirrored requests; min {floor:.4f})")
         notes.append(f"agreement {agree:.4f} over {mirrored.samples:.0f} samples (min {floor:.4f})")
     measured.decision = PASSED
-    figures = [] if dc.requests == 0 else [f"error rate {dc.error_rate:.4f}, mean {dc.mean_ms or 0:.2f} ms"
-                                            + (f" vs stable {base:.2f} ms" if base else "")]
+    figures = [] if dc.requests == 0 else [f"error rate {dc.error_rate:.4f}, mean {dc.mean_ms or 0:.2f} {unit}"
+                                            + (f" vs stable {base:.2f} {unit}" if base else "")]
     measured.reason = "; ".join(figures + notes)
     s.history[-1] = measured
     if s.step + 1 >= len(steps):
@@ -324,6 +396,27 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
     s.history.append(_measuring(s.step, nxt.weight, now, _snapshot(obs, [stable, canary])))
     s.reason = f"step {s.step + 1}/{len(steps)}: {_describe(nxt, canary)}"
     return s, [_route(w, nxt.mirror, (stable, canary))]
+
+
+def _judge_tokens(a, mirrored: MirrorCounters, measured: RolloutStepStatus) -> str:
+    """Causal LMs: the canary scored stable's continuations. "fail:<why>" or a note for the step's reason.
+    Next-token agreement = positions where the canary's top-1 equals stable's; perplexity ratio = canary
+    perplexity / stable perplexity on the same tokens = exp((NLL canary - NLL stable) / tokens)."""
+    n = mirrored.samples
+    agree = mirrored.agree / n if n else 0.0
+    ratio = math.exp((mirrored.nll_canary - mirrored.nll_stable) / n) if n else float("inf")
+    floor = a.min_agreement if a.min_agreement is not None else DEFAULT_MIN_TOKEN_AGREEMENT
+    ceiling = a.max_perplexity_ratio if a.max_perplexity_ratio is not None else DEFAULT_MAX_PERPLEXITY_RATIO
+    measured.compared, measured.agreement = mirrored.requests, round(agree, 6)
+    measured.perplexity_ratio = round(ratio, 6) if n else None
+    measured.mirror_failures = mirrored.errors + mirrored.timeouts
+    over = f"{n:.0f} scored tokens of stable's continuations ({mirrored.requests:.0f} mirrored requests)"
+    if agree < floor:
+        return f"fail:canary's next-token top-1 agrees with stable's on {agree:.4f} of {over}; min {floor:.4f}"
+    if ratio > ceiling:
+        return f"fail:canary perplexity is {ratio:.4f}x stable's on {over}; max {ceiling:.4f}x"
+    return (f"token agreement {agree:.4f} (min {floor:.4f}), perplexity ratio {ratio:.4f} (max {ceiling:.4f}) "
+            f"over {n:.0f} tokens")
 
 
 def _describe(step, canary: int) -> str:

@@ -70,6 +70,16 @@ def router_config(model: str, model_config_text: str, weights: dict[int, int], i
     g.kind, g.count = model_config_pb2.ModelInstanceGroup.KIND_CPU, instances
     cfg.parameters["target_model"].string_value = model
     cfg.parameters["weights"].string_value = weights_param(weights)
+    if is_decoupled(src):  # a causal LM (genai flavour): llm_router_model.py streams and judges on tokens
+        cfg.model_transaction_policy.decoupled = True
+        if mirror and pair:
+            c = compare or Compare()
+            for k, v in {"mirror": str(mirror), "pair": f"{pair[0]}:{pair[1]}", "compare": "tokens",
+                         "mirror_timeout_ms": str(c.timeout_ms)}.items():
+                cfg.parameters[k].string_value = v
+        text = text_format.MessageToString(cfg)  # no capture: live prompts are not sampled for causal LMs
+        check_config(text, name=cfg.name)
+        return text
     if mirror and pair:
         c = compare or Compare()
         output = c.output or src.output[0].name
@@ -89,6 +99,16 @@ def router_config(model: str, model_config_text: str, weights: dict[int, int], i
     text = text_format.MessageToString(cfg)
     check_config(text, name=cfg.name)
     return text
+
+
+def is_decoupled(cfg) -> bool:
+    """A model that answers with a stream of responses (model_transaction_policy decoupled)."""
+    return cfg.HasField("model_transaction_policy") and cfg.model_transaction_policy.decoupled
+
+
+def router_code(model_config_text: str) -> str:
+    """The router's model.py for this model: the streaming token router for decoupled models."""
+    return "llm_router_model.py" if is_decoupled(parse_config(model_config_text)) else "router_model.py"
 
 
 def capture_name(model: str) -> str:
@@ -129,9 +149,10 @@ def agreement_config(model: str) -> str:
 
     cfg = model_config_pb2.ModelConfig()
     cfg.name, cfg.backend, cfg.max_batch_size = agreement_name(model), "python", 0
-    i = cfg.input.add()
-    i.name, i.data_type = "FIGURES", model_config_pb2.TYPE_FP64
-    i.dims.append(6)
+    for name in ("FIGURES", "STREAM"):  # 6 figures (9 from the causal-LM router); STREAM: agreement_model.py
+        i = cfg.input.add()
+        i.name, i.data_type, i.optional = name, model_config_pb2.TYPE_FP64, True
+        i.dims.append(-1)
     o = cfg.output.add()
     o.name, o.data_type = "OK", model_config_pb2.TYPE_BOOL
     o.dims.append(1)
@@ -176,8 +197,9 @@ class TritonRouter:
                                  self.capture, capture_version)
         except ValueError as e:
             raise TritonLoadError(str(e)) from e
-        code = (Path(__file__).parent / "router_model.py").read_bytes()
-        if mirror and pair:
+        code_file = router_code(model_cfg)
+        code = (Path(__file__).parent / code_file).read_bytes()
+        if (mirror and pair) or code_file == "llm_router_model.py":  # the LLM router counts every stream there
             self._agreement_counters()
         if "capture_percent" in text:
             self._capture_queue()

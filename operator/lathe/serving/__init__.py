@@ -1,6 +1,9 @@
 """Triton serving: model repository writer (atomic publish of version N+1) and Triton control."""
 
-from . import openvino_flavour  # noqa: F401, E402 - registers the openvino and python:openvino flavours
+from . import (
+           genai_flavour,  # noqa: F401, E402 - registers the genai flavour (causal LMs, onnxruntime-genai)
+           openvino_flavour,  # noqa: F401, E402 - registers the openvino and python:openvino flavours
+)
 from .config import (
            FLAVOURS,
            ConfigError,

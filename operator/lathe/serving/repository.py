@@ -5,6 +5,7 @@ storage layer, a folder (a path or pvc://claim/path: serving/folder_repository.p
 Layout written for model `m`, version `N`:
     <repo>/m/config.pbtxt            shared by all versions (IO, batching, instances, version_policy)
     <repo>/m/N/<model files>         model.onnx | model.plan | model_sm80.plan ... | model.py
+                                     | an onnxruntime-genai model folder's files (flavour genai)
     <repo>/m/N/lathe.json            candidate, flavour, sha256 of every file, created time
     <repo>/m/N/report.json           the validation report (when given)
 

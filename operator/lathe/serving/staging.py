@@ -54,7 +54,7 @@ def _normalise(artifact_files) -> dict[str, Path]:
     else:
         items = {Path(p).name: Path(p) for p in artifact_files}
     for n, p in items.items():
-        if not p.is_file():
+        if not p.is_file() and not (p.is_dir() and len(items) == 1):  # a model folder (flavour genai) comes alone
             raise PublishError(f"artifact {n!r} not found: {p}")
     return items
 
@@ -86,6 +86,11 @@ def identify(artifact_files, runtime: str, spec: Publish, flavour: str | None) -
     arts = _normalise(artifact_files)
     files = fl.files(arts)
     main_file = next(n for n in files if n.startswith("model"))
+    if getattr(fl, "digest_all_files", False):  # a model folder: the weights may change without the graph
+        h = hashlib.sha256()
+        for n in sorted(files):
+            h.update(f"{n}\0{sha256_file(files[n])}\n".encode())
+        return Identity(fl, arts, files, main_file, h.hexdigest())
     return Identity(fl, arts, files, main_file, sha256_file(files[main_file]))
 
 
