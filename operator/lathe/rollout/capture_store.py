@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from lathe.serving.repository import write_atomic
+from lathe.storage.paths import check_name, safe_join
 from lathe.storage.uri import parse_uri, pvc_path
 
 
@@ -23,7 +24,11 @@ class CaptureStore:
 
             self.s3, self.bucket, self.prefix = s3_client or S3Client(), authority, path.strip("/")
         else:
-            self.root = pvc_path(authority, path) if scheme == "pvc" else Path(path).expanduser()
+            # resolved inside the claim (storage.paths.safe_join): a symlink out of it is refused
+            self.root = pvc_path(authority, path.rstrip("/")) if scheme == "pvc" else Path(path).expanduser()
+
+    def _file(self, name: str) -> Path:
+        return safe_join(self.root, check_name(name, "capture file"), "capture file")
 
     def where(self, name: str) -> str:
         return f"{self.uri}/{name}"
@@ -36,12 +41,12 @@ class CaptureStore:
             self.s3.put_bytes(self.bucket, self._key(name), data)
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.root / name, data)
+        write_atomic(self._file(name), data)
 
     def get(self, name: str) -> bytes:
         if self.s3:
             return self.s3.get_bytes(self.bucket, self._key(name))
-        return (self.root / name).read_bytes()
+        return self._file(name).read_bytes()
 
     def names(self, prefix: str) -> list[str]:
         if self.s3:
@@ -56,4 +61,4 @@ class CaptureStore:
         if self.s3:
             self.s3.delete(self.bucket, self._key(name))
         else:
-            (self.root / name).unlink(missing_ok=True)
+            self._file(name).unlink(missing_ok=True)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from lathe.api.spec import Publish
 from lathe.api.status import Published
-from lathe.storage.uri import pvc_path
+from lathe.storage.paths import PathRefused, check_name, safe_join
+from lathe.storage.uri import parse_uri, pvc_path
 
 from .config import (
     ConfigError,
@@ -52,17 +53,26 @@ class PublishError(RuntimeError):
 
 
 def resolve_repository(uri: str | os.PathLike) -> Path:
-    """A local path, or `pvc://claim/path` -> where the claim is mounted (lathe.storage.uri.pvc_path)."""
+    """A local path, or `pvc://claim/path` -> where the claim is mounted (lathe.storage.uri.pvc_path),
+    resolved inside the claim. PathRefused (a ValueError) for a path that would leave it."""
     s = str(uri)
-    if s.startswith("pvc://"):
-        rest = s[len("pvc://"):].strip("/")
-        if not rest or ".." in rest.split("/"):
-            raise PublishError(f"bad pvc uri {s!r}: want pvc://claim/path")
-        claim, _, sub = rest.partition("/")
-        return pvc_path(claim, sub)
-    if "://" in s:
+    try:
+        scheme, authority, key = parse_uri(s)
+    except PathRefused:
+        raise
+    except ValueError as e:
+        raise PublishError(f"bad model repository {s!r}: {e}") from None
+    if scheme == "pvc":
+        return pvc_path(authority, key.rstrip("/"))
+    if scheme != "file":
         raise PublishError(f"unsupported model repository {s!r}: a path or pvc://claim/path")
-    return Path(s)
+    return Path(key).expanduser()
+
+
+def model_folder(repo: Path, model_name: str) -> Path:
+    """`<repo>/<model_name>`, refused (PathRefused) for a name that is not one plain folder name ('.', '..',
+    a hidden name, a '/') or whose folder is a symlink out of the repository."""
+    return safe_join(repo, check_name(model_name, "spec.publish.modelName"), "spec.publish.modelName")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -262,6 +272,7 @@ def publish(repository: str | os.PathLike, model_name: str, artifact_files: Sequ
     publishing a duplicate (an operator restarted between publish and status write must not add N+2).
     An s3://bucket/prefix repository is written by serving.s3_repository (same layout, same guarantees).
     """
+    check_name(model_name, "spec.publish.modelName")  # before anything is staged, on every store
     spec = publish_spec or Publish(repository=str(repository), model_name=model_name)
     ident = identify(artifact_files, runtime, spec, flavour)
     if str(repository).startswith("s3://"):
@@ -274,7 +285,7 @@ def publish(repository: str | os.PathLike, model_name: str, artifact_files: Sequ
             st = stage_version(Path(tmp), model_name, ident, runtime, spec, candidate_name, report_path)
             return publish_s3(str(repository), model_name, st, candidate_name)
     repo = resolve_repository(repository)
-    model_dir = repo / model_name
+    model_dir = model_folder(repo, model_name)
     if not repo.is_dir():
         repo.mkdir(parents=True, exist_ok=True)
     digest = ident.digest
@@ -345,5 +356,5 @@ def verify(model_dir: str | os.PathLike, version: int) -> bool:
     return all((vdir / n).is_file() and sha256_file(vdir / n) == h for n, h in meta.get("files", {}).items())
 
 
-__all__ = ["publish", "PublishError", "ConfigError", "resolve_repository", "versions", "read_meta", "verify",
+__all__ = ["publish", "PublishError", "ConfigError", "resolve_repository", "model_folder", "versions", "read_meta", "verify",
            "sha256_file", "rename_noreplace", "write_atomic"]

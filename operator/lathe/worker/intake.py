@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import storage
+from ..storage.paths import PathRefused
 from .data import Dataset, InputMeta
 from .errors import InvalidInput, WorkerError
 
@@ -48,6 +49,8 @@ def fetch(uri: str, sha256: str | None, what: str) -> Path:
         return storage.resolve(uri, sha256)
     except storage.StorageError as e:
         raise InvalidInput("fetch", f"{what}: {e}", kind=e.reason) from e
+    except PathRefused as e:  # a path that would leave its claim, bucket or folder
+        raise InvalidInput("fetch", f"{what}: {e}") from e
 
 
 def onnx_inputs(path: Path) -> tuple[list[InputMeta], list[str]]:

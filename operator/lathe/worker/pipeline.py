@@ -35,6 +35,7 @@ from .backends.emulated import CpuEmulation
 from .errors import InvalidInput, WorkerError
 from .fallback import ablation, steps
 from .intake import ModelInfo, fetch, intake, load_torch
+from .locations import check_written
 from .passes import ModelState, PassContext, default_candidates, make_pass, validate_candidates
 from .progress import Progress, ProgressFn
 
@@ -393,6 +394,7 @@ class Pipeline:
 
     def run(self) -> WorkerResult:
         t0 = time.time()
+        check_written(self.spec)  # where the version and the reports go, before any work
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.load()
         cands = self.candidates()
