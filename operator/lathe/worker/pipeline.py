@@ -170,6 +170,7 @@ class Pipeline:
         outs = infer(runner, self.val, self.batch)
         if not finite(outs):
             raise InvalidInput("baseline", f"the model itself outputs NaN/Inf on the validation data ({self.info.source})")
+        self._check_labels(outs[self.out_index])
         self.base_out = outs
         s = score(outs[self.out_index], outs[self.out_index], self.val.labels, self.metric)
         res = CandidateResult(name="baseline", runtime="onnxruntime", passes="fp32", verdict=Verdict.baseline,
@@ -189,6 +190,15 @@ class Pipeline:
         self.base_probe = CandidateResult(name="baseline", metric=self.metric, accuracy=ps["value"])
         self.progress("baseline", 1.0, f"{self.metric} {s['value']:.4f}")
         return Built(res, art, runner)
+
+    def _check_labels(self, out: np.ndarray) -> None:
+        """Class labels the model cannot produce (its output has `classes` columns) are bad data, in every set."""
+        if out.ndim != 2 or out.shape[1] < 2 or (self.metric != "top1"
+                                                 and self.spec.task.type != TaskType.classification):
+            return
+        sets = [self.val] + [d for d in (self.cal, self.train) if d is not None and d is not self.val]
+        for ds in sets:
+            datamod.check_labels(ds, int(out.shape[1]))
 
     def _apply_passes(self, cand: Candidate, ctx: PassContext, float_nodes: list[str],
                       start: ModelState | None = None, from_index: int = 0) -> ModelState:
