@@ -81,3 +81,24 @@ def test_torch_declared_inputs_the_model_lacks_are_said_so_before_the_data(digit
         intake(renamed, tmp_path, val, digits["validation"])
     assert e.value.stage == "intake" and "the model has no input named 'pixels' (spec.model.inputs)" in e.value.message
     assert "arrays: ['input', 'labels']" in e.value.message and "['x']" in e.value.message
+
+
+def test_worker_refuses_a_batch_whose_inputs_exceed_its_memory_limit_when_only_the_data_tells(
+        digits, make_spec, tmp_path, monkeypatch):
+    """An ONNX model with no declared inputs: the operator cannot size a sample, the worker can once the data
+    is read, and refuses before any candidate or benchmark instead of being killed for memory."""
+    from lathe.api.spec import parse_spec
+    from lathe.controller.validate import problems
+
+    info, _ = intake(make_spec(digits), tmp_path / "export", dict(np.load(digits["validation"])), digits["validation"])
+    obj = spec_for(dict(digits, model=Path(info.onnx_path), format="onnx", inputs=[]), target={"batchSizes": [1, 8192]},
+                   candidates=[{"name": "opt", "passes": [{"type": "graph-optimize"}]}])
+    assert problems(parse_spec(obj), memory_limit="1Mi") == []  # 8x8 float32 = 256 bytes a sample: unknown there
+    monkeypatch.setenv("LATHE_MEMORY_LIMIT", "1Mi")
+    code, doc = _run(tmp_path, obj)
+    assert code == 2 and doc["kind"] == "InvalidInput" and doc["stage"] == "data", doc
+    assert doc["error"] == ("spec.target.batchSizes: batch size 8192 needs 2.0 MiB for its inputs alone (256 bytes a "
+                            "sample, validation data: input [1, 8, 8] float32), more than the worker's memory limit "
+                            "1Mi (1.0 MiB): inputs alone fit below 4096 samples a batch, and running the model needs "
+                            "more; lower spec.target.batchSizes or raise spec.target.resources.limits.memory")
+    assert not (tmp_path / "work" / "candidates").exists()
