@@ -46,7 +46,7 @@ def killed_detail(exit_code: int | None, reason: str | None, memory_limit: str |
         where += f" at batch size {batch}"
     elif batch_sizes:
         where += f" (batch sizes {', '.join(map(str, batch_sizes))})"
-    if message and batch is None:
+    if message and batch is None and not message.startswith("batch sizes"):
         where += f": {message[:200]}"
     return (f"{head}{where}; raise spec.target.resources.limits.memory or benchmark smaller batches "
             "(spec.target.batchSizes)")
