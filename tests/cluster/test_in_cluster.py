@@ -250,6 +250,7 @@ def test_a_worker_killed_for_memory_says_so_with_its_limit_stage_and_batch(insta
         or msg.startswith("Job oom-g1-a1: killed by SIGKILL (exit code 137, reason Error) under its memory limit 2Gi: "
                           "most likely for memory"), msg
     assert " during benchmark " in msg and "7500000" in msg, msg
+    print(f"real node, worker killed for memory: {msg}")
 
 
 def test_a_gpu_resource_on_a_cluster_without_gpus_says_what_is_missing(installed):
