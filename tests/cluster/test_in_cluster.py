@@ -209,6 +209,50 @@ def test_corrupt_model_fails_cleanly_in_a_real_pod(installed):
     assert sorted(p.name for p in (installed["repo"] / "digits").iterdir()) == versions
 
 
+def test_a_path_that_leaves_its_claim_through_a_symlink_is_refused_in_a_real_pod(installed):
+    """What the API server cannot see: `pvc://models/escape/passwd` is a clean path, but `escape` is a symlink
+    inside the claim to the container's /etc. The worker resolves it, refuses it, and reads nothing."""
+    k = installed["cluster"]
+    models = Path(installed["sample"]["model"]).parents[1]  # the folder behind the claim `models`
+    link = models / "escape"
+    link.symlink_to("/etc")
+    try:
+        doc = resource("escape", {"triton": installed["triton"]})
+        doc["spec"]["data"]["validation"]["uri"] = "pvc://models/escape/passwd"
+        k.apply(doc)
+        st = k.wait("escape", lambda s: s.get("phase") in ("Failed", "Succeeded"), 600, "escaping path refused")
+    finally:
+        link.unlink()
+    assert st["phase"] == "Failed" and st["job"]["exitCode"] == 2, st.get("message")
+    cond = {c["type"]: c for c in st["conditions"]}["Validated"]
+    assert cond["reason"] == "InvalidInput", cond
+    assert ("fetch: validation data: pvc://models/escape/passwd: 'escape/passwd' resolves to /etc/passwd, outside "
+            "/mnt/pvc/models") in cond["message"], cond["message"]
+
+
+def test_a_worker_killed_for_memory_says_so_with_its_limit_stage_and_batch(installed):
+    """A batch whose inputs fit the limit (1.8 GiB of 8x8 images under 2Gi, so neither the operator nor the
+    worker refuses it) but whose run cannot: the kernel kills the worker at the benchmark, and the status says
+    it was memory, under which limit, where and at which batch size (OOMKilled, or exit 137 under the limit
+    when containerd 1.6 loses the OOM event's race)."""
+    k = installed["cluster"]
+    doc = resource("oom", {"triton": installed["triton"]},
+                   candidates=[{"name": "optimized", "passes": [{"type": "graph-optimize", "level": "all"}]}])
+    doc["spec"]["target"].update({"batchSizes": [1, 7500000], "resources": {"limits": {"memory": "2Gi"}}})
+    del doc["spec"]["publish"]
+    k.apply(doc)
+    st = k.wait("oom", lambda s: s.get("phase") in ("Failed", "Succeeded", "Rejected"), 900, "worker killed")
+    assert st["phase"] == "Failed" and st["job"]["exitCode"] == 137, st.get("message")
+    cond = {c["type"]: c for c in st["conditions"]}["Ready"]
+    assert cond["reason"] == "WorkerFailed", cond
+    msg = cond["message"]
+    assert msg.startswith("Job oom-g1-a1: OOMKilled: the worker needed more than its memory limit 2Gi (exit code 137)") \
+        or msg.startswith("Job oom-g1-a1: killed by SIGKILL (exit code 137, reason Error) under its memory limit 2Gi: "
+                          "most likely for memory"), msg
+    assert " during benchmark " in msg and "7500000" in msg, msg
+    print(f"real node, worker killed for memory: {msg}")
+
+
 def test_a_gpu_resource_on_a_cluster_without_gpus_says_what_is_missing(installed):
     """The real kube-scheduler cannot place the GPU worker (this node offers no nvidia.com/gpu): the
     resource says so with the scheduler's own words instead of waiting in silence."""

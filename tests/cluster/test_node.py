@@ -3,6 +3,7 @@ kubelet applies memory limits through cgroups and reports OOM kills."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import pytest
@@ -41,13 +42,31 @@ def _pod(name: str, image: str, command: list[str], **container) -> dict:
 
 
 def test_memory_limit_is_enforced_by_the_kubelet(ns):
+    """The container is killed by SIGKILL (137) and the kernel's memory cgroup recorded the OOM kill of that very
+    container. The kubelet's reason is not asserted: containerd 1.6 reports OOMKilled only when its OOM event
+    wins the race with the exit, and on a busy machine it can lose it (reason Error, issue 21)."""
     core, namespace, image = ns
     core.create_namespaced_pod(namespace, _pod("oom", image, ["python3", "-c", "x = bytearray(400 << 20)"],
                                                resources={"limits": {"memory": "64Mi"}}))
     pod = wait_for(lambda: (p := core.read_namespaced_pod("oom", namespace)).status.phase in ("Failed", "Succeeded")
                    and p, 120, interval=0.5, what="oom pod finished")
-    term = pod.status.container_statuses[0].state.terminated
-    assert pod.status.phase == "Failed" and term.reason == "OOMKilled" and term.exit_code == 137, term
+    status = pod.status.container_statuses[0]
+    term = status.state.terminated
+    assert pod.status.phase == "Failed" and term.exit_code == 137 and term.reason in ("OOMKilled", "Error"), term
+    container = status.container_id.removeprefix("containerd://")
+    kills = wait_for(lambda: memcg_oom_kills(pod.metadata.uid, container), 30, interval=0.5,
+                     what=f"the kernel's memory cgroup OOM kill of container {container[:12]}")
+    assert all("constraint=CONSTRAINT_MEMCG" in k for k in kills), kills
+
+
+def memcg_oom_kills(pod_uid: str, container_id: str) -> list[str]:
+    """The kernel log's OOM-kill records whose victim was in this container's memory cgroup
+    (`oom-kill:constraint=CONSTRAINT_MEMCG,...,task_memcg=/kubepods/.../pod<uid>/<container id>,...`).
+    Read with dmesg (root: the node needs it anyway); an unreadable log fails the test, never skips it."""
+    out = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, f"the kernel log cannot be read: {out.stderr}"
+    return [line for line in out.stdout.splitlines()
+            if "oom-kill:" in line and f"pod{pod_uid}" in line.replace("_", "-") and container_id in line]
 
 
 def test_scheduler_refuses_what_the_node_cannot_hold(ns):

@@ -25,6 +25,7 @@ from lathe.serving.config import (
     set_version_policy,
 )
 from lathe.serving.repository import rename_noreplace, resolve_repository
+from lathe.storage.paths import PathRefused
 
 
 def spec(repo, **kw):
@@ -216,8 +217,13 @@ def test_rename_noreplace_refuses_empty_target(tmp_path):
 def test_pvc_uri(monkeypatch, tmp_path):
     monkeypatch.setenv("LATHE_PVC_ROOT", str(tmp_path))
     assert resolve_repository("pvc://models/triton/repo") == tmp_path / "models/triton/repo"
-    with pytest.raises(PublishError):
+    with pytest.raises(PathRefused, match="'..' segment"):
         resolve_repository("pvc://claim/../etc")
+    # a folder inside the claim that is a symlink out of it: refused once resolved
+    (tmp_path / "claim").mkdir()
+    (tmp_path / "claim" / "repo").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(PathRefused, match="outside"):
+        resolve_repository("pvc://claim/repo")
     with pytest.raises(PublishError):
         resolve_repository("s3://bucket/x")
 

@@ -23,8 +23,9 @@ from lathe.worker.backends.openvino import (  # noqa: E402
     detect_transformer_onnx,
     detect_transformer_ov,
 )
+from lathe.worker.backends.openvino_common import pinned_shapes  # noqa: E402
 from lathe.worker.passes import default_candidates, make_pass, pass_class, validate_candidates  # noqa: E402
-from lathe.worker.passes.nncf_quantize import NNCFQuantize, pinned_shapes  # noqa: E402
+from lathe.worker.passes.nncf_quantize import NNCFQuantize  # noqa: E402
 from lathe.worker.passes.quantize import Quantize  # noqa: E402
 
 

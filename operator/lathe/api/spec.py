@@ -10,8 +10,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from lathe.storage import paths
 
 GROUP = "lathe.dev"
 VERSION = "v1alpha1"
@@ -24,6 +26,35 @@ SHORT_NAMES = ["mopt"]
 def cel(*rules: tuple[str, str]) -> dict[str, Any]:
     """Cross-field rules the API server evaluates (CEL): (rule, message) pairs."""
     return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+def _location(value: str) -> str:
+    return paths.check_location(value, value)
+
+
+def _local(value: str) -> str:
+    if "://" in value:
+        raise ValueError(f"{value!r}: a folder on the worker, not a URI")
+    return paths.check_local(value, value)
+
+
+def _name(value: str) -> str:
+    return paths.check_name(value, value)
+
+
+# The API server checks what the worker checks again (storage.paths: the same rules as RE2 for CEL).
+_LOCATION_MESSAGE = ("a location is a path or scheme://name/path: no '..' segment anywhere; after scheme://name/ the "
+                     "path is relative to its claim, bucket or prefix, with no '.' or empty ('//') segment; no "
+                     "backslash or NUL (docs/storage.md)")
+Location = Annotated[str, AfterValidator(_location), Field(min_length=1, max_length=4096, json_schema_extra=cel((
+    f"(self.startsWith('file://') || !self.contains('://')) ? self.matches(r'{paths.LOCATION_RE_LOCAL}')"
+    f" : self.matches(r'{paths.LOCATION_RE_URI}')", _LOCATION_MESSAGE)))]
+LocalFolder = Annotated[str, AfterValidator(_local), Field(min_length=1, max_length=4096, json_schema_extra=cel((
+    f"!self.contains('://') && self.matches(r'{paths.LOCATION_RE_LOCAL}')",
+    "a folder on the worker: a path with no '..' segment, backslash or NUL")))]
+FolderName = Annotated[str, AfterValidator(_name), Field(min_length=1, max_length=255, json_schema_extra=cel((
+    f"self.matches(r'{paths.NAME_RE}')",
+    "one folder name: letters, digits, '_', '-' and '.', not starting with '.' (never '.' or '..')")))]
 
 
 class Model(BaseModel):
@@ -125,7 +156,7 @@ class InputSpec(Model):
 
 
 class ModelSource(Model):
-    uri: str = Field(min_length=1, description="Where the model is: a path, pvc://claim/path, s3://bucket/key, gs://bucket/key, az://container/key (each needs its spec.storage entry) or https://... (needs sha256).")
+    uri: Location = Field(description="Where the model is: a path, pvc://claim/path, s3://bucket/key, gs://bucket/key, az://container/key (each needs its spec.storage entry) or https://... (needs sha256).")
     format: ModelFormat = Field(ModelFormat.onnx, description="onnx, torchscript (torch.jit.save) or pytorch-export (torch.export.save).")
     sha256: str | None = Field(None, pattern=r"^[a-f0-9]{64}$", description="Verified before anything runs when given.")
     inputs: list[InputSpec] = Field(default_factory=list, description="Input names, shapes and dtypes; required to export PyTorch models.")
@@ -138,7 +169,7 @@ class Task(Model):
 
 
 class DataSet(Model):
-    uri: str = Field(min_length=1, description="An .npz file of arrays keyed by model input name, with optional `labels`: a path, pvc://claim/path, s3://bucket/key or https://... (needs sha256).")
+    uri: Location = Field(description="An .npz file of arrays keyed by model input name, with optional `labels`: a path, pvc://claim/path, s3://bucket/key or https://... (needs sha256).")
     sha256: str | None = Field(None, pattern=r"^[a-f0-9]{64}$", description="Verified before anything runs when given; required for https://.")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many samples.")
 
@@ -302,7 +333,7 @@ class TensorRTOptions(Model):
     profiles: list[TensorRTProfile] = Field(default_factory=list)
     workspace_mib: int = Field(4096, ge=1)
     optimization_level: int = Field(3, ge=0, le=5)
-    timing_cache: str | None = None
+    timing_cache: LocalFolder | None = Field(None, description="A folder on the worker for TensorRT's timing caches (default: $LATHE_TRT_TIMING_CACHE, else the run's timing-cache/).")
 
 
 class RolloutStep(Model):
@@ -349,7 +380,7 @@ class Capture(Model):
     sample_percent: float = Field(1.0, gt=0, le=100, description="Percent of the requests stable answers whose inputs are kept (every request's rows, spread evenly).")
     max_samples: int = Field(1000, ge=1, le=1000000, description="The most rows kept in all; later requests are counted, not kept.")
     max_mb: float = Field(64, gt=0, le=4096, description="The most megabytes of inputs kept in all.")
-    uri: str | None = Field(None, description="Where the capture is written (a path, pvc://claim/path on a claim the operator mounts, or s3://bucket/prefix); default <spec.artifacts>/<namespace>/<name>/generation-<n>/capture.")
+    uri: Location | None = Field(None, description="Where the capture is written (a path, pvc://claim/path on a claim the operator mounts, or s3://bucket/prefix); default <spec.artifacts>/<namespace>/<name>/generation-<n>/capture.")
     max_class_shift: float = Field(0.2, ge=0, le=1, description="Classification: warn when the class histogram of stable's answers on the capture differs from the calibration set's by more than this total variation distance, and sampling noise alone explains it in under 1% of random draws. Input ranges are held to spec.data.coverage.maxOutOfRange.")
 
 
@@ -394,8 +425,8 @@ class Storage(Model):
 
 
 class Publish(Model):
-    repository: str = Field(min_length=1, description="Triton model repository: a path, pvc://claim/path or s3://bucket/prefix (needs spec.storage.s3); gs:// and az:// are refused: the Triton Lathe is tested with cannot serve them (docs/storage.md).")
-    model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    repository: Location = Field(description="Triton model repository: a path, pvc://claim/path, s3://bucket/prefix (needs spec.storage.s3) or gs://bucket/prefix (needs spec.storage.gcs); az:// is refused: Triton reaches only *.blob.core.windows.net (docs/storage.md).")
+    model_name: FolderName = Field(description="The model's folder in the repository (and its name in Triton).")
     flavour: str = Field("auto", pattern=r"^(auto|onnxruntime|python|tensorrt|openvino|genai)$", description="Triton backend; auto picks from the winner's runtime (genai for onnxruntime-genai: a decoupled Python-backend model that streams tokens).")
     triton_url: str | None = Field(None, description="Triton HTTP endpoint (host:port); without it nothing is loaded or rolled out.")
     metrics_url: str | None = Field(None, description="Triton's Prometheus endpoint; default http://<tritonUrl host>:8002/metrics.")
@@ -421,7 +452,7 @@ class ModelOptimizationSpec(Model):
     tensorrt: TensorRTOptions | None = None
     publish: Publish | None = None
     storage: Storage | None = None
-    artifacts: str | None = Field(None, description="Where the worker keeps copies of result.json, details.json and report.html (a path, pvc://claim/path or s3://bucket/prefix; a Job writes under <namespace>/<name>/generation-<n>/). Default: none beside the published version's copy and the operator's report ConfigMap.")
+    artifacts: Location | None = Field(None, description="Where the worker keeps copies of result.json, details.json and report.html (a path, pvc://claim/path or s3://bucket/prefix; a Job writes under <namespace>/<name>/generation-<n>/). Default: none beside the published version's copy and the operator's report ConfigMap.")
 
 
 def parse_spec(obj: dict[str, Any]) -> ModelOptimizationSpec:

@@ -141,6 +141,8 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
         # Extended resources go in limits (requests default to them); the API wants strings.
         resources["limits"][spec.target.gpu.resource_name] = str(spec.target.gpu.count)
     extra_env = [{"name": "LATHE_BENCH_SECONDS", "value": f"{config.bench_seconds:g}"}]
+    if resources["limits"].get("memory"):  # the worker checks its batches' inputs against it, and says it
+        extra_env.append({"name": "LATHE_MEMORY_LIMIT", "value": str(resources["limits"]["memory"])})
     if architecture is not None:
         extra_env.append({"name": "LATHE_GPU_ARCH", "value": architecture.compute_capability})
     selector = (architecture_selector(spec, architecture) if architecture is not None

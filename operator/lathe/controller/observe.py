@@ -38,6 +38,13 @@ def _terminated(pod: dict) -> dict | None:
     return None
 
 
+def _memory_limit(pod: dict) -> str | None:
+    """limits.memory of the pod's (first) container: what a worker killed for memory ran under."""
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        return ((c.get("resources") or {}).get("limits") or {}).get("memory")
+    return None
+
+
 def unschedulable(pod: dict) -> str | None:
     """The scheduler's message for a pod it could not place (e.g. "0/3 nodes are available: 3
     Insufficient nvidia.com/gpu."), else None."""
@@ -57,7 +64,7 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
             continue
         labels = meta.get("labels") or {}
         state, reason = job_state(st)
-        exit_code = message = log_tail = pod_name = waiting = None
+        exit_code = message = log_tail = pod_name = waiting = container_reason = memory_limit = None
         if state == "active" and not (st.get("ready") or 0):  # no pod running yet: is one stuck unscheduled?
             pods = kube.call(core.list_namespaced_pod, namespace, label_selector=f"job-name={meta['name']}")["items"]
             for pod in pods:
@@ -73,6 +80,7 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
                 if term is None:
                     continue
                 exit_code, message = term.get("exitCode"), term.get("message")
+                container_reason, memory_limit = term.get("reason"), _memory_limit(pod)
                 pod_name = pod["metadata"]["name"]
                 if state == "failed":
                     log_tail = _log_tail(core, namespace, pod["metadata"]["name"])
@@ -86,7 +94,8 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
             attempt=int(labels.get(ATTEMPT_LABEL, "0")), state=state, exit_code=exit_code, message=message,
             log_tail=log_tail, reason=reason, started=st.get("startTime"), finished=finished, pod=pod_name,
             unschedulable=waiting, architecture=labels.get(ARCH_LABEL),
-            publisher=labels.get(COMPONENT_LABEL) == PUBLISHER, ready=int(st.get("ready") or 0)))
+            publisher=labels.get(COMPONENT_LABEL) == PUBLISHER, ready=int(st.get("ready") or 0),
+            container_reason=container_reason, memory_limit=memory_limit))
     return out
 
 

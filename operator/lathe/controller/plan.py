@@ -23,6 +23,8 @@ from lathe.api.status import (
     RolloutStatus,
 )
 
+from .killed import killed_detail
+
 EXIT_BAD_INPUT = 2  # lathe worker: the model or data is wrong; retrying cannot help
 LOG_TAIL = 1500
 
@@ -44,6 +46,8 @@ class ObservedJob:
     architecture: str | None = None  # the compute capability of a GPU build Job (spec.target.gpu.architectures)
     publisher: bool = False  # the Job that publishes the architectures' engines as one version
     ready: int = 0  # pods of the Job running and ready
+    container_reason: str | None = None  # the kubelet's reason for the worker's end (OOMKilled, Error, ...)
+    memory_limit: str | None = None  # the worker container's limits.memory
 
 
 @dataclass(frozen=True)
@@ -311,7 +315,7 @@ def plan(world: World) -> Plan:
     # Failed attempt.
     job.exit_code = current.exit_code
     job.log_tail = (current.log_tail or current.message or "")[-LOG_TAIL:] or None
-    detail = _failure_detail(current)
+    detail = _failure_detail(current, world.spec)
     if current.exit_code == EXIT_BAD_INPUT:
         reason = _failure_kind(current)
         set_condition(st, "Validated", False, reason, detail, now, gen)
@@ -473,7 +477,7 @@ def _arch_entry(world: World, prev: ArchitectureStatus, job: ObservedJob | None,
         e.reason = f"{passed}/{len(e.candidates)} candidates within budget" + (
             f"; {doc['selection']}" if doc.get("selection") else "")
         return e
-    detail, limit = _failure_detail(job), world.policy.max_attempts
+    detail, limit = _failure_detail(job, world.spec), world.policy.max_attempts
     if job.exit_code != EXIT_BAD_INPUT and job.attempt < limit:
         # the single Job's rule, per architecture: bounded attempts with doubling backoff
         due_at = e.next_retry if prev.attempt == job.attempt else None
@@ -571,7 +575,7 @@ def _plan_architectures(world: World, st: ModelOptimizationStatus, actions: list
             _published(world, st, actions, transition, win.name, pub, summary)
             return
     else:
-        why = _failure_detail(pj)
+        why = _failure_detail(pj, world.spec)
     st.publish_job.log_tail = (pj.log_tail or pj.message or "")[-LOG_TAIL:] or None
     set_condition(st, "Published", False, "PublishFailed", why[:1000], now, gen)
     set_condition(st, "Ready", False, "PublishFailed", why[:1000], now, gen)
@@ -599,12 +603,16 @@ def _failure_kind(job: ObservedJob) -> str:
     return kind if isinstance(kind, str) and kind.isidentifier() and kind != "Crash" else "InvalidInput"
 
 
-def _failure_detail(job: ObservedJob) -> str:
+def _failure_detail(job: ObservedJob, spec: ModelOptimizationSpec | None = None) -> str:
     parts = [f"Job {job.name}"]
     if job.exit_code is not None:
         parts.append(f"exit code {job.exit_code}")
     if job.reason:
         parts.append(job.reason)
+    killed = killed_detail(job.exit_code, job.container_reason, job.memory_limit, job.log_tail or job.message,
+                           spec.target.batch_sizes if spec is not None else None)
+    if killed:  # the log's last line would only say where it was, not that the kernel stopped it
+        return f"{parts[0]}: {killed}"
     try:
         doc = parse_result(job.message or "")
         if "error" in doc:

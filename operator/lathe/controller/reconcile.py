@@ -140,7 +140,8 @@ def _once(namespace: str, name: str, config: OperatorConfig, body: dict[str, Any
     spec, found = parse(obj.get("spec") or {})
     keys = secret_keys(namespace)
     if spec is not None:
-        found = problems(spec, reachability(namespace), keys)
+        found = problems(spec, reachability(namespace), keys,
+                         memory_limit=(config.cpu_resources.get("limits") or {}).get("memory"))
     raw_status = obj.get("status") or {}
     try:
         status = ModelOptimizationStatus.model_validate(raw_status)

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lathe.api.spec import ModelOptimizationSpec, Runtime, runtimes_of
+from lathe.evaluate.batch_memory import oversized, parse_quantity, sample_bytes
 from lathe.storage.secrets import BY_SCHEME, CONTRACTS
 from lathe.storage.uri import SCHEMES, parse_uri
 
@@ -39,8 +40,9 @@ def parse(obj: dict[str, Any]) -> tuple[ModelOptimizationSpec | None, list[str]]
 
 
 def problems(spec: ModelOptimizationSpec, reachable: Reachability | None = None,
-             secret_keys: SecretKeys | None = None) -> list[str]:
-    """Everything wrong with a schema-valid spec, each message naming its field."""
+             secret_keys: SecretKeys | None = None, memory_limit: str | None = None) -> list[str]:
+    """Everything wrong with a schema-valid spec, each message naming its field. `memory_limit`: the
+    worker's memory limit when the spec sets none (the operator's configured default)."""
     from lathe.worker.passes import validate_candidates  # light: no torch/onnxruntime imported
 
     out = list(validate_candidates(spec))
@@ -68,7 +70,22 @@ def problems(spec: ModelOptimizationSpec, reachable: Reachability | None = None,
     out.extend(_location_problems(spec, reachable))
     out.extend(_publish_problems(spec))
     out.extend(_secret_problems(spec, secret_keys))
+    out.extend(_memory_problems(spec, memory_limit))
     return out
+
+
+def _memory_problems(spec: ModelOptimizationSpec, default_limit: str | None) -> list[str]:
+    """A batch size whose inputs alone exceed the worker's memory limit, when the declared shapes tell
+    (dynamic dimensions: the worker checks with the data's real arrays)."""
+    limit = spec.target.resources.limits.get("memory") or default_limit
+    per_sample = sample_bytes(spec.model.inputs)
+    if not limit or per_sample is None:
+        return []
+    if parse_quantity(limit) is None:
+        return [f"spec.target.resources.limits.memory: {limit!r} is not a quantity (e.g. 4Gi, 1500Mi)"]
+    shapes = ", ".join(f"{i.name} {list(i.shape)} {i.dtype}" for i in spec.model.inputs)
+    why = oversized(spec.target.batch_sizes, per_sample, limit, f"spec.model.inputs: {shapes}")
+    return [f"spec.target.batchSizes: {why}"] if why else []
 
 
 def _architecture_problems(spec: ModelOptimizationSpec) -> list[str]:

@@ -132,6 +132,8 @@ def benchmark(runners: dict[str, Callable[[Feeds], list]], feeds: dict[int, Feed
     est: dict[tuple[str, int], float] = {}
     for name in names:
         for b in batches:
+            if progress is not None:  # a worker killed for memory is read from its last such line
+                progress("benchmark", 0.0, f"warm-up batch {b} {name}")
             for _ in range(warmup):
                 runners[name](feeds[b])
             t0 = time.perf_counter()

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from lathe.serving.folder_repository import write_atomic
+from lathe.storage.paths import check_name, safe_join
 from lathe.storage.uri import parse_uri, pvc_path
 
 
@@ -25,7 +26,11 @@ class CaptureStore:
             self.s3, self.bucket, prefix = client_for_uri(self.uri, s3_client)  # any object store's client
             self.prefix = prefix.strip("/")
         else:
-            self.root = pvc_path(authority, path) if scheme == "pvc" else Path(path).expanduser()
+            # resolved inside the claim (storage.paths.safe_join): a symlink out of it is refused
+            self.root = pvc_path(authority, path.rstrip("/")) if scheme == "pvc" else Path(path).expanduser()
+
+    def _file(self, name: str) -> Path:
+        return safe_join(self.root, check_name(name, "capture file"), "capture file")
 
     def where(self, name: str) -> str:
         return f"{self.uri}/{name}"
@@ -38,12 +43,12 @@ class CaptureStore:
             self.s3.put_bytes(self.bucket, self._key(name), data)
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.root / name, data)
+        write_atomic(self._file(name), data)
 
     def get(self, name: str) -> bytes:
         if self.s3:
             return self.s3.get_bytes(self.bucket, self._key(name))
-        return (self.root / name).read_bytes()
+        return self._file(name).read_bytes()
 
     def names(self, prefix: str) -> list[str]:
         if self.s3:
@@ -58,4 +63,4 @@ class CaptureStore:
         if self.s3:
             self.s3.delete(self.bucket, self._key(name))
         else:
-            (self.root / name).unlink(missing_ok=True)
+            self._file(name).unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from lathe.api.spec import ModelOptimizationSpec
 from lathe.api.status import Published
+from lathe.storage.paths import PathRefused, check_name, safe_join
 
 from .config import ConfigError, onnx_signature
 from .repository import PublishError, resolve_repository
@@ -52,14 +53,17 @@ def engines_root(spec: ModelOptimizationSpec, resource: str, generation: int) ->
         raise PublishError("spec.artifacts: s3:// is not supported for the per-architecture engines "
                            "(a path or pvc://claim/path)")
     namespace, _, name = resource.partition("/")
-    return resolve_repository(spec.artifacts) / namespace / name / f"generation-{generation}"
+    return safe_join(resolve_repository(spec.artifacts), f"{namespace}/{name}/generation-{generation}",
+                     "spec.artifacts")
 
 
 def engine_dir(spec: ModelOptimizationSpec, resource: str, generation: int, compute_capability: str,
                candidate: str) -> Path:
-    if not candidate or "/" in candidate or candidate in (".", ".."):
-        raise PublishError(f"bad candidate name {candidate!r}")
-    return engines_root(spec, resource, generation) / sm(compute_capability) / candidate
+    try:
+        check_name(candidate, "candidate")
+    except PathRefused as e:
+        raise PublishError(str(e)) from None
+    return safe_join(engines_root(spec, resource, generation), f"{sm(compute_capability)}/{candidate}", "candidate")
 
 
 def keep_engine(spec: ModelOptimizationSpec, resource: str, generation: int, compute_capability: str,

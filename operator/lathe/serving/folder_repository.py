@@ -20,24 +20,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lathe.api.status import Published
-from lathe.storage.uri import pvc_path
+from lathe.storage.paths import PathRefused, check_name, safe_join
+from lathe.storage.uri import parse_uri, pvc_path
 
 from .config import config_versions, set_version_policy
 from .staging import Identity, PublishError, Staged, next_config, sha256_file
 
 
 def resolve_repository(uri: str | os.PathLike) -> Path:
-    """A local path, or `pvc://claim/path` -> where the claim is mounted (lathe.storage.uri.pvc_path)."""
+    """A local path, or `pvc://claim/path` -> where the claim is mounted (lathe.storage.uri.pvc_path),
+    resolved inside the claim. PathRefused (a ValueError) for a path that would leave it."""
     s = str(uri)
-    if s.startswith("pvc://"):
-        rest = s[len("pvc://"):].strip("/")
-        if not rest or ".." in rest.split("/"):
-            raise PublishError(f"bad pvc uri {s!r}: want pvc://claim/path")
-        claim, _, sub = rest.partition("/")
-        return pvc_path(claim, sub)
-    if "://" in s:
+    try:
+        scheme, authority, key = parse_uri(s)
+    except PathRefused:
+        raise
+    except ValueError as e:
+        raise PublishError(f"bad model repository {s!r}: {e}") from None
+    if scheme == "pvc":
+        return pvc_path(authority, key.rstrip("/"))
+    if scheme != "file":
         raise PublishError(f"unsupported model repository {s!r}: a path or pvc://claim/path")
-    return Path(s)
+    return Path(key).expanduser()
+
+
+def model_folder(repo: Path, model_name: str) -> Path:
+    """`<repo>/<model_name>`, refused (PathRefused) for a name that is not one plain folder name ('.', '..',
+    a hidden name, a '/') or whose folder is a symlink out of the repository."""
+    return safe_join(repo, check_name(model_name, "spec.publish.modelName"), "spec.publish.modelName")
 
 
 def versions(model_dir: str | os.PathLike) -> list[int]:
@@ -129,7 +139,7 @@ class FolderRepository:
         self.root = resolve_repository(repository)
 
     def existing(self, model_name: str, ident: Identity, candidate: str) -> Published | None:
-        model_dir = self.root / model_name
+        model_dir = model_folder(self.root, model_name)
         for v in reversed(versions(model_dir)):
             meta = read_meta(model_dir, v)
             if meta and meta.get("sha256") == ident.digest and meta.get("candidate") == candidate:
@@ -143,7 +153,7 @@ class FolderRepository:
         """A folder on the repository's filesystem to build the version in (removed afterwards)."""
         if not self.root.is_dir():
             self.root.mkdir(parents=True, exist_ok=True)
-        model_dir = self.root / model_name
+        model_dir = model_folder(self.root, model_name)
         stage_root = _staging_root(self.root, model_dir if model_dir.is_dir() else self.root)
         stage = Path(tempfile.mkdtemp(prefix=f".lathe-{model_name}-{uuid.uuid4().hex[:8]}-", dir=stage_root))
         try:
@@ -153,7 +163,7 @@ class FolderRepository:
 
     def commit(self, model_name: str, st: Staged, candidate: str) -> Published:
         """Rename the staged version in as max(existing)+1 (RENAME_NOREPLACE; retried on a lost race)."""
-        repository, candidate_name, model_dir = self.repository, candidate, self.root / model_name
+        repository, candidate_name, model_dir = self.repository, candidate, model_folder(self.root, model_name)
         digest, vstage, stage = st.digest, st.dir, st.dir.parent
         for _attempt in range(100):
             existing = versions(model_dir)

@@ -24,10 +24,12 @@ from collections.abc import Mapping, Sequence
 from lathe.api.spec import Publish
 from lathe.api.status import Published
 from lathe.storage.clients import is_object_uri
+from lathe.storage.paths import check_name
 
 from .config import ConfigError
 from .folder_repository import (
     FolderRepository,
+    model_folder,
     read_meta,
     rename_noreplace,
     resolve_repository,
@@ -59,6 +61,7 @@ def publish(repository: str | os.PathLike, model_name: str, artifact_files: Sequ
     publishing a duplicate (an operator restarted between publish and status write must not add N+2); it is
     looked for before anything is copied. client: an object-store client with settings of its own.
     """
+    check_name(model_name, "spec.publish.modelName")  # before anything is staged, on every store
     spec = publish_spec or Publish(repository=str(repository), model_name=model_name)
     ident = identify(artifact_files, runtime, spec, flavour)
     store = repository_store(repository, client)
@@ -71,6 +74,6 @@ def publish(repository: str | os.PathLike, model_name: str, artifact_files: Sequ
         return store.commit(model_name, st, candidate_name)
 
 
-__all__ = ["publish", "repository_store", "PublishError", "ConfigError", "resolve_repository", "versions",
-           "read_meta", "verify", "sha256_file", "rename_noreplace", "write_atomic", "Identity", "Staged",
+__all__ = ["publish", "repository_store", "PublishError", "ConfigError", "resolve_repository", "model_folder",
+           "versions", "read_meta", "verify", "sha256_file", "rename_noreplace", "write_atomic", "Identity", "Staged",
            "identify", "next_config", "stage_version"]

@@ -18,7 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .uri import pvc_path
+from .paths import PathRefused, safe_join
+from .uri import parse_uri, pvc_path
 
 
 class StorageError(ValueError):
@@ -80,25 +81,31 @@ def verify(path: Path, sha256: str | None, uri: str) -> None:
 
 
 def resolve(uri: str, sha256: str | None = None) -> Path:
-    """A local path holding the content of `uri`, verified against `sha256` when given."""
-    if uri.startswith("pvc://"):
-        rest = uri[len("pvc://"):]
-        claim, _, sub = rest.partition("/")
-        if not claim or not sub:
-            raise StorageError(f"{uri}: expected pvc://claim/path")
-        path = pvc_path(claim, sub)
-    elif uri.startswith("https://") or uri.startswith("http://"):
-        if uri.startswith("http://"):
-            raise StorageError(f"{uri}: plain http is not allowed, use https:// with a sha256")
+    """A local path holding the content of `uri`, verified against `sha256` when given. Every path is
+    checked first (storage.paths): a '..' anywhere, or a pvc:// path whose symlinks lead out of its claim,
+    raises PathRefused (a ValueError, not a StorageError: it is the user's mistake, not the store's)."""
+    if uri.startswith("http://"):
+        raise StorageError(f"{uri}: plain http is not allowed, use https:// with a sha256")
+    try:
+        scheme, authority, sub = parse_uri(uri)
+    except PathRefused:
+        raise
+    except ValueError as e:
+        raise StorageError(str(e)) from None
+    if scheme == "pvc":
+        if not sub or sub.endswith("/"):
+            raise StorageError(f"{uri}: expected pvc://claim/path of a file")
+        path = pvc_path(authority, sub)
+    elif scheme == "https":
         if not sha256:
             raise StorageError(f"{uri}: an https:// location needs a sha256")
         return _download(uri, sha256.lower())
-    elif uri.split("://", 1)[0] in ("s3", "gs", "az") and "://" in uri:
+    elif scheme in ("s3", "gs", "az"):
         return _object(uri, sha256)
-    elif "://" in uri and not uri.startswith("file://"):
+    elif scheme != "file":
         raise StorageError(f"{uri}: unsupported scheme (use a path, pvc://, https://, s3://, gs:// or az://)")
     else:
-        path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
+        path = Path(sub).expanduser()
     if not path.exists():
         raise StorageNotFound(f"{uri}: no such file ({path})")
     verify(path, sha256, uri)
@@ -106,7 +113,9 @@ def resolve(uri: str, sha256: str | None = None) -> Path:
 
 
 def _download(uri: str, sha256: str) -> Path:
-    name = Path(uri.split("?", 1)[0]).name or "download"
+    name = Path(uri.split("?", 1)[0]).name
+    if name in ("", ".", ".."):
+        name = "download"
     dest = cache_dir() / sha256 / name
     if dest.exists() and sha256_file(dest) == sha256:
         return dest
@@ -146,7 +155,7 @@ def _object(uri: str, sha256: str | None) -> Path:
         raise StorageError(f"{uri}: expected {scheme}://bucket/key (an object, not a prefix)")
     client = client_for(scheme)
     head = client.head(bucket, key)
-    dest = cache_dir() / client.scheme / bucket / key
+    dest = safe_join(cache_dir() / client.scheme, f"{bucket}/{key}", uri)  # parse_uri refused '..' already
     tag = dest.with_name(f".{dest.name}.etag")
     stamp = f"{head.size} {head.etag}"
     if not (dest.exists() and tag.exists() and tag.read_text() == stamp):

@@ -105,6 +105,30 @@ def load(path: Path, inputs: list[InputMeta], role: str = "validation", max_samp
     return ds.head(max_samples)
 
 
+def check_labels(ds: Dataset, classes: int) -> None:
+    """Classification: every label is a class the model can output (0 .. classes-1). A label outside would
+    lower every candidate's accuracy alike and hide the mistake (a label file of another model, 1-based
+    classes): refused, naming the file, the label and the class count."""
+    labels = ds.labels
+    if labels is None or labels.ndim != 1 or not len(labels) or labels.dtype.kind not in "iufb":
+        return
+    where = f"{ds.role} data {ds.path}"
+    if labels.dtype.kind == "f":
+        fractional = labels != np.floor(labels)
+        if fractional.any():
+            raise InvalidInput("data", f"{where}: label {labels[fractional][0]:g} is not a class index (the model has "
+                                       f"{classes} classes, 0..{classes - 1}); {int(fractional.sum())} of "
+                                       f"{len(labels)} labels are not whole numbers")
+    bad = (labels < 0) | (labels >= classes)
+    if bad.any():
+        values = np.unique(labels[bad])
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise InvalidInput("data", f"{where}: label {values[0]:g} is outside the model's {classes} classes "
+                                   f"(0..{classes - 1}): {int(bad.sum())} of {len(labels)} samples have labels the "
+                                   f"model cannot produce ({shown}); is the label file for this model, and are the "
+                                   "classes counted from 0?")
+
+
 def _check_array(a: np.ndarray, meta: InputMeta, where: str) -> np.ndarray:
     want = np.dtype(_DTYPES.get(meta.dtype, meta.dtype))
     if a.dtype != want:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import storage
+from ..storage.paths import PathRefused
 from .data import Dataset, InputMeta
 from .errors import InvalidInput, WorkerError
 
@@ -48,6 +49,8 @@ def fetch(uri: str, sha256: str | None, what: str) -> Path:
         return storage.resolve(uri, sha256)
     except storage.StorageError as e:
         raise InvalidInput("fetch", f"{what}: {e}", kind=e.reason) from e
+    except PathRefused as e:  # a path that would leave its claim, bucket or folder
+        raise InvalidInput("fetch", f"{what}: {e}") from e
 
 
 def onnx_inputs(path: Path) -> tuple[list[InputMeta], list[str]]:
@@ -214,6 +217,60 @@ def verify_export(module, onnx_path: Path, inputs: list[InputMeta], data: Datase
     log.info("export checked against PyTorch at batch sizes %s", sizes)
 
 
+def check_declared_onnx(declared: list[str], have: list[str], src: Path) -> None:
+    """spec.model.inputs of an ONNX model name the model's own inputs: say which the model lacks."""
+    unknown = [d for d in declared if d not in have]
+    undeclared = [h for h in have if h not in declared]
+    if not unknown and not undeclared:
+        return
+    said = []
+    if unknown:
+        said.append(f"the model has no input named {', '.join(map(repr, unknown))} (spec.model.inputs)")
+    if undeclared:
+        said.append(f"spec.model.inputs does not declare its input {', '.join(map(repr, undeclared))}")
+    raise InvalidInput("intake", f"model file {src}: {'; '.join(said)}; the model's inputs are {have}")
+
+
+def torch_inputs(module) -> tuple[list[str], int] | None:
+    """(the forward's argument names, how many of them are required) of a TorchScript or torch.export
+    model; None when the module does not say."""
+    try:
+        ep = getattr(module, "_lathe_exported_program", None)
+        if ep is not None:
+            names = [str(n) for n in ep.graph_signature.user_inputs]
+            return names, len(names)
+        args = [a for a in module.forward.schema.arguments if a.name != "self"]
+        return [a.name for a in args], sum(not a.has_default_value() for a in args)
+    except Exception as e:  # informative only: the export then finds what does not fit
+        log.debug("no input names from the module: %s", e)
+        return None
+
+
+def check_declared_torch(declared: list[str], model: tuple[list[str], int] | None, arrays: list[str],
+                         src: Path) -> None:
+    """A PyTorch model takes spec.model.inputs in order (the names become the ONNX inputs and the data's
+    keys). Before any data is read: more inputs than the forward takes, fewer than it needs, or a name that
+    neither the model nor the data knows is the spec's mistake, said with the model's own inputs."""
+    if model is None:
+        return
+    names, required = model
+    theirs = f"the model's inputs are {names} (its forward's arguments, taken in order)"
+    if len(declared) > len(names):
+        extra = declared[len(names):]
+        raise InvalidInput("intake", f"model file {src}: spec.model.inputs declares {len(declared)} inputs "
+                                     f"{declared}, the model takes {len(names)}: it has no input for "
+                                     f"{', '.join(map(repr, extra))}; {theirs}")
+    if len(declared) < required:
+        raise InvalidInput("intake", f"model file {src}: spec.model.inputs declares {len(declared)} inputs "
+                                     f"{declared}, the model needs {required}: declare "
+                                     f"{', '.join(map(repr, names[len(declared):required]))} too; {theirs}")
+    unknown = [d for d in declared if d not in names and d not in arrays]
+    if unknown:
+        raise InvalidInput("intake", f"model file {src}: the model has no input named "
+                                     f"{', '.join(map(repr, unknown))} (spec.model.inputs), and the validation data "
+                                     f"has no array of that name (arrays: {sorted(arrays)}); {theirs}")
+
+
 def intake(spec, workdir: Path, validation_arrays: dict[str, np.ndarray] | None = None,
            validation_path: Path | None = None) -> tuple[ModelInfo, Any]:
     """Returns the model info and, for PyTorch sources, the loaded module."""
@@ -227,11 +284,7 @@ def intake(spec, workdir: Path, validation_arrays: dict[str, np.ndarray] | None 
         onnx_path = src
         inputs, outputs = onnx_inputs(src)
         if spec.model.inputs:
-            declared = {i.name for i in spec.model.inputs}
-            have = {i.name for i in inputs}
-            if declared != have:
-                raise InvalidInput("intake", f"model file {src}: inputs are {sorted(have)}, spec.model.inputs "
-                                             f"declares {sorted(declared)}")
+            check_declared_onnx([i.name for i in spec.model.inputs], [i.name for i in inputs], src)
     else:
         if not spec.model.inputs:
             raise InvalidInput("intake", "spec.model.inputs is required to export a PyTorch model "
@@ -240,6 +293,7 @@ def intake(spec, workdir: Path, validation_arrays: dict[str, np.ndarray] | None 
         inputs = [InputMeta(i.name, list(i.shape), i.dtype) for i in spec.model.inputs]
         if validation_arrays is None:
             raise InvalidInput("intake", "validation data is needed to check the PyTorch export")
+        check_declared_torch([i.name for i in inputs], torch_inputs(module), list(validation_arrays), src)
         from .data import load as load_data  # noqa: PLC0415
 
         val = load_data(validation_path or Path("validation.npz"), inputs, "validation", 64, arrays=validation_arrays)

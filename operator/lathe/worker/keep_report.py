@@ -17,27 +17,35 @@ from lathe.api import result_log
 from lathe.api.spec import ModelOptimizationSpec
 from lathe.api.status import WorkerResult
 from lathe.storage.clients import is_object_uri
-from lathe.storage.uri import pvc_path
+from lathe.storage.paths import PathRefused, safe_join
+from lathe.storage.uri import parse_uri, pvc_path
 
-from .errors import WorkerError
+from .errors import InvalidInput, WorkerError
 
 log = logging.getLogger("lathe.worker.keep")
 FILES = ("result.json", "details.json", "report.html")
 
 
-def artifacts_dir(uri: str) -> Path:
-    """Where spec.artifacts is in this process: a path, file://path, or a mounted pvc://claim/path."""
-    if uri.startswith("pvc://"):
-        claim, _, sub = uri[len("pvc://"):].strip("/").partition("/")
-        if not claim or ".." in sub.split("/"):
-            raise WorkerError("report", f"spec.artifacts {uri!r}: want pvc://claim/path")
-        return pvc_path(claim, sub)
-    if "://" in uri and not uri.startswith("file://"):
-        raise WorkerError("report", f"spec.artifacts {uri!r}: only a path, pvc://claim/path, s3://, gs:// or az:// can be written")
-    return Path(uri.removeprefix("file://")).expanduser()
+def artifacts_dir(uri: str, sub: str = "") -> Path:
+    """Where spec.artifacts (and `sub` inside it) is in this process: a path, file://path, or a mounted
+    pvc://claim/path, resolved inside the claim or folder. InvalidInput when it would leave it."""
+    try:
+        scheme, authority, key = parse_uri(uri)
+        if scheme == "pvc":
+            base = pvc_path(authority, key.rstrip("/"))
+        elif scheme == "file":
+            base = Path(key).expanduser()
+        else:
+            raise WorkerError("report", f"spec.artifacts {uri!r}: only a path, pvc://claim/path, s3://, gs:// "
+                                        "or az:// can be written")
+        return safe_join(base, sub, f"spec.artifacts {uri}") if sub else base
+    except PathRefused as e:
+        raise InvalidInput("spec", f"spec.artifacts: {e}") from e
+    except ValueError as e:
+        raise WorkerError("report", f"spec.artifacts {uri!r}: {e}") from e
 
 
-def _subfolder() -> str:
+def subfolder() -> str:
     resource = os.environ.get("LATHE_RESOURCE")  # set by the operator's Job: namespace/name
     if not resource:
         return ""
@@ -60,11 +68,13 @@ def keep(spec: ModelOptimizationSpec, result: WorkerResult, workdir: Path) -> li
         shown = f"{pub.repository.rstrip('/')}/{pub.model_name}/{pub.version}"
         copies += [f"{shown}/{n}" for n in ("report.json", "report.html") if (version_dir / n).exists()]
     dest = None
-    sub = _subfolder()
+    sub = subfolder()
     shown_artifacts = (spec.artifacts or "").rstrip("/") + (f"/{sub}" if sub else "")
     if spec.artifacts:
         try:
-            dest = "object" if is_object_uri(spec.artifacts) else artifacts_dir(spec.artifacts) / sub
+            dest = "object" if is_object_uri(spec.artifacts) else artifacts_dir(spec.artifacts, sub)
+        except InvalidInput:
+            raise  # a location that leaves its claim: checked before the run (worker.locations), never a warning
         except WorkerError as e:
             result.warnings.append(e.message)
         else:

@@ -24,6 +24,7 @@ import numpy as np
 from ..api.spec import Candidate, ModelOptimizationSpec, TaskType, metric_of, runtimes_of
 from ..api.status import CandidateResult, Latency, Verdict, WorkerResult
 from ..evaluate import budget as gate
+from ..evaluate.batch_memory import oversized
 from ..evaluate.benchmark import benchmark
 from ..evaluate.memory import peak_added_mb
 from ..evaluate.metrics import drop, finite, score
@@ -35,6 +36,8 @@ from .backends.emulated import CpuEmulation
 from .errors import InvalidInput, WorkerError
 from .fallback import ablation, steps
 from .intake import ModelInfo, fetch, intake, load_torch
+from .limits import memory_limit
+from .locations import check_written
 from .passes import ModelState, PassContext, default_candidates, make_pass, validate_candidates
 from .progress import Progress, ProgressFn
 
@@ -145,9 +148,22 @@ class Pipeline:
                 raise InvalidInput("intake", f"spec.task.output '{spec.task.output}' is not a model output "
                                              f"{self.info.outputs}")
             self.out_index = self.info.outputs.index(spec.task.output)
+        self._check_batch_memory()
         self.progress("intake", 1.0, f"{self.info.family} model, {len(self.val)} validation / "
                                      f"{len(self.cal)} calibration samples"
                                      + (f" / {len(self.train)} training samples" if self.train is not None else ""))
+
+    def _check_batch_memory(self) -> None:
+        """Before any benchmark: a batch size whose inputs alone (the real arrays' sizes, dynamic dimensions
+        included) exceed this worker's memory limit is refused instead of being killed for memory."""
+        limit = memory_limit()
+        if not limit:
+            return
+        per_sample = sum(int(a[0].nbytes) for a in self.val.feeds.values())
+        shapes = ", ".join(f"{k} {list(a.shape[1:])} {a.dtype}" for k, a in self.val.feeds.items())
+        why = oversized(self.spec.target.batch_sizes, per_sample, limit, f"validation data: {shapes}")
+        if why:
+            raise InvalidInput("data", f"spec.target.batchSizes: {why}")
 
     def candidates(self) -> list[Candidate]:
         problems = validate_candidates(self.spec)
@@ -169,6 +185,7 @@ class Pipeline:
         outs = infer(runner, self.val, self.batch)
         if not finite(outs):
             raise InvalidInput("baseline", f"the model itself outputs NaN/Inf on the validation data ({self.info.source})")
+        self._check_labels(outs[self.out_index])
         self.base_out = outs
         s = score(outs[self.out_index], outs[self.out_index], self.val.labels, self.metric)
         res = CandidateResult(name="baseline", runtime="onnxruntime", passes="fp32", verdict=Verdict.baseline,
@@ -188,6 +205,15 @@ class Pipeline:
         self.base_probe = CandidateResult(name="baseline", metric=self.metric, accuracy=ps["value"])
         self.progress("baseline", 1.0, f"{self.metric} {s['value']:.4f}")
         return Built(res, art, runner)
+
+    def _check_labels(self, out: np.ndarray) -> None:
+        """Class labels the model cannot produce (its output has `classes` columns) are bad data, in every set."""
+        if out.ndim != 2 or out.shape[1] < 2 or (self.metric != "top1"
+                                                 and self.spec.task.type != TaskType.classification):
+            return
+        sets = [self.val] + [d for d in (self.cal, self.train) if d is not None and d is not self.val]
+        for ds in sets:
+            datamod.check_labels(ds, int(out.shape[1]))
 
     def _apply_passes(self, cand: Candidate, ctx: PassContext, float_nodes: list[str],
                       start: ModelState | None = None, from_index: int = 0) -> ModelState:
@@ -393,6 +419,7 @@ class Pipeline:
 
     def run(self) -> WorkerResult:
         t0 = time.time()
+        check_written(self.spec)  # where the version and the reports go, before any work
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.load()
         cands = self.candidates()
@@ -446,6 +473,8 @@ class Pipeline:
                 engines.append(b)  # timed on the GPU against an FP32 engine, not against the CPU baseline
             else:
                 runners[b.result.name] = b.runner
+        # said before the batches are built: a worker killed for memory here is read by the operator from this line
+        self.progress("benchmark", 0.0, "batch sizes " + ", ".join(map(str, self.spec.target.batch_sizes)))
         feeds = {bs: self.val.batch_of(bs) for bs in self.spec.target.batch_sizes}
         bench = benchmark(runners, feeds, "baseline", rounds=self.bench_rounds, seconds=self.bench_seconds,
                           progress=self.progress)

@@ -35,6 +35,7 @@ def publish_winner(spec: ModelOptimizationSpec, result: WorkerResult, workdir: P
         raise WorkerError("publish", f"winner {winner.name} has no artifact to publish")
     from lathe.serving.repository import PublishError, publish
     from lathe.storage import StorageError
+    from lathe.storage.paths import PathRefused
 
     from .errors import InvalidInput
 
@@ -45,6 +46,8 @@ def publish_winner(spec: ModelOptimizationSpec, result: WorkerResult, workdir: P
     except StorageError as e:  # a store that refuses us or is gone: the user's to fix, not a crash to retry
         raise InvalidInput("publish", f"publishing {winner.name} to {spec.publish.repository} failed: {e}",
                            kind=e.reason) from e
+    except PathRefused as e:  # a name or path that leaves the repository (worker.locations checks it first)
+        raise InvalidInput("publish", f"publishing {winner.name} to {spec.publish.repository} refused: {e}") from e
     except (PublishError, OSError, ValueError) as e:
         raise WorkerError("publish", f"publishing {winner.name} to {spec.publish.repository} failed: {e}") from e
     log.info("published %s as %s version %d (%s)", winner.name, published.model_name, published.version,
@@ -62,6 +65,7 @@ def keep_architecture_engines(spec: ModelOptimizationSpec, result: WorkerResult,
     from lathe.api.status import Verdict
     from lathe.serving.architectures import keep_engine
     from lathe.serving.repository import PublishError
+    from lathe.storage.paths import PathRefused
 
     from .errors import InvalidInput
 
@@ -74,7 +78,7 @@ def keep_architecture_engines(spec: ModelOptimizationSpec, result: WorkerResult,
         source = engine.parent / "graph.onnx"  # pipeline._tensorrt keeps it beside the engine
         try:
             kept.append(keep_engine(spec, resource, generation, compute_capability, c.name, engine, source))
-        except PublishError as e:  # spec.artifacts missing or unusable: the user's to fix
+        except (PublishError, PathRefused) as e:  # spec.artifacts missing, unusable or leaving its claim
             raise InvalidInput("publish", f"keeping {c.name}'s sm{compute_capability} engine failed: {e}") from e
         except OSError as e:
             raise WorkerError("publish", f"keeping {c.name}'s sm{compute_capability} engine failed: {e}") from e

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .base import Artifact, Backend, Runner, register_backend
+from .openvino_common import detect_transformer_onnx, pinned_shapes
 
 log = logging.getLogger("lathe.worker.openvino")
 
@@ -107,30 +108,6 @@ def _is_const(node) -> bool:
         node = node.input_value(0).get_node()
         seen += 1
     return False
-
-
-def detect_transformer_onnx(path: str | Path) -> list[str]:
-    """The same question on an ONNX file (cheap: no OpenVINO import): LayerNormalization or the decomposed
-    ReduceMean/Pow/Sqrt pattern, and attention (Softmax after a MatMul of two activations)."""
-    import onnx  # noqa: PLC0415
-
-    m = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in m.graph.initializer}
-    consts = {o for n in m.graph.node if n.op_type == "Constant" for o in n.output}
-    types = Counter(n.op_type for n in m.graph.node)
-    reasons: list[str] = []
-    act_mm = sum(1 for n in m.graph.node if n.op_type == "MatMul"
-                 and not any(i in inits or i in consts for i in n.input[:2]))
-    if types.get("Softmax") and act_mm:
-        reasons.append(f"Softmax with {act_mm} activation x activation MatMul(s) (attention)")
-    if types.get("Attention") or types.get("MultiHeadAttention"):
-        reasons.append("fused attention op")
-    ln = types.get("LayerNormalization", 0) + types.get("SkipLayerNormalization", 0)
-    if not ln and types.get("ReduceMean") and types.get("Sqrt") and types.get("Pow"):
-        ln = min(types["ReduceMean"] // 2, types["Sqrt"])
-    if reasons and ln:
-        reasons.append(f"{ln} layer normalisation(s)")
-    return reasons
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -239,8 +216,6 @@ class OpenVINOBackend(Backend):
     def build_options(self, ctx: Any, state: Any) -> dict[str, Any]:
         """What the pipeline hands to build() for a candidate: the NNCF settings a `quantize` pass
         recorded (state.info["openvino"]) and the shapes the spec pins."""
-        from ..passes.nncf_quantize import pinned_shapes  # noqa: PLC0415
-
         opts = dict((getattr(state, "info", None) or {}).get("openvino", {}))
         shapes = pinned_shapes(getattr(ctx, "spec", None))
         if shapes:

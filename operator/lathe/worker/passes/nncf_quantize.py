@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from pydantic.alias_generators import to_camel
 
+from ..backends.openvino_common import detect_transformer_onnx
 from .base import ModelState, Pass, PassContext
 from .quantize import QuantizeConfig
 
@@ -31,22 +32,6 @@ log = logging.getLogger("lathe.worker.nncf")
 
 # QuantizeConfig fields that are ONNX Runtime settings with no NNCF meaning here
 _ORT_ONLY = ("per_channel", "activation_type", "weight_type", "op_types", "keep_io_types", "block_size")
-
-
-def pinned_shapes(spec) -> dict[str, list]:
-    """{input: dims} from spec.model.inputs when the spec pins at least one dim to an int (the OpenVINO
-    model is then reshaped: ints fixed, named dims left dynamic); {} otherwise."""
-    inputs = getattr(getattr(spec, "model", None), "inputs", None) or []
-    out: dict[str, list] = {}
-    for i in inputs:
-        if i.shape and any(isinstance(d, int) and d > 0 for d in i.shape):
-            out[i.name] = [d if isinstance(d, int) and d > 0 else -1 for d in i.shape]
-    if out:
-        batch_sizes = list(getattr(getattr(spec, "target", None), "batch_sizes", None) or [1])
-        for dims in out.values():  # a pinned batch dim that the benchmark cannot feed: keep it dynamic
-            if dims and dims[0] > 0 and any(b != dims[0] for b in batch_sizes):
-                dims[0] = -1
-    return out
 
 
 class NNCFQuantize(Pass):
@@ -91,8 +76,6 @@ class NNCFQuantize(Pass):
         state.info.setdefault("openvino", {}).update(self.build_options(ctx, list(state.float_nodes)))
         state.quantized = True
         if not self.config.model_type:
-            from ..backends.openvino import detect_transformer_onnx  # noqa: PLC0415 - onnx only
-
             why = detect_transformer_onnx(state.onnx_path)
             if why:
                 note = ("graph looks like a transformer (" + "; ".join(why) + ") but modelType is unset: "
