@@ -10,7 +10,9 @@ with `bash e2e/controlplane/build.sh`):
 * ``k8s_client`` (session): a configured ``kubernetes.client.ApiClient``;
 * ``node_agent`` (session): e2e/nodeagent/agent.py running pods as local processes;
 * ``s3_server`` (session), ``s3_bucket``, ``s3_client``: a real S3 server (versitygw, built by
-  `bash e2e/s3/build.sh`, see e2e/s3/fixture.py).
+  `bash e2e/s3/build.sh`, see e2e/s3/fixture.py);
+* ``digits`` (session): the digits CNN trained once (lathe.worker.samples.make_digits), with its
+  calibration, validation and training sets.
 
 A failing test gets the tails of the component logs appended to its report.
 """
@@ -22,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import pytest  # noqa: E402
+
 from e2e.controlplane.fixture import (  # noqa: E402,F401
     control_plane,
     k8s_client,
@@ -30,3 +34,12 @@ from e2e.controlplane.fixture import (  # noqa: E402,F401
     pytest_runtest_makereport,
 )
 from e2e.s3.fixture import s3_bucket, s3_client, s3_server  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    from lathe.worker.samples import make_digits
+
+    s = make_digits(tmp_path_factory.mktemp("digits"))
+    assert s["top1"] > 0.97, s["top1"]
+    return s

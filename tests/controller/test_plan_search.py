@@ -233,3 +233,13 @@ def test_architectures_times_shards_then_one_benchmark_per_architecture_then_the
     assert p3.status.winner == "trt-fp16" and [a.candidate for a in p3.actions if isinstance(a, CreatePublishJob)] == [
         "trt-fp16"]
     assert len(p3.status.search.builds) == 4 and len(p3.status.search.benchmarks) == 2
+
+
+def test_a_spec_change_mid_search_stops_the_old_jobs_and_starts_over():
+    old = [build(1, ready=1), build(2, "succeeded", built("int8", "ort"))]
+    st = plan(world(jobs=old)).status
+    p = plan(World(generation=2, spec=SPEC, problems=[], status=st, jobs=old, now=NOW,
+                   policy=Policy(max_attempts=2, backoff_seconds=10)))
+    assert [d.name for d in p.actions if isinstance(d, DeleteJob)] == ["d-g1-a1-b1"]  # the running one
+    assert creates(p) == [("build", 1, 1, ()), ("build", 2, 1, ())]  # generation 2's, from scratch
+    assert [b.phase for b in p.status.search.builds] == ["Pending", "Pending"] and p.status.observed_generation == 2

@@ -430,6 +430,7 @@ class Pipeline:
         for i, cand in enumerate(cands):
             self.progress("candidates", i / len(cands), f"building {cand.name}")
             b = self.build_one(cand)
+            log.info("candidate %s built: %s", cand.name, b.result.verdict)
             if done is not None:
                 done(b)
             built.append(b)

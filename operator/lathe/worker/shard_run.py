@@ -88,11 +88,16 @@ def build_shard(spec: ModelOptimizationSpec, workdir: Path, shard: int, shards: 
     log.info("build Job %d/%d: %s (of %d candidates)%s", shard, shards, ", ".join(c.name for c in mine),
              len(pipe.all_candidates), f"; reused {', '.join(reused)}" if reused else "")
 
+    moved = {"seconds": 0.0, "bytes": 0}
+
     def hand_over(b) -> None:
+        t = time.monotonic()
         try:
-            records[b.result.name] = put_candidate(store, shard, b, workdir / "candidates" / b.result.name)
+            rec = records[b.result.name] = put_candidate(store, shard, b, workdir / "candidates" / b.result.name)
         except (OSError, StorageError) as e:
             raise _storage(f"handing {b.result.name} over to {store.where(shard_key(shard))}", e) from e
+        moved["seconds"] += time.monotonic() - t
+        moved["bytes"] += sum((workdir / "candidates" / b.result.name / f).stat().st_size for f in rec.files)
 
     pipe.build_all([c for c in mine if c.name not in records], hand_over)
     try:
@@ -103,7 +108,8 @@ def build_shard(spec: ModelOptimizationSpec, workdir: Path, shard: int, shards: 
     cands = [{"name": c.name, "verdict": records[c.name].result.get("verdict"),
               "reason": records[c.name].result.get("reason", "")} for c in mine]
     return {"shard": shard, "shards": shards, "handover": store.where(shard_key(shard)), "candidates": cands,
-            "reused": reused, "seconds": round(time.time() - t0, 1)}
+            "reused": reused, "seconds": round(time.time() - t0, 1),
+            "handoverSeconds": round(moved["seconds"], 3), "handoverBytes": moved["bytes"]}
 
 
 def compact_summary(summary: dict) -> str:
@@ -133,6 +139,7 @@ def benchmark_shards(spec: ModelOptimizationSpec, workdir: Path, shards: int, fa
     parts = split(everything, shards)
     built: dict[str, Built] = {}
     pipe.progress("handover", 0.0, f"reading {shards - len(failed)} build Job(s) from {store.uri}")
+    read_seconds, read_bytes = 0.0, 0
     for k, part in enumerate(parts, start=1):
         if k in failed:
             for c in part:
@@ -163,9 +170,12 @@ def benchmark_shards(spec: ModelOptimizationSpec, workdir: Path, shards: int, fa
                 rec = get_record(store, k, c.name)
                 if rec is None:
                     raise WorkerError("handover", f"{store.where(shard_key(k))}/{c.name}: no record")
+                t = time.monotonic()
                 fetch_candidate(store, k, rec, cdir)
+                read_seconds += time.monotonic() - t
             except (OSError, StorageError) as e:
                 raise _storage(f"reading {c.name} from {store.where(shard_key(k))}", e) from e
+            read_bytes += sum((cdir / f).stat().st_size for f in rec.files)
             res = CandidateResult.model_validate(rec.result)
             res.artifact = str(cdir / rec.artifact) if rec.artifact else None
             art = (Artifact(runtime=rec.runtime, files=[cdir / f for f in rec.artifact_files], meta=rec.meta)
@@ -175,7 +185,8 @@ def benchmark_shards(spec: ModelOptimizationSpec, workdir: Path, shards: int, fa
                 runner = get_backend(rec.runtime).load(art, pipe.threads)
             built[c.name] = Built(res, art, runner, rec.details)
             pipe.details["candidates"][c.name] = rec.details
-    pipe.progress("handover", 1.0, f"{sum(b.runner is not None for b in built.values())} candidate(s) to time")
+    pipe.progress("handover", 1.0, f"{sum(b.runner is not None for b in built.values())} candidate(s) to time; read "
+                                   f"{read_bytes} bytes in {read_seconds:.3f}s (sha256 checked)")
     result = pipe.finish(base, [built[n] for n in names], t0)
     _forget_older_generations(spec)
     return result
