@@ -74,13 +74,13 @@ def job_parts(job, pod, log: Path) -> dict:
     ev = log_events(log)
     created = job.metadata.creation_timestamp.timestamp()
     t_first = ev[0][0] if ev else None
-    t_intake = first(ev, r"lathe\.worker \[intake\]\s+0%")
-    t_prepared = first(ev, r"lathe\.worker \[candidates\]\s+0%")
-    t_built = last(ev, r"lathe\.worker \[candidates\] 100%")
+    t_intake = first(ev, r"lathe\.worker:? \[intake\]\s+0%")
+    t_prepared = first(ev, r"lathe\.worker:? \[candidates\]\s+0%")
+    t_built = last(ev, r"lathe\.worker:? \[candidates\] 100%")
     builds = {}
     prev = t_prepared
     for t, msg in ev:
-        m = re.search(r"lathe\.worker candidate (\S+) built: (\w+)", msg)
+        m = re.search(r"lathe\.worker:? candidate (\S+) built: (\w+)", msg)
         if m and prev is not None:
             builds[m.group(1)] = round(t - prev, 2)
             prev = t

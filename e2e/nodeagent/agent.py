@@ -26,7 +26,9 @@ What it does
 * Binds every pending pod without ``spec.nodeName`` (there is no scheduler) whose schedulerName is
   ``default-scheduler`` to that node (pods/binding), ignoring resources, selectors and taints.
   With ``--no-bind`` it binds nothing: a real kube-scheduler places the pods (by the Node's labels,
-  capacity and taints), and the agent runs those placed on its node. Several agents, each with its own
+  capacity and taints), and the agent runs those placed on its node. (It removes the
+  ``node.kubernetes.io/not-ready`` taint the API server gives a new Node, as the node lifecycle
+  controller would: the test control plane does not run that controller.) Several agents, each with its own
   ``--node-name``, ``--root`` and ``--label k=v`` (repeatable: added to the Node's labels), make a
   cluster of differently labelled Nodes on one machine.
 * Runs the pods bound to the node: init containers one after another, then the containers in
@@ -1002,6 +1004,18 @@ class NodeAgent:
             },
         }
         self.heartbeat()
+        self._untaint()
+
+    def _untaint(self) -> None:
+        """The API server's TaintNodesByCondition admission gives a new Node `node.kubernetes.io/not-ready`,
+        which the node lifecycle controller removes once the Node is Ready; the test control plane runs no such
+        controller, and a kube-scheduler (``--no-bind``) would never place a pod here. The agent posts Ready at
+        once, so it removes the taint itself."""
+        node = self.core.read_node(self.node_name)
+        taints = [t for t in (node.spec.taints or []) if t.key != "node.kubernetes.io/not-ready"]
+        if len(taints) != len(node.spec.taints or []):
+            self.core.patch_node(self.node_name, {"spec": {"taints": [self.api.sanitize_for_serialization(t)
+                                                                      for t in taints] or None}})
 
     def heartbeat(self) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -100,7 +100,7 @@ def builds_per_candidate(agents, ns) -> dict[str, int]:
     counts: dict[str, int] = {}
     for agent in agents.values():
         for log in (Path(agent.root) / "pods").glob(f"{ns}_*/worker.log"):
-            for name in re.findall(r"lathe\.worker candidate (\S+) built: ", log.read_text()):
+            for name in re.findall(r"lathe\.worker:? candidate (\S+) built: ", log.read_text()):
                 counts[name] = counts.get(name, 0) + 1
     return counts
 
@@ -133,13 +133,23 @@ def test_split_search_matches_the_single_job_through_an_eviction_and_an_operator
             (1, SHARD_1), (2, ["int8-static-tensor", "int8-dynamic"])]
 
         # Evict build Job 1's pod once its first candidate is handed over: the rest of its share is unbuilt.
-        wait_for(lambda: (shard_1 / SHARD_1[0] / "candidate.json").is_file(), timeout=300, interval=0.05,
-                 what=f"{SHARD_1[0]} handed over by build Job 1")
+        # Meanwhile, what status says of the running build Jobs (the operator reads their progress lines).
+        seen = []
+
+        def handed_over():
+            if len(seen) < 400:
+                seen.extend((b.get("phase"), b.get("node"), b.get("progress"))
+                            for b in status("split").get("search", {}).get("builds", []))
+            return (shard_1 / SHARD_1[0] / "candidate.json").is_file()
+        wait_for(handed_over, timeout=300, interval=0.05, what=f"{SHARD_1[0]} handed over by build Job 1")
         (pod,) = core.list_namespaced_pod(namespace, label_selector="job-name=split-g1-a1-b1").items
+        evicted_on = pod.spec.node_name
         core.create_namespaced_pod_eviction(pod.metadata.name, namespace, {
             "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod.metadata.name,
                                                                         "namespace": namespace}})
         assert not (shard_1 / "manifest.json").exists(), "build Job 1 finished before it could be evicted"
+        running = [(node, progress) for phase, node, progress in seen if phase == "Running"]
+        assert any(node in NODES and progress.startswith("[") for node, progress in running), set(seen)
 
         # The operator goes down mid-search; build Job 2 finishes while nobody watches.
         op.stop()
@@ -156,27 +166,27 @@ def test_split_search_matches_the_single_job_through_an_eviction_and_an_operator
     assert sorted(jobs("split")) == ["split-g1-a1-b1", "split-g1-a1-b2", "split-g1-a1-bench", "split-g1-a2-b1"]
     assert sorted(jobs("single")) == ["single-g1-a1"]
     # every candidate built exactly once: the retried attempt reused what the evicted one handed over
-    split_pods = {p.metadata.name for p in core.list_namespaced_pod(namespace).items
-                  if p.metadata.labels.get(f"{GROUP}/name") == "split"}
-    assert len(split_pods) == 4, split_pods
     counts = builds_per_candidate(nodes, namespace)
     assert counts == {c["name"]: 2 for c in CANDIDATES}, counts  # once by the single Job, once by the split search
     retried = next(b for b in split["search"]["builds"] if b["shard"] == 1)
     assert (retried["attempt"], retried["phase"], retried["job"]) == (2, "Succeeded", "split-g1-a2-b1")
 
-    # where each Job ran: builds where spec.search.builders says, the rest where spec.target says
+    # where each Job ran: builds where spec.search.builders says, the rest where spec.target says (the evicted
+    # pod is gone from the API; its node was build-1 or build-2 too, as its log folder shows)
     placed = {p.metadata.labels["job-name"]: p.spec.node_name for p in core.list_namespaced_pod(namespace).items}
     assert placed["single-g1-a1"] == "target-1" and placed["split-g1-a1-bench"] == "target-1"
-    assert {placed[j] for j in ("split-g1-a1-b1", "split-g1-a2-b1", "split-g1-a1-b2")} <= {"build-1", "build-2"}
+    assert {placed[j] for j in ("split-g1-a2-b1", "split-g1-a1-b2")} <= {"build-1", "build-2"}
+    assert evicted_on in ("build-1", "build-2")
     assert [b["node"] for b in split["search"]["builds"]] == [placed["split-g1-a2-b1"], placed["split-g1-a1-b2"]]
     (bench,) = split["search"]["benchmarks"]
     assert (bench["node"], bench["phase"], bench["job"]) == ("target-1", "Succeeded", "split-g1-a1-bench")
 
-    # the same table as the single Job: every candidate, in the spec's order, with the same verdict and accuracy
+    # the same table as the single Job: every candidate with the same verdict and accuracy (the order of the
+    # summary puts the winner first when it is trimmed to 4 KiB, and the winner is a matter of speed)
     def table(s):
-        return [(c["name"], c["verdict"], c.get("accuracy")) for c in s["candidates"]]
+        return {c["name"]: (c["verdict"], c.get("accuracy"), c.get("accuracyDrop")) for c in s["candidates"]}
     assert table(split) == table(single), (table(split), table(single))
-    assert [c["name"] for c in split["candidates"]] == [c["name"] for c in CANDIDATES]
+    assert sorted(table(split)) == sorted(c["name"] for c in CANDIDATES)
     assert split["baseline"]["accuracy"] == single["baseline"]["accuracy"]
     # one published version, of the split search's winner
     repo = tmp_path / "repo-split" / "digits"

@@ -6,6 +6,7 @@ costs more CPU than the rest of a reconcile pass, and the operator must keep up 
 from __future__ import annotations
 
 import logging
+import re
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -57,13 +58,16 @@ def unschedulable(pod: dict) -> str | None:
     return None
 
 
+PROGRESS = re.compile(r" lathe\.worker:? (\[[a-z-]+\].*)$")
+
+
 def progress_line(log: str) -> str | None:
     """The worker's last progress line in a log tail ("[candidates]  50%, ETA 20s building int8-static"),
     without its timestamp; None when there is none."""
     for line in reversed(log.splitlines()):
-        _, found, rest = line.partition(" lathe.worker [")
-        if found:
-            return ("[" + rest).strip()[:200]
+        m = PROGRESS.search(line)
+        if m:
+            return m.group(1).strip()[:200]
     return None
 
 
