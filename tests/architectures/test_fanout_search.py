@@ -134,12 +134,11 @@ def test_split_search_matches_the_single_job_through_an_eviction_and_an_operator
 
         # Evict build Job 1's pod once its first candidate is handed over: the rest of its share is unbuilt.
         # Meanwhile, what status says of the running build Jobs (the operator reads their progress lines).
-        seen = []
+        seen = set()
 
         def handed_over():
-            if len(seen) < 400:
-                seen.extend((b.get("phase"), b.get("node"), b.get("progress"))
-                            for b in status("split").get("search", {}).get("builds", []))
+            seen.update((b.get("phase"), b.get("node"), b.get("progress"))
+                        for b in status("split").get("search", {}).get("builds", []))
             return (shard_1 / SHARD_1[0] / "candidate.json").is_file()
         wait_for(handed_over, timeout=300, interval=0.05, what=f"{SHARD_1[0]} handed over by build Job 1")
         (pod,) = core.list_namespaced_pod(namespace, label_selector="job-name=split-g1-a1-b1").items
@@ -149,7 +148,7 @@ def test_split_search_matches_the_single_job_through_an_eviction_and_an_operator
                                                                         "namespace": namespace}})
         assert not (shard_1 / "manifest.json").exists(), "build Job 1 finished before it could be evicted"
         running = [(node, progress) for phase, node, progress in seen if phase == "Running"]
-        assert any(node in NODES and progress.startswith("[") for node, progress in running), set(seen)
+        assert any(node in NODES and progress.startswith("[") for node, progress in running), seen
 
         # The operator goes down mid-search; build Job 2 finishes while nobody watches.
         op.stop()
