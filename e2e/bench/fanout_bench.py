@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -172,6 +173,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "e2e/bench/fanout_results.md"))
     ap.add_argument("--json", default=None, help="also write every run's figures here")
     args = ap.parse_args()
+
+    def stop(signum, frame):  # a SIGTERM runs the clean-up below too
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
     work = Path(tempfile.mkdtemp(prefix="lathe-fanout-"))
     from lathe.worker.samples import make_digits
 

@@ -127,12 +127,15 @@ class WorkerResult(Model):
         return next((c for c in self.candidates if c.name == self.winner), None)
 
     def compact(self) -> str:
-        """JSON under TERMINATION_LIMIT bytes: figures first, prose trimmed, then candidates dropped."""
-        def small(c: CandidateResult, reason_len: int) -> dict:
+        """JSON under TERMINATION_LIMIT bytes: figures first, prose trimmed, then the losers' artifact paths and
+        sha256 (in the full result), then candidates dropped, then the copies' paths (long paths of a deep
+        spec.artifacts could otherwise not fit at all)."""
+        def small(c: CandidateResult, reason_len: int, slim: bool = False) -> dict:
+            paths = {"artifact", "sha256"} if not slim or c.name == self.winner else set()
             d = c.model_dump(by_alias=True, exclude_none=True,
                              include={"name", "runtime", "verdict", "reason", "accuracy", "accuracy_drop",
                                       "p50_ms", "p99_ms", "speedup", "speedup_low", "speedup_high", "size_bytes",
-                                      "artifact", "sha256"})
+                                      *paths})
             if "reason" in d:
                 d["reason"] = d["reason"][:reason_len]
             for k, v in d.items():
@@ -140,14 +143,17 @@ class WorkerResult(Model):
                     d[k] = round(v, 5)
             return d
 
-        for reason_len, keep in ((300, None), (120, None), (60, None), (40, 12), (0, 6)):
+        levels = ((300, None, False, True), (120, None, False, True), (60, None, False, True),
+                  (60, None, True, True), (40, None, True, True), (40, 12, True, True), (0, 6, True, True),
+                  (0, 6, True, False), (0, 3, True, False))
+        for reason_len, keep, slim, copies in levels:
             cands = self.candidates if keep is None else _keep(self.candidates, self.winner, keep)
             doc = {"metric": self.metric, "winner": self.winner, "report": self.report,
                    "selection": self.selection[:reason_len * 2], "speedupBasis": self.speedup_basis,
-                   "copies": self.copies,
+                   "copies": self.copies if copies else [],
                    "published": self.published.model_dump(by_alias=True, exclude_none=True) if self.published else None,
                    "baseline": small(self.baseline, reason_len),
-                   "candidates": [small(c, reason_len) for c in cands],
+                   "candidates": [small(c, reason_len, slim) for c in cands],
                    "truncated": len(cands) < len(self.candidates)}
             text = json.dumps(doc, separators=(",", ":"))
             if len(text.encode()) < TERMINATION_LIMIT:
