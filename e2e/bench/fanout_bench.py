@@ -22,6 +22,7 @@ import re
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -159,12 +160,52 @@ def run_one(api_client, agents, name: str, body: dict, timeout: float) -> dict:
         logs = sorted((Path(agent.root) / "pods").glob(f"{NS}_{pod.metadata.name}_*/worker.log")) if agent else []
         if logs:
             parts.append(job_parts(job, pod, logs[-1]))
+    copy = Path(body["spec"]["artifacts"]) / NS / name / "generation-1" / "result.json"
+    full = json.loads(copy.read_text()) if copy.is_file() else {"candidates": []}
     return {"name": name, "phase": st.get("phase"), "wall": round(wall, 1), "winner": st.get("winner"),
-            "candidates": [(c["name"], c["verdict"]) for c in st.get("candidates", [])], "jobs": parts,
-            "message": st.get("message")}
+            "candidates": [(c["name"], c["verdict"], round(c.get("accuracy") or 0, 5), c.get("speedup"),
+                            c.get("speedupLow")) for c in full["candidates"]],
+            "jobs": parts, "message": st.get("message")}
+
+
+def sharing_child(spec_file: str, names: list[str]) -> None:
+    """In a fresh process: prepare, then build `names` in order; prints each build's seconds (JSON)."""
+    from lathe.api.spec import parse_spec
+    from lathe.worker.pipeline import Pipeline
+
+    spec = parse_spec(json.loads(Path(spec_file).read_text()))
+    t = time.monotonic()
+    pipe = Pipeline(spec, Path(tempfile.mkdtemp(prefix="lathe-sharing-")))
+    pipe.prepare(profile=False)
+    out = {"prepare": round(time.monotonic() - t, 2)}
+    by_name = {c.name: c for c in pipe.all_candidates}
+    for n in names:
+        t = time.monotonic()
+        pipe.build_one(by_name[n])
+        out[n] = round(time.monotonic() - t, 2)
+    print(json.dumps(out), flush=True)
+
+
+def sharing(digits: dict, work: Path, rounds: int) -> list[dict]:
+    """What one process shares between candidates that a split loses: pruned-25-int8 built after pruned-25 in
+    the same process, and alone in a fresh one (alternating, each in its own interpreter)."""
+    spec_file = work / "sharing-spec.json"
+    spec_file.write_text(json.dumps(resource("sharing", digits, work, 1)["spec"]))
+    out = []
+    for r in range(rounds):
+        for names in (["pruned-25", "pruned-25-int8"], ["pruned-25-int8"]):
+            proc = subprocess.run([str(BIN / "python"), "-m", "e2e.bench.fanout_bench", "--sharing-child",
+                                   str(spec_file), *names], capture_output=True, text=True, cwd=ROOT, timeout=900)
+            line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
+            out.append({"round": r, "order": names, "seconds": json.loads(line) if line else proc.stderr[-500:]})
+            print(json.dumps(out[-1]), flush=True)
+    return out
 
 
 def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--sharing-child":
+        sharing_child(sys.argv[2], sys.argv[3:])
+        return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--parallelism", type=int, nargs="+", default=[1, 2])
@@ -172,7 +213,15 @@ def main() -> int:
     ap.add_argument("--bench-seconds", type=float, default=10.0)
     ap.add_argument("--out", default=str(ROOT / "e2e/bench/fanout_results.md"))
     ap.add_argument("--json", default=None, help="also write every run's figures here")
+    ap.add_argument("--sharing-rounds", type=int, default=2,
+                    help="rounds of the in-process sharing measure (pruned-25-int8 after pruned-25, and alone)")
+    ap.add_argument("--report-from", default=None, help="re-render the report from a --json file (no runs)")
     args = ap.parse_args()
+    if args.report_from:
+        doc = json.loads(Path(args.report_from).read_text())
+        Path(args.out).write_text(report(doc["runs"], args, doc.get("sharing", [])))
+        print(f"wrote {args.out}")
+        return 0
 
     def stop(signum, frame):  # a SIGTERM runs the clean-up below too
         raise SystemExit(128 + signum)
@@ -181,6 +230,7 @@ def main() -> int:
     from lathe.worker.samples import make_digits
 
     digits = make_digits(work / "digits")
+    shared = sharing(digits, work, args.sharing_rounds) if args.sharing_rounds else []
     cp = ControlPlane(work / "cp").start()
     procs, agents = [], {}
     runs = []
@@ -224,8 +274,8 @@ def main() -> int:
             a.stop()
         cp.stop()
     if args.json:
-        Path(args.json).write_text(json.dumps(runs, indent=1))
-    Path(args.out).write_text(report(runs, args))
+        Path(args.json).write_text(json.dumps({"runs": runs, "sharing": shared}, indent=1))
+    Path(args.out).write_text(report(runs, args, shared))
     print(f"wrote {args.out}; work in {work}")
     return 0
 
@@ -235,7 +285,7 @@ def med(values) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def report(runs: list[dict], args) -> str:
+def report(runs: list[dict], args, shared: list[dict] = ()) -> str:
     lines = ["# Fan-out: a search split over build Jobs (issue 23)", "",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores, **loaded by other work while this ran** (other "
              "helpers' tests and builds on the same 2 cores): every figure is one run's, wall times drift.",
@@ -275,9 +325,23 @@ def report(runs: list[dict], args) -> str:
                      f"{med(j['prepare'] for j in jobs)} | {med(sums)} | {med(longest)} | "
                      f"{med(j['handover_write'] for j in build_jobs)} | {med(j['handover_read'] for j in jobs)} | "
                      f"{med(j['benchmark'] for j in jobs)} |")
-    lines += ["", "Verdicts per run (the same search must give the same table):", ""]
+    lines += ["", "Candidates per run (name: verdict, top-1, speedup [low end of its 95% interval]): the same "
+              "search must give the same accuracies; verdicts may differ only where the speed gate's interval "
+              "(minSpeedup unset: it must stay above 1.0) moves with the load:", ""]
     for r in runs:
-        lines.append(f"- {r['name']}: {', '.join(f'{n} {v}' for n, v in r['candidates'])}")
+        lines.append(f"- {r['name']}: " + ", ".join(
+            f"{c[0]} {c[1]} {c[2]}" + (f" {c[3]:.2f}x [{c[4]:.2f}]" if len(c) > 4 and c[3] and c[4] else "")
+            for c in r["candidates"]))
+    if shared:
+        lines += ["", "## What one process shares between candidates", "",
+                  "pruned-25-int8 built right after pruned-25 in one process (as a single Job, or a build Job "
+                  "holding both, does), and alone in a fresh process (as a build Job whose share starts with it "
+                  "does); seconds, each in its own interpreter, alternating:", "",
+                  "| round | builds, in order | prepare | pruned-25 | pruned-25-int8 |", "|---|---|---|---|---|"]
+        for s in shared:
+            sec = s["seconds"] if isinstance(s["seconds"], dict) else {}
+            lines.append(f"| {s['round']} | {' then '.join(s['order'])} | {sec.get('prepare')} | "
+                         f"{sec.get('pruned-25', '-')} | {sec.get('pruned-25-int8')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -75,8 +75,13 @@ def test_two_build_jobs_then_one_benchmark_build_each_candidate_once(handed_over
         assert json.loads((hand / f"shard-{k}/manifest.json").read_text())["candidates"] == names
         for n in names:
             assert (hand / f"shard-{k}/{n}/candidate.json").is_file() and (hand / f"shard-{k}/{n}/model.onnx").is_file()
+    older = artifacts / "ml/digits/generation-6/shards/shard-1/ort-all"  # a superseded generation's hand-over
+    older.mkdir(parents=True)
+    (artifacts / "ml/digits/generation-6/result.json").write_text("{}")
     result = benchmark_shards(split_spec, tmp_path / "bench", 2, {}, bench_seconds=1)
     assert [c.name for c in result.candidates] == [c["name"] for c in CANDIDATES]  # the spec's order, as one Job
+    assert not (artifacts / "ml/digits/generation-6/shards").exists()  # removed once this generation is through
+    assert (artifacts / "ml/digits/generation-6/result.json").exists() and hand.exists()  # reports and its own kept
     for c in result.candidates:
         assert c.verdict == Verdict.passed, (c.name, c.reason)
         assert c.speedup is not None and c.latency  # timed here, against this Job's baseline
