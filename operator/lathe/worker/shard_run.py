@@ -175,6 +175,9 @@ def benchmark_shards(spec: ModelOptimizationSpec, workdir: Path, shards: int, fa
                 read_seconds += time.monotonic() - t
             except (OSError, StorageError) as e:
                 raise _storage(f"reading {c.name} from {store.where(shard_key(k))}", e) from e
+            if not set(rec.artifact_files) <= set(rec.files) or (rec.artifact and rec.artifact not in rec.files):
+                raise WorkerError("handover", f"{store.where(shard_key(k))}/{c.name}: its record names files it "
+                                              "did not hand over")
             read_bytes += sum((cdir / f).stat().st_size for f in rec.files)
             res = CandidateResult.model_validate(rec.result)
             res.artifact = str(cdir / rec.artifact) if rec.artifact else None
