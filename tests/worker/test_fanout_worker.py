@@ -137,3 +137,12 @@ def test_the_cli_modes_and_a_failed_shard_reported_per_candidate(digits, make_sp
     assert worker_main(["--spec", str(spec_file), "--workdir", str(tmp_path / "x"), "--termination-log",
                         str(term), "--build-only", "--shard", "3/2"]) == 2
     assert "want K/N" in json.loads(term.read_text())["error"]
+
+
+def test_build_jobs_that_searched_another_list_are_refused_by_name(split_spec, artifacts, tmp_path, identity):
+    manifest = artifacts / "ml/digits/generation-7/shards/shard-2/manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["all"] = doc["all"][:-1]  # as a GPU of another compute capability's default set would be
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(InvalidInput, match="build Job 2/2 searched .*name spec.candidates, or pin the GPUs"):
+        benchmark_shards(split_spec, tmp_path / "bench", 2, {}, bench_seconds=1)

@@ -156,10 +156,14 @@ def benchmark_shards(spec: ModelOptimizationSpec, workdir: Path, shards: int, fa
                                            f"{store.where(shard_key(k))} as this Job sees it: spec.artifacts must be "
                                            "storage every build and benchmark Job reaches (a ReadWriteMany claim, a "
                                            "path shared by the nodes, or s3://)")
-        if man.get("all") != names or man.get("candidates") != [c.name for c in part]:
-            raise WorkerError("handover", f"build Job {k}/{shards} searched {man.get('all')} and built "
-                                          f"{man.get('candidates')}; this Job's split gives {names} and "
-                                          f"{[c.name for c in part]} (worker versions differ?)")
+        if man.get("all") != names:  # the same spec, another candidate list: not something a retry changes
+            raise InvalidInput("handover", f"build Job {k}/{shards} searched {man.get('all')}, this Job {names}: "
+                                           "the default search depends on the model family and, on a GPU, its "
+                                           "compute capability; name spec.candidates, or pin the GPUs with "
+                                           "spec.target.gpu.architectures")
+        if man.get("candidates") != [c.name for c in part]:
+            raise WorkerError("handover", f"build Job {k}/{shards} built {man.get('candidates')}; this Job's split "
+                                          f"gives it {[c.name for c in part]} (worker versions differ?)")
         theirs = (man.get("baseline") or {}).get("accuracy")
         if theirs is not None and base.result.accuracy is not None and abs(theirs - base.result.accuracy) > 1e-6:
             pipe.warnings.append(f"build Job {k}/{shards} measured the baseline at {theirs:.6f}, this Job at "
