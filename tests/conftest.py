@@ -15,6 +15,8 @@ with `bash e2e/controlplane/build.sh`):
   `bash e2e/azurite/install.sh`), and ``store``: one test run against each of S3, GCS and Azure
   (e2e/stores/fixtures.py).
 * ``tiny_llm`` (session): a tiny causal LM built by the onnxruntime-genai model builder (e2e/triton/fixtures.py).
+* ``digits`` (session): the digits CNN trained once (lathe.worker.samples.make_digits), with its
+  calibration, validation and training sets.
 
 A failing test gets the tails of the component logs appended to its report.
 """
@@ -26,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import pytest  # noqa: E402
+
 from e2e.controlplane.fixture import (  # noqa: E402,F401
     control_plane,
     k8s_client,
@@ -36,3 +40,12 @@ from e2e.controlplane.fixture import (  # noqa: E402,F401
 from e2e.s3.fixture import s3_bucket, s3_client, s3_server  # noqa: E402,F401
 from e2e.stores.fixtures import azurite_server, gcs_server, store  # noqa: E402,F401
 from e2e.triton.fixtures import tiny_llm  # noqa: E402,F401 - here, so tests/serving and tests/rollout share one build
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    from lathe.worker.samples import make_digits
+
+    s = make_digits(tmp_path_factory.mktemp("digits"))
+    assert s["top1"] > 0.97, s["top1"]
+    return s

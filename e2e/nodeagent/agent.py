@@ -25,6 +25,12 @@ What it does
   (the log server below), and renews its Lease in ``kube-node-lease`` every 10 s.
 * Binds every pending pod without ``spec.nodeName`` (there is no scheduler) whose schedulerName is
   ``default-scheduler`` to that node (pods/binding), ignoring resources, selectors and taints.
+  With ``--no-bind`` it binds nothing: a real kube-scheduler places the pods (by the Node's labels,
+  capacity and taints), and the agent runs those placed on its node. (It removes the
+  ``node.kubernetes.io/not-ready`` taint the API server gives a new Node, as the node lifecycle
+  controller would: the test control plane does not run that controller.) Several agents, each with its own
+  ``--node-name``, ``--root`` and ``--label k=v`` (repeatable: added to the Node's labels), make a
+  cluster of differently labelled Nodes on one machine.
 * Runs the pods bound to the node: init containers one after another, then the containers in
   parallel, each as a local process group ``command + args`` (``$(VAR)`` expanded as Kubernetes
   does).  The ``image`` is ignored: processes run on this machine with the agent's environment
@@ -104,7 +110,7 @@ As a subprocess (what the pytest fixture ``node_agent`` does)::
 
     python e2e/nodeagent/agent.py --kubeconfig KUBECONFIG --root DIR [--node-name lathe-node]
         [--manage-jobs auto|all|managed-by|off] [--namespace NS ...] [--extra-path DIR ...]
-        [--gpus N] [--kubelet-port PORT]
+        [--gpus N] [--kubelet-port PORT] [--label K=V ...] [--no-bind]
 
 (SIGTERM/SIGINT stop it: children are killed, process group by process group, and the log server
 closes), or through
@@ -875,6 +881,8 @@ class NodeAgent:
         namespaces: list[str] | None = None,
         extra_path: list[str] | None = None,
         gpus: int = 0,
+        labels: dict[str, str] | None = None,
+        bind: bool = True,
         resync: float = 2.0,
         kubelet_port: int = 0,
     ):
@@ -888,6 +896,8 @@ class NodeAgent:
         self.namespaces = set(namespaces or [])
         self.extra_path = [str(Path(p).resolve()) for p in (extra_path or [])]
         self.gpus = gpus
+        self.labels = dict(labels or {})
+        self.bind = bind
         self.resync = resync
         self.kubelet_port = kubelet_port
         self.kubelet_server: KubeletServer | None = None
@@ -971,7 +981,7 @@ class NodeAgent:
             capacity["nvidia.com/gpu"] = str(self.gpus)
         labels = {"kubernetes.io/hostname": self.node_name, "kubernetes.io/os": "linux",
                   "kubernetes.io/arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine()),
-                  "node.lathe.dev/agent": "true"}
+                  "node.lathe.dev/agent": "true", **self.labels}
         from kubernetes.client.exceptions import ApiException
         try:
             self.core.create_node({"apiVersion": "v1", "kind": "Node",
@@ -994,6 +1004,18 @@ class NodeAgent:
             },
         }
         self.heartbeat()
+        self._untaint()
+
+    def _untaint(self) -> None:
+        """The API server's TaintNodesByCondition admission gives a new Node `node.kubernetes.io/not-ready`,
+        which the node lifecycle controller removes once the Node is Ready; the test control plane runs no such
+        controller, and a kube-scheduler (``--no-bind``) would never place a pod here. The agent posts Ready at
+        once, so it removes the taint itself."""
+        node = self.core.read_node(self.node_name)
+        taints = [t for t in (node.spec.taints or []) if t.key != "node.kubernetes.io/not-ready"]
+        if len(taints) != len(node.spec.taints or []):
+            self.core.patch_node(self.node_name, {"spec": {"taints": [self.api.sanitize_for_serialization(t)
+                                                                      for t in taints] or None}})
 
     def heartbeat(self) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -1127,7 +1149,8 @@ class NodeAgent:
                 continue
             phase = pod.status.phase if pod.status else None
             if not spec.node_name:
-                if md.deletion_timestamp is None and (spec.scheduler_name or "default-scheduler") == "default-scheduler":
+                if self.bind and md.deletion_timestamp is None and \
+                        (spec.scheduler_name or "default-scheduler") == "default-scheduler":
                     self._bind(pod)
                 continue
             if spec.node_name != self.node_name:
@@ -1395,6 +1418,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--namespace", action="append", default=[], help="only handle these namespaces")
     ap.add_argument("--extra-path", action="append", default=[], help="folder put first on the containers' PATH")
     ap.add_argument("--gpus", type=int, default=0, help="advertise nvidia.com/gpu capacity")
+    ap.add_argument("--label", action="append", default=[], metavar="K=V", help="a label of the Node (repeatable)")
+    ap.add_argument("--no-bind", action="store_true",
+                    help="bind no pod: a kube-scheduler places them; run those placed on this node")
     ap.add_argument("--kubelet-port", type=int, default=0,
                     help="port of the HTTPS container-log server on 127.0.0.1 (default 0: a free one)")
     ap.add_argument("--ready-file", default=None, help="touched once the node is registered")
@@ -1404,7 +1430,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     agent = NodeAgent(a.kubeconfig, a.root, node_name=a.node_name, manage_jobs=a.manage_jobs,
-                      namespaces=a.namespace, extra_path=a.extra_path, gpus=a.gpus, kubelet_port=a.kubelet_port)
+                      namespaces=a.namespace, extra_path=a.extra_path, gpus=a.gpus, kubelet_port=a.kubelet_port,
+                      labels=dict(kv.split("=", 1) for kv in a.label), bind=not a.no_bind)
     done = threading.Event()
 
     def on_signal(signum, frame):

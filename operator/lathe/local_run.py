@@ -73,8 +73,13 @@ def run_local(file: str | None, out: Path, quick: bool = False, example: str | N
     except ValueError as e:
         print(f"lathe run: invalid spec:\n{e}", file=sys.stderr)
         return 2
+    from lathe.api.spec import Search
     from lathe.controller.validate import problems
 
+    if spec.search.parallelism > 1:  # a cluster's matter: here one process builds and times everything
+        print(f"lathe run: spec.search.parallelism {spec.search.parallelism} is for a cluster; one process "
+              "builds and times every candidate here", file=sys.stderr)
+        spec = spec.model_copy(update={"search": Search()})
     found = problems(spec)
     if found:
         print("lathe run: invalid spec:\n  " + "\n  ".join(found), file=sys.stderr)

@@ -1,5 +1,6 @@
-"""What both architecture tests share: the operator in-process (as tests/operator runs it) under a given
-environment, restored on every path, and a fresh namespace per test (tests/operator's fixture)."""
+"""What the fan-out tests share: the operator in-process (as tests/operator runs it) under a given
+environment, restored on every path, a fresh namespace per test (tests/operator's fixture), and a real
+kube-scheduler against the test control plane."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+import pytest
+
+from e2e.controlplane.fixture import (
+    _spawn_kwargs,
+    default_bin_dir,
+    free_port,
+    kill_process_group,
+    register_log,
+    write_kubeconfig,
+)
 from tests.operator.conftest import OperatorThread, namespace  # noqa: F401  (namespace: re-registered here)
 
 
@@ -26,3 +37,26 @@ def operator_with(env: dict[str, str]) -> Iterator[OperatorThread]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def scheduler(control_plane, tmp_path_factory):
+    """kube-scheduler against the test control plane; stopped on every path."""
+    import subprocess
+
+    work = tmp_path_factory.mktemp("scheduler")
+    crt, key = control_plane.pki.issue("arch-scheduler", "system:kube-scheduler")
+    kc = write_kubeconfig(work / "scheduler.kubeconfig", control_plane.url, control_plane.pki.ca_crt, crt, key,
+                          "system:kube-scheduler")
+    log = work / "kube-scheduler.log"
+    register_log("kube-scheduler", log)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([str(default_bin_dir() / "kube-scheduler"), f"--kubeconfig={kc}",
+                                 f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+                                 "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
+                                 "--v=1"], stdout=out, stderr=subprocess.STDOUT, **_spawn_kwargs(work))
+    try:
+        yield proc
+    finally:
+        kill_process_group(proc)
+        register_log("kube-scheduler", None)

@@ -20,42 +20,12 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from e2e.controlplane.fixture import (
-    _spawn_kwargs,
-    default_bin_dir,
-    free_port,
-    kill_process_group,
-    register_log,
-    write_kubeconfig,
-)
+from e2e.controlplane.fixture import free_port
 from lathe.api.spec import GROUP, PLURAL, VERSION
 from tests.architectures.conftest import operator_with
 from tests.waiting import wait_for
 
 NODE = "cpu-only-1"
-
-
-@pytest.fixture(scope="module")
-def scheduler(control_plane, tmp_path_factory):
-    """kube-scheduler against the test control plane; stopped on every path."""
-    import subprocess
-
-    work = tmp_path_factory.mktemp("scheduler")
-    crt, key = control_plane.pki.issue("arch-scheduler", "system:kube-scheduler")
-    kc = write_kubeconfig(work / "scheduler.kubeconfig", control_plane.url, control_plane.pki.ca_crt, crt, key,
-                          "system:kube-scheduler")
-    log = work / "kube-scheduler.log"
-    register_log("kube-scheduler", log)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([str(default_bin_dir() / "kube-scheduler"), f"--kubeconfig={kc}",
-                                 f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-                                 "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
-                                 "--v=1"], stdout=out, stderr=subprocess.STDOUT, **_spawn_kwargs(work))
-    try:
-        yield proc
-    finally:
-        kill_process_group(proc)
-        register_log("kube-scheduler", None)
 
 
 @pytest.fixture(scope="module")

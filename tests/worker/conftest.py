@@ -1,5 +1,5 @@
-"""Shared, session-scoped real models: the digits CNN (trained here, seconds) and all-MiniLM-L6-v2
-(exported once, short sequences to keep the suite fast on 2 cores)."""
+"""Shared, session-scoped real models: all-MiniLM-L6-v2 (exported once, short sequences to keep the suite
+fast on 2 cores); the digits CNN is tests/conftest.py's (tests/architectures runs it through Jobs too)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-@pytest.fixture(scope="session")
-def digits(tmp_path_factory):
-    from lathe.worker.samples import make_digits
-
-    s = make_digits(tmp_path_factory.mktemp("digits"))
-    assert s["top1"] > 0.97, s["top1"]
-    return s
 
 
 @pytest.fixture(scope="session")

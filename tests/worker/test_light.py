@@ -147,6 +147,22 @@ def test_coverage_checks(tmp_path):
     assert any("fewer than coverage.minSamples=10" in m for m in few.errors)
 
 
+def test_compact_fits_with_long_paths_keeping_the_whole_table_first():
+    # a worker under a deep folder: long artifact paths and report copies (what the node agent's pods have)
+    deep = "/tmp/pytest-of-root/pytest-99/test_split_search_matches_the_0/target-1/pods/" + "p" * 60
+    cands = [CandidateResult(name=n, reason="r" * 200, accuracy=0.98, accuracy_drop=0.0, p50_ms=0.1, speedup=1.1,
+                             artifact=f"{deep}/volumes/work/candidates/{n}/model.onnx", sha256="f" * 64)
+             for n in ("ort-optimized", "int8-static", "pruned-25", "pruned-25-int8", "ov-fp32", "ov-int8")]
+    wr = WorkerResult(metric="top1", baseline=CandidateResult(name="baseline", artifact=f"{deep}/baseline/model.onnx"),
+                      candidates=cands, winner="pruned-25", report=f"{deep}/volumes/work/result.json",
+                      copies=[f"{deep}/artifacts/bench/digits/generation-1/{n}" for n in ("a.json", "b.json", "c.html")]
+                      + [f"{deep}/repo/digits/1/report.{x}" for x in ("json", "html")])
+    doc = json.loads(wr.compact())
+    assert [c["name"] for c in doc["candidates"]] == [c.name for c in cands] and doc["truncated"] is False
+    assert [("artifact" in c) for c in doc["candidates"]] == [False, False, True, False, False, False]  # the winner's
+    assert len(doc["copies"]) == 5
+
+
 def test_compact_fits_termination_message():
     long = "x" * 2000
     cands = [CandidateResult(name=f"candidate-{i:02d}", reason=long, accuracy=0.9, p50_ms=1.0, artifact="/w/" + "a" * 80,

@@ -436,6 +436,22 @@ class Publish(Model):
     rollout: Rollout | None = None
 
 
+class Builders(Model):
+    """Where the build Jobs of a search with parallelism > 1 run: they may differ from the benchmark node (build on
+    big CPU nodes, time on the target)."""
+
+    resources: Resources = Field(default_factory=Resources, description="Requests and limits of each build Job (merged over the operator's CPU defaults); default: the target's.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels a build Job needs; default: the target's nodeSelector.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints a build Job tolerates; default: the target's tolerations.")
+
+
+class Search(Model):
+    """How the candidate search is spread over the cluster (docs/scaling.md)."""
+
+    parallelism: int = Field(1, ge=1, le=32, description="Build Jobs the candidates are split into (longest expected first: the passes that train before the rest); each builds and validates its share and hands it over through spec.artifacts, then one benchmark Job on the target times the baseline and every passed candidate together in interleaved rounds. 1: one Job does everything. More than 1 needs spec.artifacts.")
+    builders: Builders | None = Field(None, description="Resources, nodeSelector and tolerations of the build Jobs (parallelism > 1); the benchmark Job always runs where spec.target says.")
+
+
 class ModelOptimizationSpec(Model):
     model_config = ConfigDict(json_schema_extra=cel(
         ("!has(self.target) || !has(self.target.runtimes) || (has(self.target.device) && self.target.device == 'gpu')"
@@ -447,6 +463,7 @@ class ModelOptimizationSpec(Model):
     data: Data
     target: Target = Field(default_factory=Target)
     candidates: list[Candidate] = Field(default_factory=list, description="Default: a search set chosen for the target and model.")
+    search: Search = Field(default_factory=Search, description="Spread the search over several build Jobs (parallelism) and say where they run (builders).")
     budget: Budget = Field(default_factory=Budget)
     objective: Objective = Objective.latency
     tensorrt: TensorRTOptions | None = None

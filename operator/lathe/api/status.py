@@ -127,12 +127,15 @@ class WorkerResult(Model):
         return next((c for c in self.candidates if c.name == self.winner), None)
 
     def compact(self) -> str:
-        """JSON under TERMINATION_LIMIT bytes: figures first, prose trimmed, then candidates dropped."""
-        def small(c: CandidateResult, reason_len: int) -> dict:
+        """JSON under TERMINATION_LIMIT bytes: figures first, prose trimmed, then the losers' artifact paths and
+        sha256 (in the full result), then candidates dropped, then the copies' paths (long paths of a deep
+        spec.artifacts could otherwise not fit at all)."""
+        def small(c: CandidateResult, reason_len: int, slim: bool = False) -> dict:
+            paths = {"artifact", "sha256"} if not slim or c.name == self.winner else set()
             d = c.model_dump(by_alias=True, exclude_none=True,
                              include={"name", "runtime", "verdict", "reason", "accuracy", "accuracy_drop",
                                       "p50_ms", "p99_ms", "speedup", "speedup_low", "speedup_high", "size_bytes",
-                                      "artifact", "sha256"})
+                                      *paths})
             if "reason" in d:
                 d["reason"] = d["reason"][:reason_len]
             for k, v in d.items():
@@ -140,14 +143,17 @@ class WorkerResult(Model):
                     d[k] = round(v, 5)
             return d
 
-        for reason_len, keep in ((300, None), (120, None), (60, None), (40, 12), (0, 6)):
+        levels = ((300, None, False, True), (120, None, False, True), (60, None, False, True),
+                  (60, None, True, True), (40, None, True, True), (40, 12, True, True), (0, 6, True, True),
+                  (0, 6, True, False), (0, 3, True, False))
+        for reason_len, keep, slim, copies in levels:
             cands = self.candidates if keep is None else _keep(self.candidates, self.winner, keep)
             doc = {"metric": self.metric, "winner": self.winner, "report": self.report,
                    "selection": self.selection[:reason_len * 2], "speedupBasis": self.speedup_basis,
-                   "copies": self.copies,
+                   "copies": self.copies if copies else [],
                    "published": self.published.model_dump(by_alias=True, exclude_none=True) if self.published else None,
                    "baseline": small(self.baseline, reason_len),
-                   "candidates": [small(c, reason_len) for c in cands],
+                   "candidates": [small(c, reason_len, slim) for c in cands],
                    "truncated": len(cands) < len(self.candidates)}
             text = json.dumps(doc, separators=(",", ":"))
             if len(text.encode()) < TERMINATION_LIMIT:
@@ -227,20 +233,44 @@ class RolloutStatus(Model):
     capture: CaptureStatus | None = Field(None, description="Production samples kept during this rollout (spec.publish.rollout.capture).")
 
 
-class ArchitectureStatus(Model):
-    """One GPU architecture's build Job (spec.target.gpu.architectures): what it did, in the words of its result."""
-    compute_capability: str
-    job: str | None = Field(None, description="The Job building and validating this architecture's engines.")
+class JobEntry(Model):
+    """One Job of a fanned-out search (an architecture's, a build shard's, a benchmark): the operator's retry
+    state machine runs on these fields alone (controller/plan.py: _job_entry)."""
+    job: str | None = Field(None, description="The Job's name (the latest attempt).")
     attempt: int = 0
     phase: str = Field("Pending", pattern=r"^(Pending|Unschedulable|Running|Retrying|Succeeded|Failed)$")
-    winner: str | None = Field(None, description="The candidate this architecture's worker would pick on its own.")
-    verdict: str | None = Field(None, description="passed: at least one candidate within budget on this architecture; rejected: none; failed: the Job failed.")
     reason: str = ""
-    candidates: list[CandidateResult] = Field(default_factory=list, description="Every candidate as measured on this architecture (compact: verdict, speedup, accuracy drop, reason).")
     started: str | None = None
     finished: str | None = None
     exit_code: int | None = None
     next_retry: str | None = None
+
+
+class ArchitectureStatus(JobEntry):
+    """One GPU architecture's build Job (spec.target.gpu.architectures): what it did, in the words of its result.
+    With spec.search.parallelism > 1 the architecture's build Jobs are in status.search and `job` is its
+    benchmark Job."""
+    compute_capability: str
+    winner: str | None = Field(None, description="The candidate this architecture's worker would pick on its own.")
+    verdict: str | None = Field(None, description="passed: at least one candidate within budget on this architecture; rejected: none; failed: the Job failed.")
+    candidates: list[CandidateResult] = Field(default_factory=list, description="Every candidate as measured on this architecture (compact: verdict, speedup, accuracy drop, reason).")
+
+
+class ShardStatus(JobEntry):
+    """One build Job (a shard of the candidates) or a benchmark Job of spec.search.parallelism > 1."""
+    shard: int | None = Field(None, description="Build Jobs: which share of the candidates, 1-based; none for a benchmark Job.")
+    architecture: str | None = Field(None, description="The compute capability this Job works for (spec.target.gpu.architectures).")
+    candidates: list[str] = Field(default_factory=list, description="The candidates this Job builds (or times); for the default search known once its build Job finished.")
+    node: str | None = Field(None, description="The node its pod runs (or ran) on.")
+    progress: str = Field("", description="Where the Job is: waiting, its worker's last progress line, or what it handed over.")
+
+
+class SearchStatus(Model):
+    """spec.search.parallelism > 1: the build Jobs, each building and validating its share, and the benchmark
+    Job timing every passed candidate against the baseline on the target."""
+    parallelism: int
+    builds: list[ShardStatus] = Field(default_factory=list)
+    benchmarks: list[ShardStatus] = Field(default_factory=list, description="One per search (one per architecture with spec.target.gpu.architectures); created once every build Job of it finished.")
 
 
 class ModelOptimizationStatus(Model):
@@ -265,5 +295,6 @@ class ModelOptimizationStatus(Model):
                                                             "`lathe report`.")
     published: Published | None = None
     architectures: list[ArchitectureStatus] = Field(default_factory=list, description="spec.target.gpu.architectures: one entry per compute capability, its Job and what it found.")
+    search: SearchStatus | None = Field(None, description="spec.search.parallelism > 1: each build Job and the benchmark Job.")
     publish_job: JobState | None = Field(None, description="The Job that assembles the architectures' engines into one version (cc_model_filenames).")
     rollout: RolloutStatus | None = None

@@ -24,6 +24,7 @@ class OperatorConfig:
     active_deadline_seconds: int = 6 * 3600
     rollout_interval: float = 5.0
     resync_interval: float = 10.0  # retry of a pass that failed before it wrote status
+    progress_interval: float = 15.0  # passes refreshing a split search's Jobs (phase, node, progress)
     metrics_port: int = 9090
     bench_seconds: float = 30.0  # the worker's benchmark budget (LATHE_BENCH_SECONDS in its pod)
 

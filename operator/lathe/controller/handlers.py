@@ -121,6 +121,17 @@ def on_timer(namespace, name, **_):
     _run(namespace, name)
 
 
+def _searching(status, **_) -> bool:
+    # A split search (spec.search.parallelism > 1): its Jobs' phases, nodes and progress lines change while
+    # they run, which no Job event says; a slow timer keeps status.search current.
+    return status.get("stage") == "search" and status.get("phase") in ("Optimizing", "Pending")
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, id="progress", interval=CONFIG.progress_interval, when=_searching)
+def on_progress(namespace, name, **_):
+    _run(namespace, name)
+
+
 def _job_settled(event, status, **_) -> bool:
     # Only a finished or vanished Job changes what the plan decides (finished as observe.py reads
     # it for the plan). Filtering here rather than in the handler keeps kopf from dispatching the

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from lathe.api.spec import GROUP, Device, GpuArchitecture, ModelOptimizationSpec
+from lathe.api.spec import GROUP, Device, GpuArchitecture, ModelOptimizationSpec, Resources
 from lathe.storage.secrets import CONTRACTS, ENDPOINT_ENV
 from lathe.storage.uri import pvc_claims
 
@@ -18,9 +18,11 @@ GENERATION_LABEL = f"{GROUP}/generation"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 ARCH_LABEL = f"{GROUP}/architecture"  # the compute capability a GPU build Job is for ("8.9")
+SHARD_LABEL = f"{GROUP}/shard"  # a build Job's share of the candidates (spec.search.parallelism), "1".."n"
 # NVIDIA GPU feature discovery's node labels (strings): what pins a build Job to one architecture
 GFD_MAJOR, GFD_MINOR, GFD_PRODUCT = "nvidia.com/gpu.compute.major", "nvidia.com/gpu.compute.minor", "nvidia.com/gpu.product"
 PUBLISHER = "publisher"  # COMPONENT_LABEL of the Job that assembles the architectures' engines
+BUILDER, BENCHMARK = "builder", "benchmark"  # COMPONENT_LABEL of a search's build Jobs and of its benchmark Job
 WORKDIR = "/lathe/work"
 SCRATCH = "/lathe/tmp"  # TMPDIR and HOME: the root filesystem is read-only
 TERMINATION_LOG = "/dev/termination-log"
@@ -44,7 +46,7 @@ def job_name(name: str, generation: int, attempt: int, suffix: str = "") -> str:
 
 
 def labels(name: str, generation: int | None = None, attempt: int | None = None,
-           architecture: str | None = None, component: str = "worker") -> dict[str, str]:
+           architecture: str | None = None, component: str = "worker", shard: int | None = None) -> dict[str, str]:
     out = {NAME_LABEL: name, "app.kubernetes.io/name": "lathe", COMPONENT_LABEL: component,
            "app.kubernetes.io/managed-by": "lathe-operator"}
     if generation is not None:
@@ -53,6 +55,8 @@ def labels(name: str, generation: int | None = None, attempt: int | None = None,
         out[ATTEMPT_LABEL] = str(attempt)
     if architecture is not None:
         out[ARCH_LABEL] = architecture
+    if shard is not None:
+        out[SHARD_LABEL] = str(shard)
     return out
 
 
@@ -69,6 +73,23 @@ def architecture_selector(spec: ModelOptimizationSpec, arch: GpuArchitecture) ->
 
 
 SecretKeyNames = frozenset[str] | set[str] | Mapping[str, "set[str] | frozenset[str]"]
+
+
+def builder_placement(spec: ModelOptimizationSpec, arch: GpuArchitecture | None = None
+                      ) -> tuple[dict[str, str], list[dict[str, Any]], Resources]:
+    """(nodeSelector, tolerations, resources) of a build Job of spec.search: spec.search.builders' where given,
+    else the target's. An architecture's GPU feature discovery labels always stay: its engines are built for
+    that compute capability."""
+    b = spec.search.builders
+    selector = architecture_selector(spec, arch) if arch is not None else dict(spec.target.node_selector)
+    if b is not None and b.node_selector:
+        selector = {k: v for k, v in selector.items() if k not in spec.target.node_selector}
+        if arch is None:
+            selector = {}
+        selector.update(b.node_selector)
+    tolerations = b.tolerations if b is not None and b.tolerations else spec.target.tolerations
+    resources = b.resources if b is not None and (b.resources.requests or b.resources.limits) else spec.target.resources
+    return selector, [t.model_dump(by_alias=True, exclude_none=True) for t in tolerations], resources
 
 
 def _keys_of(secret_keys: SecretKeyNames, secret: str) -> set[str] | frozenset[str]:
@@ -129,14 +150,24 @@ def s3_access(spec: ModelOptimizationSpec, keys: frozenset[str] | set[str]
 
 def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, attempt: int,
                  config: OperatorConfig, secret_keys: SecretKeyNames = frozenset(),
-                 architecture: GpuArchitecture | None = None) -> dict[str, Any]:
+                 architecture: GpuArchitecture | None = None, *, role: str = "worker", shard: int | None = None,
+                 shards: int = 1, failed: tuple[tuple[int, str], ...] = ()) -> dict[str, Any]:
     """The worker Job; with `architecture` (one entry of spec.target.gpu.architectures) the Job that
-    builds and validates that compute capability's engines, pinned to its nodes."""
+    builds and validates that compute capability's engines, pinned to its nodes. With spec.search split
+    into `shards`: role "build" is the Job building and validating share `shard` (`lathe worker --build-only
+    --shard k/n`, placed where spec.search.builders says), role "benchmark" the one timing every share's
+    passed candidates on the target (`lathe worker --benchmark n`; `failed`: shards that failed for good)."""
     gpu = spec.target.device == Device.gpu
+    selector = (architecture_selector(spec, architecture) if architecture is not None
+                else dict(spec.target.node_selector))
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.target.tolerations]
+    wanted = spec.target.resources
+    if role == "build":
+        selector, tolerations, wanted = builder_placement(spec, architecture)
     resources = {"requests": dict(config.cpu_resources.get("requests", {})),
                  "limits": dict(config.cpu_resources.get("limits", {}))}
-    resources["requests"].update(spec.target.resources.requests)
-    resources["limits"].update(spec.target.resources.limits)
+    resources["requests"].update(wanted.requests)
+    resources["limits"].update(wanted.limits)
     if gpu:
         # Extended resources go in limits (requests default to them); the API wants strings.
         resources["limits"][spec.target.gpu.resource_name] = str(spec.target.gpu.count)
@@ -145,17 +176,23 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
         extra_env.append({"name": "LATHE_MEMORY_LIMIT", "value": str(resources["limits"]["memory"])})
     if architecture is not None:
         extra_env.append({"name": "LATHE_GPU_ARCH", "value": architecture.compute_capability})
-    selector = (architecture_selector(spec, architecture) if architecture is not None
-                else dict(spec.target.node_selector))
-    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.target.tolerations]
     if gpu and not any(t.get("key") == spec.target.gpu.resource_name for t in tolerations):
         tolerations.append({"key": spec.target.gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
     cc = architecture.compute_capability if architecture is not None else None
+    suffix, args, component = (arch_suffix(cc) if cc else ""), [], "worker"
+    if role == "build":
+        suffix, args, component = suffix + f"-b{shard}", ["--build-only", "--shard", f"{shard}/{shards}"], BUILDER
+    elif role == "benchmark":
+        suffix, args, component = suffix + "-bench", ["--benchmark", str(shards)], BENCHMARK
+        if failed:
+            extra_env.append({"name": "LATHE_FAILED_SHARDS",
+                              "value": json.dumps({str(k): why for k, why in failed}, separators=(",", ":"))})
     return _job(owner, spec, spec_json, attempt, config, secret_keys,
                 image=config.worker_gpu_image if gpu else config.worker_image,
                 command=list(config.worker_command), resources=resources, extra_env=extra_env,
-                node_selector=selector, tolerations=tolerations,
-                suffix=arch_suffix(cc) if cc else "", job_labels_extra={"architecture": cc})
+                node_selector=selector, tolerations=tolerations, suffix=suffix, extra_args=args,
+                job_labels_extra={"architecture": cc, "component": component,
+                                  "shard": str(shard) if role == "build" else None})
 
 
 def job_manifests(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, attempt: int,
@@ -184,7 +221,7 @@ def publish_job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spe
 def _job(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, attempt: int, config: OperatorConfig,
          secret_keys: SecretKeyNames, *, image: str, command: list[str], resources: dict[str, Any],
          extra_env: list[dict[str, Any]], node_selector: dict[str, str], tolerations: list[dict[str, Any]],
-         suffix: str, job_labels_extra: dict[str, str | None]) -> dict[str, Any]:
+         suffix: str, job_labels_extra: dict[str, str | None], extra_args: list[str] = ()) -> dict[str, Any]:
     meta = owner["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], int(meta.get("generation") or 1)
     claims = pvc_claims(spec.model.uri, spec.data.validation.uri,
@@ -205,7 +242,7 @@ def _job(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, att
         "image": image,
         "imagePullPolicy": config.image_pull_policy,
         "command": command,
-        "args": ["--workdir", WORKDIR, "--termination-log", TERMINATION_LOG],
+        "args": ["--workdir", WORKDIR, "--termination-log", TERMINATION_LOG, *extra_args],
         "env": [
             {"name": "LATHE_SPEC", "value": spec_json},
             {"name": "LATHE_PVC_ROOT", "value": config.pvc_root},
@@ -244,8 +281,9 @@ def _job(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, att
     if tolerations:
         pod_spec["tolerations"] = tolerations
 
+    shard = job_labels_extra.get("shard")
     job_labels = labels(name, generation, attempt, job_labels_extra.get("architecture"),
-                        job_labels_extra.get("component") or "worker")
+                        job_labels_extra.get("component") or "worker", int(shard) if shard else None)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -6,12 +6,23 @@ costs more CPU than the rest of a reconcile pass, and the operator must keep up 
 from __future__ import annotations
 
 import logging
+import re
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from . import kube
-from .jobs import ARCH_LABEL, ATTEMPT_LABEL, COMPONENT_LABEL, GENERATION_LABEL, NAME_LABEL, PUBLISHER
+from .jobs import (
+    ARCH_LABEL,
+    ATTEMPT_LABEL,
+    BENCHMARK,
+    BUILDER,
+    COMPONENT_LABEL,
+    GENERATION_LABEL,
+    NAME_LABEL,
+    PUBLISHER,
+    SHARD_LABEL,
+)
 from .plan import ObservedJob
 
 log = logging.getLogger(__name__)
@@ -54,9 +65,25 @@ def unschedulable(pod: dict) -> str | None:
     return None
 
 
+PROGRESS = re.compile(r" lathe\.worker:? (\[[a-z-]+\].*)$")
+
+
+def progress_line(log: str) -> str | None:
+    """The worker's last progress line in a log tail ("[candidates]  50%, ETA 20s building int8-static"),
+    without its timestamp; None when there is none."""
+    for line in reversed(log.splitlines()):
+        m = PROGRESS.search(line)
+        if m:
+            return m.group(1).strip()[:200]
+    return None
+
+
 def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
     batch, core = kube.batch(), kube.core()
     jobs = kube.call(batch.list_namespaced_job, namespace, label_selector=f"{NAME_LABEL}={name}")["items"]
+    search = [j for j in jobs if ((j["metadata"].get("labels") or {}).get(COMPONENT_LABEL) in (BUILDER, BENCHMARK))]
+    # a split search shows where each Job runs: one listing of the resource's pods, not one per Job
+    pods_of = _pods_by_job(core, namespace, name) if search else {}
     out = []
     for job in jobs:
         meta, st = job["metadata"], job.get("status") or {}
@@ -64,7 +91,13 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
             continue
         labels = meta.get("labels") or {}
         state, reason = job_state(st)
-        exit_code = message = log_tail = pod_name = waiting = container_reason = memory_limit = None
+        exit_code = message = log_tail = pod_name = waiting = container_reason = memory_limit = progress = None
+        node = None
+        mine = pods_of.get(meta["name"], [])
+        if mine:
+            node = mine[-1].get("spec", {}).get("nodeName")
+            if state == "active" and (st.get("ready") or 0):
+                progress = _progress(core, namespace, mine[-1]["metadata"]["name"])
         if state == "active" and not (st.get("ready") or 0):  # no pod running yet: is one stuck unscheduled?
             pods = kube.call(core.list_namespaced_pod, namespace, label_selector=f"job-name={meta['name']}")["items"]
             for pod in pods:
@@ -95,8 +128,30 @@ def observe_jobs(namespace: str, name: str) -> list[ObservedJob]:
             log_tail=log_tail, reason=reason, started=st.get("startTime"), finished=finished, pod=pod_name,
             unschedulable=waiting, architecture=labels.get(ARCH_LABEL),
             publisher=labels.get(COMPONENT_LABEL) == PUBLISHER, ready=int(st.get("ready") or 0),
-            container_reason=container_reason, memory_limit=memory_limit))
+            container_reason=container_reason, memory_limit=memory_limit,
+            component=labels.get(COMPONENT_LABEL) or "worker",
+            shard=int(labels[SHARD_LABEL]) if (labels.get(SHARD_LABEL) or "").isdigit() else None,
+            node=node, progress=progress))
     return out
+
+
+def _pods_by_job(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, list[dict]]:
+    pods = kube.call(core.list_namespaced_pod, namespace, label_selector=f"{NAME_LABEL}={name}")["items"]
+    pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    out: dict[str, list[dict]] = {}
+    for pod in pods:
+        job = (pod["metadata"].get("labels") or {}).get("job-name")
+        if job:
+            out.setdefault(job, []).append(pod)
+    return out
+
+
+def _progress(core: client.CoreV1Api, namespace: str, pod: str) -> str | None:
+    try:
+        return progress_line(core.read_namespaced_pod_log(pod, namespace, tail_lines=20) or "")
+    except ApiException as e:  # informative only
+        log.debug("no progress for pod %s/%s: %s", namespace, pod, e.reason)
+        return None
 
 
 def _log_tail(core: client.CoreV1Api, namespace: str, pod: str) -> str | None:

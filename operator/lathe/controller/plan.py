@@ -8,20 +8,25 @@ and a spec change supersedes the Jobs of older generations."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from lathe.api.spec import ModelOptimizationSpec
 from lathe.api.status import (
     ArchitectureStatus,
     CandidateResult,
     Condition,
+    JobEntry,
     JobState,
     ModelOptimizationStatus,
     Phase,
     Published,
     RolloutStatus,
+    SearchStatus,
+    ShardStatus,
 )
+from lathe.worker.shards import planned_names, shard_count
 
 from .killed import killed_detail
 
@@ -48,6 +53,10 @@ class ObservedJob:
     ready: int = 0  # pods of the Job running and ready
     container_reason: str | None = None  # the kubelet's reason for the worker's end (OOMKilled, Error, ...)
     memory_limit: str | None = None  # the worker container's limits.memory
+    component: str = "worker"  # worker | builder (a shard's build Job) | benchmark | publisher
+    shard: int | None = None  # a build Job's share of the candidates (spec.search.parallelism), 1-based
+    node: str | None = None  # the node its latest pod was placed on
+    progress: str | None = None  # the running worker's last progress line (builder and benchmark Jobs)
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,10 @@ class World:
 class CreateJob:
     attempt: int
     architecture: str | None = None  # compute capability: that architecture's build Job
+    role: str = "worker"  # worker (the whole search) | build (shard `shard` of `shards`) | benchmark
+    shard: int | None = None
+    shards: int = 1
+    failed: tuple[tuple[int, str], ...] = ()  # benchmark: build shards that failed for good, and why
 
 
 @dataclass(frozen=True)
@@ -142,19 +155,22 @@ def set_condition(status: ModelOptimizationStatus, type_: str, ok: bool | None, 
                                        last_transition_time=_ts(now), observed_generation=generation))
 
 
-def _asks(spec, architecture: str | None = None) -> str:
+def _asks(spec, architecture: str | None = None, builder: bool = False) -> str:
     """What the worker pod asks the scheduler for, in the spec's words (with `architecture`: that
-    architecture's build Job, its nodeSelector included)."""
+    architecture's build Job, its nodeSelector included; `builder`: a build Job of spec.search)."""
+    from .jobs import architecture_selector, builder_placement  # pure, like this module
+
     t = spec.target
     parts = [f"{t.gpu.count} {t.gpu.resource_name}"] if str(t.device) == "gpu" else []
-    selector = dict(t.node_selector)
-    if architecture is not None:
-        from .jobs import architecture_selector  # pure, like this module
-
-        arch = next(a for a in t.gpu.architectures if a.compute_capability == architecture)
+    selector, requests = dict(t.node_selector), dict(t.resources.requests or {})
+    arch = next((a for a in t.gpu.architectures if a.compute_capability == architecture), None)
+    if arch is not None:
         selector = architecture_selector(spec, arch)
+    if builder:
+        selector, _, resources = builder_placement(spec, arch)
+        requests = dict(resources.requests or {})
     parts += [f"nodeSelector {selector}"] if selector else []
-    parts += [f"{k}={v}" for k, v in (t.resources.requests or {}).items()]
+    parts += [f"{k}={v}" for k, v in requests.items()]
     return ", ".join(parts) or "cpu defaults"
 
 
@@ -227,7 +243,7 @@ def plan(world: World) -> Plan:
 
     if st.phase in (Phase.succeeded, Phase.rejected, Phase.rolled_back) or (
             st.phase == Phase.failed and st.stage != "validate" and st.observed_generation == gen
-            and ((st.job and st.job.generation == gen and st.job.finished) or st.architectures)):
+            and ((st.job and st.job.generation == gen and st.job.finished) or st.architectures or st.search)):
         return out  # terminal for this generation: nothing to redo after a restart
 
     if st.phase == Phase.rolling_out:
@@ -236,6 +252,9 @@ def plan(world: World) -> Plan:
 
     if architectures_of(world.spec):
         _plan_architectures(world, st, actions, transition)
+        return out
+    if shard_count(world.spec) > 1:
+        _plan_search(world, st, actions, transition)
         return out
 
     mine = sorted((j for j in world.jobs if j.generation == gen), key=lambda j: j.attempt)
@@ -276,40 +295,7 @@ def plan(world: World) -> Plan:
         return out
 
     if current.state == "succeeded":
-        try:
-            doc = parse_result(current.message or "")
-            baseline = CandidateResult.model_validate(doc["baseline"])
-            candidates = [CandidateResult.model_validate(c) for c in doc.get("candidates", [])]
-        except (ValueError, KeyError, TypeError) as e:
-            job.exit_code = current.exit_code
-            job.log_tail = (current.message or "")[-LOG_TAIL:]
-            set_condition(st, "Validated", False, "BadWorkerResult", f"unreadable worker result: {e}", now, gen)
-            set_condition(st, "Ready", False, "BadWorkerResult", "worker result unreadable", now, gen)
-            transition(Phase.failed, "collect", f"worker {current.name} finished but its result is unreadable: {e}",
-                       ("Warning", "BadWorkerResult"))
-            return out
-        st.metric = doc.get("metric")
-        st.baseline, st.candidates = baseline, candidates
-        actions.append(KeepReport(current.name, current.pod))
-        st.report = doc.get("report")
-        st.report_copies = list(doc.get("copies") or [])
-        st.selection = doc.get("selection") or None
-        st.winner = doc.get("winner")
-        win = next((c for c in candidates if c.name == st.winner), None)
-        st.speedup, st.accuracy_drop = _fmt_speedup(win), _fmt_drop(win)
-        passed = sum(c.verdict == "passed" for c in candidates)
-        summary = f"{passed}/{len(candidates)} candidates within budget"
-        if win is None:
-            reasons = "; ".join(f"{c.name}: {c.reason}" for c in candidates)[:900]
-            why = st.selection or "nothing published"
-            set_condition(st, "Validated", False, "NoCandidateInBudget", f"{summary}: {reasons}", now, gen)
-            set_condition(st, "Ready", False, "NoCandidateInBudget", why, now, gen)
-            transition(Phase.rejected, "select", f"{summary}; {why}", ("Warning", "NoCandidateInBudget"))
-            return out
-        set_condition(st, "Validated", True, "CandidateSelected",
-                      f"{summary}; winner {win.name} ({_fmt_speedup(win) or '?'} faster, drop {_fmt_drop(win)})",
-                      now, gen)
-        _published(world, st, actions, transition, win.name, doc.get("published"), summary)
+        _collect(world, st, actions, transition, current, job)
         return out
 
     # Failed attempt.
@@ -348,6 +334,47 @@ def plan(world: World) -> Plan:
     transition(Phase.failed, "worker", f"gave up after {current.attempt} attempts: {detail}",
                ("Warning", "WorkerFailed"))
     return out
+
+
+def _collect(world: World, st: ModelOptimizationStatus, actions: list[Action], transition, current: ObservedJob,
+             job: JobState) -> None:
+    """The worker that ran selection (the single Job, or the benchmark Job of a search split into shards)
+    succeeded: its summary becomes status, then Published and the canary, or Rejected."""
+    gen, now = world.generation, world.now
+    try:
+        doc = parse_result(current.message or "")
+        baseline = CandidateResult.model_validate(doc["baseline"])
+        candidates = [CandidateResult.model_validate(c) for c in doc.get("candidates", [])]
+    except (ValueError, KeyError, TypeError) as e:
+        job.exit_code = current.exit_code
+        job.log_tail = (current.message or "")[-LOG_TAIL:]
+        set_condition(st, "Validated", False, "BadWorkerResult", f"unreadable worker result: {e}", now, gen)
+        set_condition(st, "Ready", False, "BadWorkerResult", "worker result unreadable", now, gen)
+        transition(Phase.failed, "collect", f"worker {current.name} finished but its result is unreadable: {e}",
+                   ("Warning", "BadWorkerResult"))
+        return
+    st.metric = doc.get("metric")
+    st.baseline, st.candidates = baseline, candidates
+    actions.append(KeepReport(current.name, current.pod))
+    st.report = doc.get("report")
+    st.report_copies = list(doc.get("copies") or [])
+    st.selection = doc.get("selection") or None
+    st.winner = doc.get("winner")
+    win = next((c for c in candidates if c.name == st.winner), None)
+    st.speedup, st.accuracy_drop = _fmt_speedup(win), _fmt_drop(win)
+    passed = sum(c.verdict == "passed" for c in candidates)
+    summary = f"{passed}/{len(candidates)} candidates within budget"
+    if win is None:
+        reasons = "; ".join(f"{c.name}: {c.reason}" for c in candidates)[:900]
+        why = st.selection or "nothing published"
+        set_condition(st, "Validated", False, "NoCandidateInBudget", f"{summary}: {reasons}", now, gen)
+        set_condition(st, "Ready", False, "NoCandidateInBudget", why, now, gen)
+        transition(Phase.rejected, "select", f"{summary}; {why}", ("Warning", "NoCandidateInBudget"))
+        return
+    set_condition(st, "Validated", True, "CandidateSelected",
+                  f"{summary}; winner {win.name} ({_fmt_speedup(win) or '?'} faster, drop {_fmt_drop(win)})",
+                  now, gen)
+    _published(world, st, actions, transition, win.name, doc.get("published"), summary)
 
 
 def _published(world: World, st: ModelOptimizationStatus, actions: list[Action], transition, winner: str,
@@ -439,47 +466,47 @@ def _latest(jobs: list[ObservedJob]) -> ObservedJob | None:
     return max(jobs, key=lambda j: j.attempt) if jobs else None
 
 
-def _arch_entry(world: World, prev: ArchitectureStatus, job: ObservedJob | None, actions: list[Action]
-                ) -> ArchitectureStatus:
+E = TypeVar("E", bound=JobEntry)
+
+
+def _job_entry(world: World, prev: E, job: ObservedJob | None, create: CreateJob, actions: list[Action], what: str,
+               asks: str, on_success) -> E:
+    """One Job of a fan-out (an architecture's, a build shard's, a benchmark) through the single Job's rules:
+    created when not there (idempotent: the name carries generation and attempt), Pending / Unschedulable /
+    Running while it runs, `on_success(entry, job)` when it succeeded, and when it failed: retried with
+    doubling backoff up to policy.max_attempts, bad input (exit 2) final at once."""
     e = prev.model_copy(deep=True)
-    cc = e.compute_capability
     if job is None:
         if e.phase in ("Succeeded", "Failed"):
             return e  # finished and its Job since removed: what status recorded stands
-        actions.append(CreateJob(e.attempt or 1, cc))
+        actions.append(replace(create, attempt=e.attempt or 1))
         e.attempt, e.phase = e.attempt or 1, "Pending"
         e.started = e.started or _ts(world.now)
-        e.reason = f"build Job for compute capability {cc} created"
+        e.reason = f"{what} created"
         return e
     if e.attempt > job.attempt:  # the next attempt is not visible yet: the create is idempotent
-        actions.append(CreateJob(e.attempt, cc))
+        actions.append(replace(create, attempt=e.attempt))
         return e
     e.job, e.attempt, e.started, e.finished = job.name, job.attempt, job.started or e.started, job.finished
+    if isinstance(e, ShardStatus):
+        e.node = job.node or e.node
     if job.state == "active":
         if job.unschedulable:
             e.phase = "Unschedulable"
-            e.reason = f"worker pod {job.pod} cannot be scheduled ({_asks(world.spec, cc)}): {job.unschedulable}"
+            e.reason = f"worker pod {job.pod} cannot be scheduled ({asks}): {job.unschedulable}"
         else:
             e.phase = "Running" if job.ready else "Pending"
             e.reason = "worker running" if job.ready else "waiting for the worker pod to start"
+            if isinstance(e, ShardStatus):
+                e.progress = (job.progress or "running") if job.ready else "waiting for its pod to start"
         return e
     e.exit_code = job.exit_code
     if job.state == "succeeded":
-        try:
-            doc = parse_result(job.message or "")
-            e.candidates = [CandidateResult.model_validate(c) for c in doc.get("candidates", [])]
-        except (ValueError, TypeError) as err:
-            e.phase, e.verdict, e.reason = "Failed", "failed", f"unreadable worker result: {err}"
-            return e
-        e.winner = doc.get("winner")
-        passed = sum(c.verdict == "passed" for c in e.candidates)
-        e.phase, e.verdict = "Succeeded", ("passed" if passed else "rejected")
-        e.reason = f"{passed}/{len(e.candidates)} candidates within budget" + (
-            f"; {doc['selection']}" if doc.get("selection") else "")
+        e.phase, e.next_retry = "Succeeded", None
+        on_success(e, job)
         return e
     detail, limit = _failure_detail(job, world.spec), world.policy.max_attempts
     if job.exit_code != EXIT_BAD_INPUT and job.attempt < limit:
-        # the single Job's rule, per architecture: bounded attempts with doubling backoff
         due_at = e.next_retry if prev.attempt == job.attempt else None
         if due_at is None:
             delay = world.policy.backoff_seconds * (2 ** (job.attempt - 1))
@@ -492,31 +519,199 @@ def _arch_entry(world: World, prev: ArchitectureStatus, job: ObservedJob | None,
             return e
         e.attempt, e.next_retry, e.phase, e.finished = job.attempt + 1, None, "Pending", None
         e.reason = f"attempt {e.attempt}/{limit} created after: {detail}"
-        actions.append(CreateJob(e.attempt, cc))
+        actions.append(replace(create, attempt=e.attempt))
         return e
-    e.phase, e.verdict, e.reason = "Failed", "failed", detail
+    e.phase, e.reason = "Failed", detail
+    if isinstance(e, ArchitectureStatus):
+        e.verdict = "failed"
+    if job.attempt > 1 and job.exit_code != EXIT_BAD_INPUT:
+        e.reason = f"gave up after {job.attempt} attempts: {detail}"
     return e
 
 
+def _arch_result(e: ArchitectureStatus, job: ObservedJob) -> None:
+    """An architecture's worker (the whole search there, or its benchmark Job) succeeded: what it found."""
+    try:
+        doc = parse_result(job.message or "")
+        e.candidates = [CandidateResult.model_validate(c) for c in doc.get("candidates", [])]
+    except (ValueError, TypeError) as err:
+        e.phase, e.verdict, e.reason = "Failed", "failed", f"unreadable worker result: {err}"
+        return
+    e.winner = doc.get("winner")
+    passed = sum(c.verdict == "passed" for c in e.candidates)
+    e.verdict = "passed" if passed else "rejected"
+    e.reason = f"{passed}/{len(e.candidates)} candidates within budget" + (
+        f"; {doc['selection']}" if doc.get("selection") else "")
+
+
+def _build_result(e: ShardStatus, job: ObservedJob) -> None:
+    """A build Job succeeded: the candidates it handed over (its termination message, `handover_summary`)."""
+    try:
+        doc = parse_result(job.message or "")
+        built = [(str(c["name"]), str(c.get("verdict", "")), str(c.get("reason", ""))) for c in doc["candidates"]]
+    except (ValueError, KeyError, TypeError) as err:
+        e.phase, e.reason = "Failed", f"Job {job.name}: unreadable build result: {err}"
+        return
+    e.candidates = [n for n, _, _ in built]
+    failed = [f"{n}: {r}" for n, v, r in built if v == "failed"]
+    e.progress = (f"handed over {len(built)} candidate(s): {len(built) - len(failed)} built and validated"
+                  + (f", {len(failed)} failed" if failed else ""))
+    e.reason = e.progress + (f" ({'; '.join(failed)})"[:600] if failed else "")
+
+
+@dataclass
+class Group:
+    """Where one split search stands (spec.search.parallelism > 1): its build Jobs, then its benchmark Job."""
+    builds: list[ShardStatus]
+    benchmark: ShardStatus | None = None
+    failure: tuple[str, str] | None = None  # (reason for status, what happened): nothing to benchmark, or bad input
+    result: ObservedJob | None = None  # the benchmark Job, succeeded
+
+    def line(self) -> str:
+        counts: dict[str, int] = {}
+        for b in self.builds:
+            counts[b.phase] = counts.get(b.phase, 0) + 1
+        text = "builds " + ", ".join(f"{n} {phase}" for phase, n in counts.items())
+        return text + (f"; benchmark {self.benchmark.phase}" if self.benchmark else "")
+
+    def entries(self) -> list[ShardStatus]:
+        return self.builds + ([self.benchmark] if self.benchmark else [])
+
+
+def _shard_group(world: World, prev: SearchStatus | None, cc: str | None, shards: int, actions: list[Action]
+                 ) -> Group:
+    """The build Jobs of one search (one architecture's, with `cc`), each retried on its own; once all
+    finished, one benchmark Job told which shards failed for good. A build Job that failed fails only its
+    candidates (the benchmark Job reports them failed with the reason); bad input (exit 2) is the model's or
+    data's, the same for every shard: it fails the search."""
+    spec, gen = world.spec, world.generation
+    mine = [j for j in world.jobs if j.generation == gen and j.architecture == cc]
+    old = {(b.architecture, b.shard): b for b in (prev.builds if prev else [])}
+    names = planned_names(spec, shards)
+    where = f" for compute capability {cc}" if cc else ""
+    builds, kinds = [], {}
+    for k in range(1, shards + 1):
+        entry = old.get((cc, k)) or ShardStatus(shard=k, architecture=cc, candidates=names[k - 1] if names else [],
+                                                progress="" if names else "default search: candidates named after intake")
+        job = _latest([j for j in mine if j.component == "builder" and j.shard == k])
+        e = _job_entry(world, entry, job, CreateJob(1, cc, role="build", shard=k, shards=shards), actions,
+                       f"build Job {k}/{shards}{where}", _asks(spec, cc, builder=True), _build_result)
+        if e.phase == "Failed" and job is not None and job.exit_code == EXIT_BAD_INPUT:
+            kinds[k] = _failure_kind(job)
+        elif e.phase == "Failed" and e.progress != e.reason:
+            e.progress = f"failed: its candidates are reported failed ({e.reason})"[:300]
+        builds.append(e)
+    group = Group(builds)
+    if kinds:
+        k = min(kinds)
+        group.failure = (kinds[k], f"build Job {k}/{shards}{where}: {builds[k - 1].reason}")
+        return group
+    if any(b.phase not in ("Succeeded", "Failed") for b in builds):
+        return group
+    if not any(b.phase == "Succeeded" for b in builds):
+        group.failure = ("WorkerFailed", f"every build Job{where} failed: "
+                         + "; ".join(f"{b.shard}/{shards}: {b.reason}" for b in builds))
+        return group
+    failed = tuple((b.shard, b.reason[:500]) for b in builds if b.phase == "Failed")
+    old_bench = next((b for b in (prev.benchmarks if prev else []) if b.architecture == cc), None)
+    entry = old_bench or ShardStatus(architecture=cc, candidates=[n for b in builds if b.phase == "Succeeded"
+                                                                  for n in b.candidates])
+    job = _latest([j for j in mine if j.component == "benchmark"])
+    bench = _job_entry(world, entry, job, CreateJob(1, cc, role="benchmark", shards=shards, failed=failed), actions,
+                       f"benchmark Job{where}", _asks(spec, cc), lambda e, j: None)
+    if bench.phase == "Succeeded":
+        bench.progress = "timed the baseline and every passed candidate in interleaved rounds"
+        group.result = job
+    elif bench.phase == "Failed":
+        kind = _failure_kind(job) if job is not None and job.exit_code == EXIT_BAD_INPUT else "WorkerFailed"
+        group.failure = (kind, f"benchmark Job{where}: {bench.reason}")
+    group.benchmark = bench
+    return group
+
+
+def _stuck(entries: list[ShardStatus], shards: int) -> list[str]:
+    """One clause per Job whose pod the scheduler cannot place."""
+    out = []
+    for e in entries:
+        if e.phase == "Unschedulable":
+            what = f"build Job {e.shard}/{shards}" if e.shard else "benchmark Job"
+            out.append(f"{what}{f' ({e.architecture})' if e.architecture else ''}: {e.reason}")
+    return out
+
+
+def _plan_search(world: World, st: ModelOptimizationStatus, actions: list[Action], transition) -> None:
+    """spec.search.parallelism > 1 (no architectures): build Jobs, then one benchmark Job on the target, whose
+    result is read exactly like the single Job's."""
+    gen, now, spec = world.generation, world.now, world.spec
+    shards = shard_count(spec)
+    group = _shard_group(world, st.search, None, shards, actions)
+    st.search = SearchStatus(parallelism=spec.search.parallelism, builds=group.builds,
+                             benchmarks=[group.benchmark] if group.benchmark else [])
+    bench = group.benchmark
+    if bench is not None and bench.job:
+        st.job = JobState(name=bench.job, attempt=bench.attempt, generation=gen, started=bench.started,
+                          finished=bench.finished, exit_code=bench.exit_code)
+    line = group.line()
+    if group.failure:
+        kind, detail = group.failure
+        for e in group.entries():
+            if e.phase in ("Pending", "Unschedulable", "Running", "Retrying") and e.job:
+                actions.append(DeleteJob(e.job, f"search failed: {detail}"[:200]))
+        set_condition(st, "Validated", False, kind, detail[:1000], now, gen)
+        set_condition(st, "Ready", False, kind, detail[:1000], now, gen)
+        transition(Phase.failed, "search", f"nothing published: {detail}", ("Warning", kind))
+        return
+    stuck = _stuck(group.entries(), shards)
+    if stuck:
+        msg = "; ".join(stuck)
+        set_condition(st, "Scheduled", False, "Unschedulable", msg[:1000], now, gen)
+        set_condition(st, "Ready", False, "Unschedulable", f"search: {line}", now, gen)
+        transition(Phase.pending, "scheduling", f"search: {line}; {msg}"[:1000], ("Warning", "WorkerUnschedulable"))
+        return
+    if (c := condition(st, "Scheduled")) is not None and c.status == "False":
+        set_condition(st, "Scheduled", True, "Scheduled", "every search Job's pod placed", now, gen)
+    if group.result is None:
+        set_condition(st, "Validated", None, "Optimizing", f"search: {line}", now, gen)
+        set_condition(st, "Ready", False, "Optimizing", "optimization in progress", now, gen)
+        retrying = any(e.phase == "Retrying" for e in group.entries())  # stage retry: the operator's timer comes back
+        transition(Phase.optimizing, "retry" if retrying else "search", f"search: {line}",
+                   ("Warning", "JobFailed") if retrying else ("Normal", "JobCreated"))
+        return
+    _collect(world, st, actions, transition, group.result, st.job or JobState(generation=gen))
+
+
 def _plan_architectures(world: World, st: ModelOptimizationStatus, actions: list[Action], transition) -> None:
-    """One build Job per architecture, then (all finished) one choice across them, then the publish Job."""
+    """One Job per architecture (or, with spec.search.parallelism > 1, that architecture's build Jobs and its
+    benchmark Job), then (all finished) one choice across them, then the publish Job."""
     gen, now, spec = world.generation, world.now, world.spec
     mine = [j for j in world.jobs if j.generation == gen]
     old = {a.compute_capability: a for a in st.architectures}
-    entries = []
+    entries, search = [], None
     for a in architectures_of(spec):
         cc = a.compute_capability
         prev = old.get(cc) or ArchitectureStatus(compute_capability=cc)
-        entries.append(_arch_entry(world, prev, _latest([j for j in mine if j.architecture == cc]), actions))
-    st.architectures = entries
+        shards = shard_count(spec, cc)
+        if shards == 1:
+            job = _latest([j for j in mine if j.architecture == cc and j.component == "worker"])
+            entries.append(_job_entry(world, prev, job, CreateJob(1, cc), actions,
+                                      f"build Job for compute capability {cc}", _asks(spec, cc), _arch_result))
+            continue
+        search = search or SearchStatus(parallelism=spec.search.parallelism)
+        group = _shard_group(world, st.search, cc, shards, actions)
+        search.builds += group.builds
+        search.benchmarks += [group.benchmark] if group.benchmark else []
+        entries.append(_arch_from_group(prev, group, shards))
+    st.architectures, st.search = entries, search
     line = ", ".join(f"{e.compute_capability} {e.phase}" for e in entries)
 
     failed = [e for e in entries if e.phase == "Failed"]
     if failed:
         detail = "; ".join(f"architecture {e.compute_capability}: {e.reason}" for e in failed)
-        for e in entries:
-            if e.phase in ("Pending", "Unschedulable", "Running") and e.job:
-                actions.append(DeleteJob(e.job, f"architecture {failed[0].compute_capability} failed"))
+        running = [e.job for e in entries if e.phase in ("Pending", "Unschedulable", "Running") and e.job]
+        running += [b.job for b in (search.builds + search.benchmarks if search else [])
+                    if b.phase in ("Pending", "Unschedulable", "Running", "Retrying") and b.job]
+        for name in dict.fromkeys(running):
+            actions.append(DeleteJob(name, f"architecture {failed[0].compute_capability} failed"))
         set_condition(st, "Validated", False, "ArchitectureFailed", detail, now, gen)
         set_condition(st, "Ready", False, "ArchitectureFailed", f"nothing published: {detail}"[:1000], now, gen)
         transition(Phase.failed, "architectures", f"nothing published: {detail}", ("Warning", "ArchitectureFailed"))
@@ -580,6 +775,29 @@ def _plan_architectures(world: World, st: ModelOptimizationStatus, actions: list
     set_condition(st, "Published", False, "PublishFailed", why[:1000], now, gen)
     set_condition(st, "Ready", False, "PublishFailed", why[:1000], now, gen)
     transition(Phase.failed, "publish", f"winner {win.name} not published: {why}", ("Warning", "PublishFailed"))
+
+
+def _arch_from_group(prev: ArchitectureStatus, group: Group, shards: int) -> ArchitectureStatus:
+    """An architecture whose search is split: its phase is its Jobs' (its benchmark Job's once created), what it
+    found is its benchmark Job's result."""
+    e = prev.model_copy(deep=True)
+    if group.failure:
+        e.phase, e.verdict, e.reason = "Failed", "failed", group.failure[1]
+        return e
+    bench = group.benchmark
+    if bench is None:
+        phases = [b.phase for b in group.builds]
+        e.phase = next((p for p in ("Unschedulable", "Retrying", "Running") if p in phases), "Pending")
+        e.reason = group.line()
+        if e.phase == "Unschedulable":
+            e.reason = "; ".join(_stuck(group.builds, shards))
+        return e
+    e.job, e.attempt, e.started, e.finished, e.exit_code = (bench.job, bench.attempt, bench.started, bench.finished,
+                                                            bench.exit_code)
+    e.phase, e.reason, e.next_retry = bench.phase, bench.reason, bench.next_retry
+    if bench.phase == "Succeeded" and group.result is not None:
+        _arch_result(e, group.result)
+    return e
 
 
 def job_create_refused(st: ModelOptimizationStatus, attempt: int, error: str, now: datetime, gen: int

@@ -203,7 +203,9 @@ def _apply(obj: dict[str, Any], result: Plan, world: World, config: OperatorConf
             else:
                 arch = next((a for a in world.spec.target.gpu.architectures
                              if a.compute_capability == action.architecture), None)
-                manifest = job_manifest(obj, world.spec, spec_json, action.attempt, config, store_keys, arch)
+                manifest = job_manifest(obj, world.spec, spec_json, action.attempt, config, store_keys, arch,
+                                        role=action.role, shard=action.shard, shards=action.shards,
+                                        failed=action.failed)
             try:
                 kube.call(kube.batch().create_namespaced_job, ns, manifest)
                 metrics.JOBS_CREATED.inc()

@@ -67,6 +67,7 @@ def problems(spec: ModelOptimizationSpec, reachable: Reachability | None = None,
         out.append("spec.data.training.uri: is the validation set: candidates trained on it would be measured on "
                    "data they have seen (their accuracy optimistic); give a separate training set")
     out.extend(_architecture_problems(spec))
+    out.extend(_search_problems(spec))
     out.extend(_location_problems(spec, reachable))
     out.extend(_publish_problems(spec))
     out.extend(_secret_problems(spec, secret_keys))
@@ -109,6 +110,15 @@ def _architecture_problems(spec: ModelOptimizationSpec) -> list[str]:
             out.append(f"spec.publish.flavour: {spec.publish.flavour} cannot serve TensorRT engines per "
                        "architecture; use auto or tensorrt")
     return out
+
+
+def _search_problems(spec: ModelOptimizationSpec) -> list[str]:
+    """A split search hands each build Job's models to the benchmark Job through spec.artifacts."""
+    if spec.search.parallelism > 1 and not spec.artifacts:
+        return [f"spec.artifacts: required with spec.search.parallelism {spec.search.parallelism}: each build Job "
+                "hands its built candidates to the benchmark Job there (a path on shared storage, pvc://claim/path "
+                "or s3://bucket/prefix); or set spec.search.parallelism to 1"]
+    return []
 
 
 def _secret_problems(spec: ModelOptimizationSpec, secret_keys: SecretKeys | None) -> list[str]:

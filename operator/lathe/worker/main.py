@@ -48,6 +48,15 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--workdir", default=os.environ.get("LATHE_WORKDIR", "/work"), help="where artifacts and reports go")
     p.add_argument("--termination-log", default="/dev/termination-log")
     p.add_argument("--bench-seconds", type=float, default=None, help="time budget of the benchmark stage")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--build-only", action="store_true",
+                      help="a build Job of a split search (spec.search.parallelism): build and validate one share "
+                           "(--shard K/N) and hand it over through spec.artifacts; no benchmark, no publish")
+    mode.add_argument("--benchmark", type=int, metavar="N", default=None,
+                      help="the benchmark Job of a search split into N build Jobs: read their hand-overs, time "
+                           "everything here, select, report and publish (env LATHE_FAILED_SHARDS: shards that "
+                           "failed for good, {\"k\": reason})")
+    p.add_argument("--shard", default=None, metavar="K/N", help="with --build-only: which share, 1-based")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -84,7 +93,22 @@ def worker_main(argv: list[str] | None = None) -> int:
         arch = os.environ.get("LATHE_GPU_ARCH")  # one of spec.target.gpu.architectures' build Jobs
         if arch:
             check_architecture(arch, visible_gpu_architecture())
-        result = run(spec, Path(args.workdir), bench_seconds=args.bench_seconds)
+        if args.build_only:
+            from .shard_run import build_shard, compact_summary  # noqa: PLC0415
+
+            shard, shards = _shard(args.shard)
+            summary = build_shard(spec, Path(args.workdir), shard, shards)
+            _write_termination(term, compact_summary(summary))
+            log.info("build Job %d/%d handed over %s", shard, shards,
+                     ", ".join(c["name"] for c in summary["candidates"]))
+            return 0
+        if args.benchmark is not None:
+            from .shard_run import benchmark_shards  # noqa: PLC0415
+
+            result = benchmark_shards(spec, Path(args.workdir), args.benchmark, _failed_shards(),
+                                      bench_seconds=args.bench_seconds)
+        else:
+            result = run(spec, Path(args.workdir), bench_seconds=args.bench_seconds)
         if arch:
             keep_architecture_engines(spec, result, arch)  # the operator's publish Job publishes
         else:
@@ -112,6 +136,25 @@ def worker_main(argv: list[str] | None = None) -> int:
     else:
         log.info("no candidate met the budget")
     return 0
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    from .errors import InvalidInput  # noqa: PLC0415
+
+    k, _, n = (text or "").partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise InvalidInput("spec", f"--shard {text!r}: want K/N with 1 <= K <= N")
+    return int(k), int(n)
+
+
+def _failed_shards() -> dict[int, str]:
+    from .errors import InvalidInput  # noqa: PLC0415
+
+    try:
+        doc = json.loads(os.environ.get("LATHE_FAILED_SHARDS") or "{}")
+        return {int(k): str(v) for k, v in doc.items()}
+    except (ValueError, AttributeError) as e:
+        raise InvalidInput("spec", f"LATHE_FAILED_SHARDS: {e}") from e
 
 
 def result_budget(spec, result) -> dict:

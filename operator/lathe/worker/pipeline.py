@@ -417,34 +417,56 @@ class Pipeline:
                             + ("" if not failures else " and the accuracy budget still breaks"))
         return art, runner, failures
 
-    def run(self) -> WorkerResult:
-        t0 = time.time()
+    # ------------------------------------------------------------------ the run, in stages
+    # run() is prepare -> build_all -> finish in one process. A search split over Jobs
+    # (spec.search.parallelism, worker/handover.py) runs prepare -> build_all on a share in each build
+    # Job, and prepare -> (the shares read back) -> finish in the benchmark Job.
+    def prepare(self, profile: bool = True) -> Built:
+        """Intake, data checks, the candidate list, the effective budget and the baseline."""
         check_written(self.spec)  # where the version and the reports go, before any work
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.load()
-        cands = self.candidates()
+        self.all_candidates = self.candidates()
         self.budget, notes = gate.effective_budget(self.spec.budget, self.metric, str(self.spec.objective))
         self.warnings += notes + self.coverage.warnings
         base = self.baseline()
-        self._calibration_profile(base)
+        if profile:  # what a production capture is compared with: only the Job that publishes needs it
+            self._calibration_profile(base)
+        return base
+
+    def build_one(self, cand: Candidate) -> Built:
+        """One candidate built and validated; whatever goes wrong fails that candidate alone."""
+        try:
+            b = self.build(cand)
+        except WorkerError as e:
+            b = Built(CandidateResult(name=cand.name, runtime=str(cand.runtime or runtimes_of(self.spec)[0]),
+                                      verdict=Verdict.failed, reason=f"{e.stage}: {e.message}", metric=self.metric))
+            log.warning("candidate %s failed: %s", cand.name, e)
+            if e.stage == "calibration":
+                b.result.warnings.append(e.message)
+        except Exception as e:  # one broken candidate must not sink the others
+            log.error("candidate %s crashed:\n%s", cand.name, traceback.format_exc())
+            b = Built(CandidateResult(name=cand.name, verdict=Verdict.failed, metric=self.metric,
+                                      reason=f"crash: {type(e).__name__}: {str(e)[:200]}"))
+        self.details["candidates"][cand.name] = b.details
+        return b
+
+    def build_all(self, cands: list[Candidate], done=None) -> list[Built]:
+        """Build and validate `cands` in order; `done(built)` after each (a build Job hands it over there)."""
         built: list[Built] = []
         for i, cand in enumerate(cands):
             self.progress("candidates", i / len(cands), f"building {cand.name}")
-            try:
-                b = self.build(cand)
-            except WorkerError as e:
-                b = Built(CandidateResult(name=cand.name, runtime=str(cand.runtime or runtimes_of(self.spec)[0]),
-                                          verdict=Verdict.failed, reason=f"{e.stage}: {e.message}", metric=self.metric))
-                log.warning("candidate %s failed: %s", cand.name, e)
-                if e.stage == "calibration":
-                    b.result.warnings.append(e.message)
-            except Exception as e:  # one broken candidate must not sink the others
-                log.error("candidate %s crashed:\n%s", cand.name, traceback.format_exc())
-                b = Built(CandidateResult(name=cand.name, verdict=Verdict.failed, metric=self.metric,
-                                          reason=f"crash: {type(e).__name__}: {str(e)[:200]}"))
+            b = self.build_one(cand)
+            log.info("candidate %s built: %s", cand.name, b.result.verdict)
+            if done is not None:
+                done(b)
             built.append(b)
-            self.details["candidates"][cand.name] = b.details
         self.progress("candidates", 1.0)
+        return built
+
+    def finish(self, base: Built, built: list[Built], t0: float) -> WorkerResult:
+        """Interleaved benchmark of the baseline and every built candidate, the budget gate, the selection and
+        the reports."""
         self._benchmark(base, built)
         for b in built:
             self._verdict(b)
@@ -462,6 +484,11 @@ class Pipeline:
         wr.seconds = round(time.time() - t0, 1)
         self._write(wr)
         return wr
+
+    def run(self) -> WorkerResult:
+        t0 = time.time()
+        base = self.prepare()
+        return self.finish(base, self.build_all(self.all_candidates), t0)
 
     def _benchmark(self, base: Built, built: list[Built]) -> None:
         runners = {"baseline": base.runner}
