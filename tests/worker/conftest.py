@@ -21,6 +21,25 @@ def digits(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def outlier_cnn(digits, tmp_path_factory):
+    """The digits CNN with one channel of its first convolution made a constant 500 (zero weights, bias 500) that
+    the second convolution ignores (zero weights for it): FP32 answers are unchanged, but a per-tensor INT8 scale
+    for the second convolution's input then rounds every real activation there to zero. Only that convolution
+    kept in float (its input not quantized) brings the accuracy back: what mixed precision must find."""
+    import torch
+
+    net = torch.jit.load(str(digits["model"]))
+    conv1, conv2 = getattr(net.features, "0"), getattr(net.features, "2")
+    with torch.no_grad():
+        conv1.weight[0] = 0.0
+        conv1.bias[0] = 500.0
+        conv2.weight[:, 0] = 0.0
+    model = tmp_path_factory.mktemp("outlier") / "outlier_cnn.pt"
+    net.save(str(model))
+    return {**digits, "model": model}
+
+
+@pytest.fixture(scope="session")
 def minilm(tmp_path_factory):
     from lathe.worker.samples import make_minilm
 
