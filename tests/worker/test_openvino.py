@@ -216,6 +216,13 @@ def test_pipeline_openvino_mixed_precision_fallback_brings_the_candidate_into_bu
     assert 1 <= len(c.float_nodes) <= 2 and c.float_nodes == [n for n, _ in ranked[:len(c.float_nodes)]], (
         c.float_nodes, ranked)
     assert c.verdict == "passed" and c.accuracy_drop <= 0.02, (c.verdict, c.reason, c.accuracy_drop)
+    # NNCF ignores the weight op itself: OpenVINO names a biased Conv's convolution `<name>/WithoutBiases` (the Add
+    # keeps `<name>`); ignoring the Add alone left the convolution and its input quantized
     meta = json.loads((Path(c.artifact).parent / "openvino.json").read_text())
-    assert meta["ignored"] == c.float_nodes
+    assert meta["ignored"] == [x for n in c.float_nodes for x in (n, f"{n}/WithoutBiases")], meta["ignored"]
+    import openvino as ov
+
+    ops = {op.get_friendly_name(): op for op in ov.Core().read_model(c.artifact).get_ops()}
+    feeds = [i.get_source_output().get_node().get_type_name() for i in ops["/features/2/Conv/WithoutBiases"].inputs()]
+    assert "FakeQuantize" not in feeds, feeds  # in float: neither its input nor its weights quantized
     assert c.precision.get("INT8", 0) > 0, c.precision  # the rest still INT8
