@@ -5,6 +5,7 @@ publishing run as they do in a full run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -50,26 +51,28 @@ def test_lathe_run_trains_optimizes_and_publishes(tmp_path: Path):
         verdict = cols[2] if cols[0] == "*" else cols[1]
         assert verdict == c["verdict"] and verdict in ("passed", "rejected", "failed"), (c["name"], cols)
 
+    # The README's promise: a winner, published. The embedded CNN's INT8 and pruned candidates run several times
+    # faster than FP32 here (4.6x for pruned-25-int8 on the AMD EPYC of issue 21), far outside any interval.
     winner = result.get("winner")
-    if winner:
-        m = re.search(r"^winner: (\S+) — (\d+\.\d+)x", p.stdout, re.M)
-        assert m and m.group(1) == winner, p.stdout
-        assert rows[winner][0] == "*"
-        w = next(c for c in result["candidates"] if c["name"] == winner)
-        assert w["verdict"] == "passed" and float(m.group(2)) == round(w["speedup"], 2)
-        published = result["published"]
-        assert published["candidate"] == winner and published["modelName"] == "digits"
-        version = published["version"]
-        model = out / "triton-repository" / "digits"
-        config = (model / "config.pbtxt").read_text()
-        assert 'name: "digits"' in config and f"versions: [ {version} ]" in config
-        assert "dims: [ 1, 32, 32 ]" in config  # the embedded example is the 32x32 CNN
-        meta = json.loads((model / str(version) / "lathe.json").read_text())
-        assert meta["candidate"] == winner and (model / str(version) / meta["file"]).exists()
-        assert f"published: digits version {version}" in p.stdout
-    else:
-        assert re.search(r"nothing (worth publishing|published|would be published)", p.stdout), p.stdout
-        assert not (out / "triton-repository" / "digits").exists()
+    assert winner, (result.get("selection"), [(c["name"], c["verdict"], c["reason"]) for c in result["candidates"]])
+    m = re.search(r"^winner: (\S+) — (\d+\.\d+)x", p.stdout, re.M)
+    assert m and m.group(1) == winner, p.stdout
+    assert rows[winner][0] == "*"
+    w = next(c for c in result["candidates"] if c["name"] == winner)
+    assert w["verdict"] == "passed" and float(m.group(2)) == round(w["speedup"], 2)
+    published = result["published"]
+    assert published["candidate"] == winner and published["modelName"] == "digits"
+    version = published["version"]
+    model = out / "triton-repository" / "digits"
+    config = (model / "config.pbtxt").read_text()
+    assert 'name: "digits"' in config and f"versions: [ {version} ]" in config
+    assert "dims: [ 1, 32, 32 ]" in config  # the embedded example is the 32x32 CNN
+    meta = json.loads((model / str(version) / "lathe.json").read_text())
+    assert meta["candidate"] == winner and (model / str(version) / meta["file"]).exists()
+    # the published file is the winner's own artifact, byte for byte
+    published_sha = hashlib.sha256((model / str(version) / meta["file"]).read_bytes()).hexdigest()
+    assert meta["sha256"] == w["sha256"] == published_sha, (meta, w["sha256"], published_sha)
+    assert f"published: digits version {version}" in p.stdout
 
 
 def test_unknown_example_names_the_known_ones(tmp_path: Path, capsys):

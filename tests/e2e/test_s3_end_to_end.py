@@ -4,7 +4,14 @@ artifacts prefix, credentials from a Secret named by spec.storage.s3.secretRef (
 by secretKeyRef). The real Triton serves that repository straight from S3, and the operator rolls
 version 2 out as a canary under live traffic there (config.pbtxt and the router model written on S3
 with the operator's own copy of the credentials). And each way a store can fail, through the operator:
-its own reason in status, no retry, no secret value anywhere."""
+its own reason in status, no retry, no secret value anywhere.
+
+What is not real here: the node. The worker pods run under the node agent (e2e/nodeagent/agent.py), which
+plays the kubelet: a pod's command is a local process from this checkout's .venv (no image, container,
+securityContext or resource limits), its claims are local folders, its Secret values reach it as the agent
+reads them. The API server, the operator process, the worker's code, ONNX Runtime, torch, Triton and the S3
+server are the real ones. It needs no scripted worker and could move to the real node (tests/cluster) with an
+S3 server on the node's bridge; it moves with the other object-store chains (issue 21, docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from kubernetes import client
 
 from e2e.controlplane.fixture import free_port
 from e2e.triton.server import TritonServer
-from tests.e2e.test_end_to_end import BIN, GENERATION_2, Cluster, Load, Operator
+from tests.e2e.chain import BIN, GENERATION_2, Cluster, Load, Operator
 from tests.waiting import wait_for
 
 DONE = ("Succeeded", "Failed", "Rejected", "RolledBack")

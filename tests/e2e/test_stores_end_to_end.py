@@ -26,7 +26,7 @@ import pytest
 from kubernetes import client
 
 from e2e.controlplane.fixture import free_port
-from tests.e2e.test_end_to_end import BIN, Cluster, Operator
+from tests.e2e.chain import BIN, Cluster, Operator
 
 DONE = ("Succeeded", "Failed", "Rejected", "RolledBack")
 

@@ -1,8 +1,9 @@
 """Knowledge distillation (pass distill): spec checks (no heavy imports), the student's layer
 choice, then one real run on the digits CNN: a half-width student distilled from the teacher beside
-the same student trained on the labels alone (same initialisation, epochs and learning rate), and
-the distilled student through INT8 in the same gate; and a stack of layers cut in the FX graph.
-MiniLM distilled to 3 layers takes minutes on 2 cores: e2e/bench/distill_bench.py."""
+the same student trained on the labels alone (same initialisation and learning rate), what each
+records and keeps, and the distilled student through INT8 in the same gate; and a stack of layers
+cut in the FX graph. Which student is more accurate is a benchmark row, not a test:
+e2e/bench/distill_bench.py (MiniLM distilled to 3 layers, and --digits for these two students)."""
 
 from __future__ import annotations
 
@@ -65,10 +66,11 @@ def test_student_layers_are_found_and_spread():
 def distill_run(digits, make_spec, tmp_path_factory):
     from lathe.worker import pipeline
 
-    # same student (the teacher's kept channels), epochs and learning rate; only the loss differs
-    train = {"learningRate": 1e-3, "epochs": 8, "patience": 8}
-    kd = {"type": "distill", "width": 0.5, "distillation": {**train, "temperature": 4, "alpha": 0.5}}
-    labels = {"type": "distill", "width": 0.5, "distillation": {**train, "alpha": 0}}
+    # same student (the teacher's kept channels), epochs and learning rate; the loss differs
+    # the labels-only student stops by patience 2 (the guard's other path); the distilled one runs all 8 epochs
+    train = {"learningRate": 1e-3, "epochs": 8}
+    kd = {"type": "distill", "width": 0.5, "distillation": {**train, "patience": 8, "temperature": 4, "alpha": 0.5}}
+    labels = {"type": "distill", "width": 0.5, "distillation": {**train, "patience": 2, "alpha": 0}}
     cands = [{"name": "kd", "passes": [kd]}, {"name": "labels", "passes": [labels]},
              {"name": "kd-int8", "passes": [kd, {"type": "quantize", "precision": "int8", "mode": "static"}]}]
     # one thread: training this small a model on 2 threads of a shared 2-core machine is 10x slower
@@ -85,7 +87,34 @@ def _cand(result, name):
     return next(c for c in result.candidates if c.name == name)
 
 
-def test_distilled_half_width_student_beats_labels_alone(distill_run):
+def _on_held_out(artifact, teacher, training, held_out: float = 0.2) -> tuple[int, int, int, float]:
+    """An exported student on the held-out share of the training set, split as the pass splits it (numpy's
+    default_rng(0) permutation, the first 20%): (correct, samples, near ties, mean cosine to the teacher's
+    outputs). Near ties: samples whose two best logits are within 1e-4, where ONNX Runtime and torch may pick
+    different classes."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    with np.load(training) as z:
+        x, y = z["input"], z["labels"]
+    hold = np.random.default_rng(0).permutation(len(y))[: max(1, int(round(len(y) * held_out)))]
+    sess = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"input": x[hold].astype(np.float32)})[0].astype(np.float64)
+    with torch.no_grad():
+        ref = torch.jit.load(str(teacher))(torch.from_numpy(x[hold].astype(np.float32))).numpy().astype(np.float64)
+    cos = float(np.mean(np.sum(logits * ref, 1) / (np.linalg.norm(logits, axis=1) * np.linalg.norm(ref, axis=1))))
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    return int((logits.argmax(1) == y[hold]).sum()), len(hold), int((top2[:, 1] - top2[:, 0] < 1e-4).sum()), cos
+
+
+def test_distillation_records_every_epoch_and_keeps_the_best(distill_run, digits):
+    """What the pass promises, whatever the training outcome on this CPU: the teacher's term is in the loss
+    (alpha 0.5, KL at T 4) and not in the labels-only student's, both start from the same student (epoch 0), every
+    epoch is scored on the held-out share of the training set (never validation) and recorded, training stops by
+    the patience rule, and the student exported is the best epoch's (its held-out top-1 is that epoch's figure).
+    Which student ends more accurate is a training outcome on a few hundred images, not a property of the code:
+    e2e/bench/distill_bench.py --digits compares them (e2e/bench/distill_results.md)."""
     import onnx
 
     result, details, events = distill_run
@@ -93,20 +122,40 @@ def test_distilled_half_width_student_beats_labels_alone(distill_run):
     for c in (kd, labels):
         assert c.verdict in (Verdict.passed, Verdict.rejected), (c.name, c.reason)
     dk, dl = details["candidates"]["kd"]["distillation"], details["candidates"]["labels"]["distillation"]
-    assert dk["loss"] == "kl" and dk["hard_labels"] and dk["alpha"] == 0.5 and dl["alpha"] == 0
+    assert dk["loss"] == "kl" and dk["temperature"] == 4 and dk["hard_labels"] and dk["alpha"] == 0.5
+    assert dl["alpha"] == 0 and dl["hard_labels"]
     assert dk["train_samples"] == 880 and dk["held_out_samples"] == 220  # of the training set, not validation
-    assert [e["epoch"] for e in dk["epochs"]] == list(range(9)) == [e["epoch"] for e in dl["epochs"]]
     assert dk["epochs"][0]["held_out"] == dl["epochs"][0]["held_out"]  # the same student before training
-    best = {n: d["epochs"][d["best_epoch"]]["held_out"] for n, d in (("kd", dk), ("labels", dl))}
-    assert best["kd"] > best["labels"], best
-    assert kd.accuracy >= labels.accuracy, (kd.accuracy, labels.accuracy)
+    assert dk["epochs"][0]["loss"] is None and dk["teacher_held_out"] > 0.9
+    # the losses differ from the first epoch on: KL to the teacher's softened outputs is in one, not the other
+    assert dk["epochs"][1]["loss"] != dl["epochs"][1]["loss"], (dk["epochs"][1], dl["epochs"][1])
+    for name, d, patience in (("kd", dk, 8), ("labels", dl, 2)):
+        figs = [e["held_out"] for e in d["epochs"]]
+        assert [e["epoch"] for e in d["epochs"]] == list(range(len(figs))) and 2 <= len(figs) <= 9, (name, d["epochs"])
+        assert all(0 <= f <= 1 for f in figs) and all(e["seconds"] >= 0 for e in d["epochs"][1:])
+        best = d["best_epoch"]
+        assert figs[best] == max(figs) and best == figs.index(max(figs)), (name, figs, best)  # the first best kept
+        # patience: it stops after `patience` epochs without a better figure, and not before
+        since = len(figs) - 1 - best
+        if d["stopped"]:
+            assert since == patience and f"kept epoch {best}" in d["stopped"], (name, d["stopped"], figs)
+        else:
+            assert len(figs) == 9 and since < patience, (name, figs)
+        # the exported student is the best epoch's: its held-out top-1 and its cosine to the teacher are that
+        # epoch's (the cosine tells apart epochs of equal top-1: no two epochs here share it)
+        cosines = [e["teacher_cosine"] for e in d["epochs"]]
+        assert len(set(cosines)) == len(cosines), (name, cosines)
+        correct, n, near, cos = _on_held_out(_cand(result, name).artifact, digits["model"], digits["training"])
+        assert n == d["held_out_samples"] and abs(correct - round(figs[best] * n)) <= near, (name, correct, figs, near)
+        assert abs(cos - cosines[best]) < 1e-4 < min(abs(cos - c) for k, c in enumerate(cosines) if k != best), (
+            name, cos, cosines, best)
+    logged = [m for s, m in events if s == "kd:distill" and m.startswith("epoch ")]
+    assert len(logged) == len(dk["epochs"]) - 1 and "held-out top-1" in logged[0], logged
     # half width: every prunable layer halved, initialised from the teacher's kept channels
     assert dk["kept"]["layers"] == ["features.0 32->16", "features.2 64->32", "features.6 64->32", "head.1 128->64"]
     assert dk["params_student"] < dk["params_teacher"] / 3
     convs = [i for i in onnx.load(kd.artifact).graph.initializer if len(i.dims) == 4]
     assert sorted(c.dims[0] for c in convs) == [16, 32, 32]
-    logged = [m for s, m in events if s == "kd:distill" and m.startswith("epoch ")]
-    assert len(logged) == 8 and "held-out top-1" in logged[0], logged
 
 
 def test_distilled_student_goes_through_int8_and_the_gate(distill_run):

@@ -100,7 +100,13 @@ def test_minilm_graphs_and_a_broken_budget_rejected_on_the_cpu_before_any_build(
     dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
           and inits[n.input[0]].data_type == TensorProto.INT4]
     assert len(dq) >= 6 * 4, f"{len(dq)} INT4 weight DequantizeLinear nodes"  # 6 layers x (q, k, v, out, ffn...)
-    assert all(a.i == 32 for n in dq for a in n.attribute if a.name == "block_size"), "blockSize not applied"
+    # blockSize applied: every INT4 DequantizeLinear says block 32, and its scales hold one value per 32 weights
+    sizes = [a.i for n in dq for a in n.attribute if a.name == "block_size"]
+    assert sizes == [32] * len(dq), f"block_size attributes {sorted(set(sizes))} on {len(dq)} INT4 weight nodes"
+    for n in dq:
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        w, scale = inits[n.input[0]].dims, inits[n.input[1]].dims
+        assert len(scale) == len(w) and scale[axis] == -(-w[axis] // 32), (n.name, list(w), list(scale), axis)
     assert int4.accuracy_source == "emulated" and int4.accuracy is not None, int4
 
 
@@ -179,26 +185,8 @@ def test_settings_tensorrt_does_not_take_are_refused_by_field():
         "onnxruntime)"]
 
 
-def _outlier_cnn(digits: dict, tmp: Path) -> dict:
-    """The digits CNN with one channel of its first convolution made a constant 500 (zero weights, bias 500) that
-    the second convolution ignores (zero weights for it): FP32 answers are unchanged, but TensorRT's per-tensor
-    INT8 scale for the second convolution's input then rounds every real activation there to zero. Only that
-    convolution kept in float (its input not quantized) brings the accuracy back."""
-    import torch
-
-    net = torch.jit.load(str(digits["model"]))
-    conv1, conv2 = getattr(net.features, "0"), getattr(net.features, "2")
-    with torch.no_grad():
-        conv1.weight[0] = 0.0
-        conv1.bias[0] = 500.0
-        conv2.weight[:, 0] = 0.0
-    model = tmp / "outlier_cnn.pt"
-    net.save(str(model))
-    return {**digits, "model": model}
-
-
-def test_mixed_precision_on_the_emulated_graph_keeps_the_breaking_node_in_float(digits, tmp_path):
-    sample = _outlier_cnn(digits, tmp_path)
+def test_mixed_precision_on_the_emulated_graph_keeps_the_breaking_node_in_float(outlier_cnn, tmp_path):
+    sample = outlier_cnn  # conftest.py: one input channel at a constant 500 breaks per-tensor INT8
     got = _run(sample, tmp_path, [
         {**_cand("int8-plain", precision="int8"), "fallback": {"enabled": False}},
         {**_cand("int8-mixed", precision="int8"), "fallback": {"maxFloatNodes": 2}}],

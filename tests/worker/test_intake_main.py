@@ -49,6 +49,19 @@ def test_torch_export_archive(digits, make_spec, tmp_path):
     spec = make_spec(dict(digits, model=path, format="pytorch-export"))
     info, _ = intake(spec, tmp_path / "w", dict(np.load(digits["validation"])), digits["validation"])
     assert info.onnx_path.exists() and info.family == "conv"
+    # the archive's dynamic batch survives into the ONNX graph: a symbolic first dimension, and other batch
+    # sizes than the export's example (4) give the archive's own answers
+    sess = ort.InferenceSession(str(info.onnx_path), providers=["CPUExecutionProvider"])
+    dims = sess.get_inputs()[0].shape
+    assert isinstance(dims[0], str) and dims[1:] == [1, 8, 8], dims
+    program = torch.export.load(str(path)).module()
+    val = np.load(digits["validation"])["input"]
+    for n in (1, 7):
+        with torch.no_grad():
+            ref = program(torch.from_numpy(val[:n])).numpy()
+        got = sess.run(None, {sess.get_inputs()[0].name: val[:n]})[0]
+        assert got.shape == ref.shape == (n, 10)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_corrupt_files_name_the_file(digits, make_spec, tmp_path):

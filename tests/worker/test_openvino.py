@@ -185,25 +185,45 @@ def test_pipeline_digits_cnn_default_preset_passes(digits, tmp_path):
     assert q.accuracy_drop <= 0.01 and q.precision.get("INT8", 0) > 0, (q.accuracy_drop, q.precision)
 
 
-def test_pipeline_openvino_mixed_precision_fallback(minilm, tmp_path):
+def test_pipeline_openvino_mixed_precision_fallback_brings_the_candidate_into_budget(outlier_cnn, tmp_path):
     """A quantized OpenVINO candidate that breaks the budget and has a fallback: the pass ranks the weight
-    layers with OpenVINO (FP32 vs INT8 outputs), the worker rebuilds with the worst in NNCF's ignored scope."""
+    layers with OpenVINO (FP32 vs INT8 outputs), the worker rebuilds with the worst in NNCF's ignored scope,
+    and that brings it inside the budget. The model: the digits CNN with one input channel of its second
+    convolution at a constant 500 (conftest.py), which NNCF's per-tensor INT8 scale for that input turns into
+    zeros for every real activation; the same candidate without a fallback is rejected.
+
+    (On all-MiniLM-L6-v2 the default preset's damage is not in the weight layers: with 16 of its 36 in float
+    the mean cosine stays at 0.63; modelType transformer is what fixes it, docs/worker.md.)"""
     import json
 
     from lathe.worker.pipeline import Pipeline
 
-    spec = _spec(minilm, target={"runtimes": ["openvino"], "threads": 2, "batchSizes": [1]},
-                 budget={"maxAccuracyDrop": 0.01, "minSpeedup": 0},
-                 candidates=[{"name": "ov-default-fb", "runtime": "openvino",
-                              "passes": [{"type": "quantize", "precision": "int8"}],
-                              "fallback": {"enabled": True, "maxFloatNodes": 1}}])
+    int8 = {"type": "quantize", "precision": "int8"}
+    spec = _spec(outlier_cnn, target={"runtimes": ["openvino"], "threads": 2, "batchSizes": [1]},
+                 budget={"maxAccuracyDrop": 0.02, "minSpeedup": 0},
+                 candidates=[{"name": "ov-plain", "runtime": "openvino", "passes": [int8],
+                              "fallback": {"enabled": False}},
+                             {"name": "ov-fb", "runtime": "openvino", "passes": [int8],
+                              "fallback": {"enabled": True, "maxFloatNodes": 2}}])
     pipe = Pipeline(spec, tmp_path / "w", bench_seconds=0.1, bench_rounds=1)
     res = pipe.run()
-    c = res.candidates[0]
-    assert len(c.float_nodes) == 1 and "MatMul" in c.float_nodes[0], c.float_nodes
-    ranked = pipe.details["candidates"]["ov-default-fb"]["sensitivity"]
-    assert len(ranked) >= 30 and ranked[0][1] > 0, ranked[:3]
+    plain, c = (next(x for x in res.candidates if x.name == n) for n in ("ov-plain", "ov-fb"))
+    assert plain.verdict == "rejected" and plain.accuracy_drop > 0.3, (plain.accuracy_drop, plain.reason)
+    ranked = pipe.details["candidates"]["ov-fb"]["sensitivity"]
+    # the quantized weight layers (3 Conv, the hidden Gemm), the second convolution first and far ahead
+    assert len(ranked) >= 4 and ranked[0][1] > 100 * max(ranked[1][1], 1e-9), ranked
+    assert ranked[0][0] == "/features/2/Conv", ranked
+    # the most sensitive first: 1 or 2 in float (a step is tried on 32 samples first, where one image is 0.03)
+    assert 1 <= len(c.float_nodes) <= 2 and c.float_nodes == [n for n, _ in ranked[:len(c.float_nodes)]], (
+        c.float_nodes, ranked)
+    assert c.verdict == "passed" and c.accuracy_drop <= 0.02, (c.verdict, c.reason, c.accuracy_drop)
+    # NNCF ignores the weight op itself: OpenVINO names a biased Conv's convolution `<name>/WithoutBiases` (the Add
+    # keeps `<name>`); ignoring the Add alone left the convolution and its input quantized
     meta = json.loads((Path(c.artifact).parent / "openvino.json").read_text())
-    assert meta["ignored"] == c.float_nodes
-    if c.verdict == "rejected":
-        assert "kept in float" in c.reason and "cosine" in c.reason, c.reason
+    assert meta["ignored"] == [x for n in c.float_nodes for x in (n, f"{n}/WithoutBiases")], meta["ignored"]
+    import openvino as ov
+
+    ops = {op.get_friendly_name(): op for op in ov.Core().read_model(c.artifact).get_ops()}
+    feeds = [i.get_source_output().get_node().get_type_name() for i in ops["/features/2/Conv/WithoutBiases"].inputs()]
+    assert "FakeQuantize" not in feeds, feeds  # in float: neither its input nor its weights quantized
+    assert c.precision.get("INT8", 0) > 0, c.precision  # the rest still INT8

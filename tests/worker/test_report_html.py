@@ -67,15 +67,57 @@ def test_scatter_draws_every_candidate_its_interval_and_the_budget(run, tmp_path
         assert iv[0] <= iv[1], (name, iv)
 
 
+# Fixed latency distributions (ms), one per row, so that every box's size is known: the measured ones depend on
+# the CPU and the load (86 px of a box's colour one day, over 100 the next).
+KNOWN = [{"min": 0.9, "p5": 1.0, "p25": 1.2, "p50": 1.5, "p75": 1.8, "p95": 2.0, "max": 2.4},
+         {"min": 0.4, "p5": 0.5, "p25": 0.6, "p50": 0.7, "p75": 0.9, "p95": 1.1, "max": 1.3},
+         {"min": 1.4, "p5": 1.5, "p25": 1.6, "p50": 1.9, "p75": 2.3, "p95": 2.6, "max": 3.0}]
+
+
+def _boxes(svg: str) -> list[tuple[float, float, float, float, str]]:
+    return [tuple(map(float, m[:4])) + (m[4],) for m in re.findall(
+        r'<rect class="box" x="([^"]+)" y="([^"]+)" width="([^"]+)" height="([^"]+)" fill="([^"]+)"', svg)]
+
+
 def test_distributions_draw_a_box_per_candidate(run, tmp_path):
     result, details, _ = run
+    rows = [result.baseline, *[c for c in result.candidates if c.verdict != Verdict.failed]]
+    # the real run: a box per measured row, each spanning its own p25-p75 with its p50 line inside
     svg = report.distributions(result, details)
-    assert svg.count('class="box"') == 1 + len([c for c in result.candidates if c.verdict != Verdict.failed])
+    boxes = _boxes(svg)
+    assert len(boxes) == len(rows), svg[:300]
+    medians = [float(x) for x in re.findall(r'<line x1="([^"]+)" x2="[^"]+" y1="[^"]+" y2="[^"]+" stroke="#000"', svg)]
+    for (x, _, w, _, fill), c, p50 in zip(boxes, rows, medians, strict=True):
+        assert fill == report.COLORS[str(c.verdict)] and w >= 1.5 and x - 0.1 <= p50 <= x + w + 0.1, (c.name, x, w, p50)
+    # known distributions: each box is where and as large as its quantiles say, filled in its verdict's colour
+    known = {"benchmark": {c.name: {"batches": {"1": {"quantiles_ms": q, "samples": 100}}}
+                           for c, q in zip(rows, KNOWN, strict=False)}}
+    shown = rows[:len(KNOWN)]
+    svg = report.distributions(result.model_copy(update={"candidates": shown[1:]}), known)
+    boxes = _boxes(svg)
+    assert len(boxes) == len(shown)
+    span = (680 - report.R) - 170  # the axis: p5 of all rows to p95 of all rows, padded 8% on each side
+    lo, hi = min(q["p5"] for q in KNOWN[:len(shown)]), max(q["p95"] for q in KNOWN[:len(shown)])
+    pad = (hi - lo) * 0.08
+    medians = [float(x) for x in re.findall(r'<line x1="([^"]+)" x2="[^"]+" y1="[^"]+" y2="[^"]+" stroke="#000"', svg)]
     img = _page(tmp_path, "dist", svg)
-    assert count_color(img, blend(report.COLORS["baseline"], 0.35), tol=12) > 100
-    passed_or_rejected = {str(c.verdict) for c in result.candidates}
-    for v in passed_or_rejected:
-        assert count_color(img, blend(report.COLORS[v], 0.35), tol=12) > 100, v
+    for (x, y, w, h, fill), q, c, p50 in zip(boxes, KNOWN, shown, medians, strict=False):
+        scale = span / (hi - lo + 2 * pad)
+        want_x, want_w, want_p50 = 170 + (q["p25"] - lo + pad) * scale, (q["p75"] - q["p25"]) * scale, \
+            170 + (q["p50"] - lo + pad) * scale
+        assert abs(x - want_x) < 0.2 and abs(w - want_w) < 0.2 and abs(p50 - want_p50) < 0.2 and h == 16, (
+            c.name, x, want_x, w, want_w, p50, want_p50)
+        # Inside the box, away from its outline, the whisker across its middle and the p50 line: every pixel is
+        # the box's colour 35% over white (at least 40 x 4 of them above the whisker and as many below).
+        colour = blend(fill, 0.35)
+        for top, bottom in ((y + 2, y + h / 2 - 2), (y + h / 2 + 2, y + h - 2)):
+            for left, right in ((x + 2, p50 - 3), (p50 + 3, x + w - 2)):
+                part = img.crop((round(left), round(top), round(right), round(bottom)))
+                if part.width > 0:
+                    n = part.width * part.height
+                    assert count_color(part, colour, tol=12) == n, (c.name, (left, top, right, bottom), n)
+            assert sum(max(0, round(r) - round(le)) for le, r in ((x + 2, p50 - 3), (p50 + 3, x + w - 2))) >= 40
+    assert {f for *_, f in boxes} == {report.COLORS[str(c.verdict)] for c in shown}
 
 
 def test_precision_bars_show_int8_in_proportion(run, tmp_path):

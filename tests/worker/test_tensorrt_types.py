@@ -78,7 +78,14 @@ def _stub_tree(dst: Path) -> None:
 
 
 def test_the_backend_targets_the_stubbed_tensorrt():
-    assert STUBS.startswith(trtb.TRT_API + ".")
+    """The TensorRT version the backend is written for (TRT_API) is the one the type check reads: the stubs
+    installed in .venv/typing and the pin e2e/setup.sh installs them from (the GPU image's own TensorRT is
+    tests/images/test_gpu_dockerfile.py's)."""
+    installed = next(iter(md.distributions(name="tensorrt-stubs", path=[str(TYPING)])), None)
+    assert installed is not None, f"tensorrt-stubs not found in {TYPING} (e2e/setup.sh installs them there)"
+    pins = re.findall(r"^tensorrt-stubs==(\S+)$", (ROOT / "e2e" / "typing-requirements.txt").read_text(), re.M)
+    assert pins == [installed.version] == [STUBS], (pins, installed.version, STUBS)
+    assert installed.version.startswith(trtb.TRT_API + "."), (installed.version, trtb.TRT_API)
 
 
 def test_tensorrt_backend_type_checks_against_tensorrt_stubs(tmp_path):

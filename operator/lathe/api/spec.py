@@ -224,6 +224,7 @@ class Target(Model):
     )
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads for benchmarks; 0 = the cores the worker has.")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], min_length=1, description="Batch sizes benchmarked; the first one decides.")
+    tie_break_seconds: float | None = Field(None, ge=0, le=3600, description="Seconds of further benchmarking allowed to settle a tie on speed: when the 95% speedup intervals of the fastest candidates within budget overlap, the baseline and every benchmarked candidate are timed in more interleaved rounds at the deciding batch size (the first; the largest for objective throughput) until the fastest one's interval separates from the others' or this time is spent. Unset: as long as the benchmark itself (the worker's --bench-seconds, 30 by default); 0: no further rounds. A tie that remains goes to an accuracy drop smaller by at least a fifth of the accuracy budget (maxAccuracyDrop, or maxRelativeDrop x the baseline's accuracy), then to a size at least 10% smaller, else to the highest point estimate.")
     gpu: Gpu = Field(default_factory=Gpu)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)

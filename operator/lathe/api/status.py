@@ -71,6 +71,8 @@ class CandidateResult(Model):
                                                     "ratio against the baseline (see speedupBasis).")
     speedup_low: float | None = Field(None, description="Lower end of the speedup's 95% interval.")
     speedup_high: float | None = Field(None, description="Upper end of the speedup's 95% interval.")
+    rounds: int | None = Field(None, description="Interleaved benchmark rounds behind the speedup: the benchmark's, "
+                                                 "plus any added to settle a tie on speed (the selection says so; result.json: tieBreak).")
     size_bytes: int | None = None
     size_ratio: float | None = None
     peak_memory_mb: float | None = Field(None, description="Peak resident memory (MiB) added by loading the "
@@ -95,6 +97,30 @@ class CandidateResult(Model):
         return f"{self.speedup:.2f}x [{self.speedup_low:.2f}, {self.speedup_high:.2f}]"
 
 
+class TieBreakStep(Model):
+    rounds: int = Field(description="Rounds behind the figures at this step, the first ones included.")
+    speedups: dict[str, str] = Field(default_factory=dict, description="The tied candidates' speedups and intervals then.")
+
+
+class TieBreak(Model):
+    """Further interleaved rounds run because the fastest candidates' speedup intervals overlapped."""
+    candidates: list[str] = Field(default_factory=list, description="The candidates tied on speed before the extra rounds.")
+    batch: int = Field(description="The batch size timed (the one that decides).")
+    rounds: int = Field(0, description="Rounds added.")
+    seconds: float = Field(0.0, description="Wall seconds the added rounds took.")
+    longest_round: float = Field(0.0, description="Seconds of the longest added round: no round starts unless it is "
+                                                  "expected to end within the budget, so `seconds` stays under the "
+                                                  "budget plus this.")
+    budget_seconds: float = Field(description="spec.target.tieBreakSeconds (or the benchmark's seconds when unset).")
+    separated: bool = Field(False, description="True when the fastest one's interval no longer overlaps the others'.")
+    steps: list[TieBreakStep] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        how = "separated" if self.separated else "still overlapping"
+        return (f"{self.rounds} more interleaved round(s) at batch {self.batch} ({self.seconds:.1f} s of the "
+                f"{self.budget_seconds:g} s tie-break budget): {how}")
+
+
 class Published(Model):
     repository: str
     model_name: str
@@ -112,6 +138,7 @@ class WorkerResult(Model):
     winner: str | None = None
     selection: str = Field("", description="Why the winner won, or why nothing is worth publishing.")
     speedup_basis: str = Field("", description="What speedup and its interval are ratios of.")
+    tie_break: TieBreak | None = Field(None, description="Set when overlapping speedup intervals were timed further.")
     pareto: list[str] = Field(default_factory=list)
     report: str | None = Field(None, description="Path of the full JSON report next to the artifacts.")
     html_report: str | None = None
@@ -134,8 +161,8 @@ class WorkerResult(Model):
             paths = {"artifact", "sha256"} if not slim or c.name == self.winner else set()
             d = c.model_dump(by_alias=True, exclude_none=True,
                              include={"name", "runtime", "verdict", "reason", "accuracy", "accuracy_drop",
-                                      "p50_ms", "p99_ms", "speedup", "speedup_low", "speedup_high", "size_bytes",
-                                      *paths})
+                                      "p50_ms", "p99_ms", "speedup", "speedup_low", "speedup_high", "rounds",
+                                      "size_bytes", *paths})
             if "reason" in d:
                 d["reason"] = d["reason"][:reason_len]
             for k, v in d.items():

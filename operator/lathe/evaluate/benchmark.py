@@ -119,6 +119,35 @@ def host_timer(run: Callable[[Feeds], list]) -> Timer:
     return timed
 
 
+def _iters(cell: float, per_call_s: float, min_iters: int, max_iters: int) -> int:
+    return int(min(max_iters, max(min_iters, round(cell / max(per_call_s, 1e-6)))))
+
+
+def _time_round(res: dict[str, BenchResult], timer: dict[str, Timer], feeds: Feeds, batch: int, order: list[str],
+                iters: dict[str, int], after: Callable[[str], None] | None = None) -> None:
+    """One interleaved round at one batch size: every runner in `order` times its cell once."""
+    for name in order:
+        lat = timer[name](feeds, iters[name])
+        t = res[name].timings[batch]
+        t.samples_ms.extend(lat)
+        t.round_medians.append(float(np.median(lat)))
+        t.round_throughputs.append(batch * len(lat) / (sum(lat) / 1000.0))
+        if after is not None:
+            after(name)
+
+
+def _summarise(res: dict[str, BenchResult], baseline: str, first: int, largest: int) -> None:
+    """Every runner's paired ratios against the baseline, from the rounds timed so far."""
+    base = res[baseline].timings
+    for r in res.values():
+        mine = r.timings
+        r.ratios = [bm / cm for bm, cm in zip(base[first].round_medians, mine[first].round_medians, strict=True)
+                    if cm > 0]
+        r.latency = Ratio.of(r.ratios)
+        r.throughput = Ratio.of([cm / bm for bm, cm in zip(base[largest].round_throughputs,
+                                                           mine[largest].round_throughputs, strict=True) if bm > 0])
+
+
 def benchmark(runners: dict[str, Callable[[Feeds], list]], feeds: dict[int, Feeds], baseline: str,
               rounds: int = 5, seconds: float = 30.0, warmup: int = 2, min_iters: int = 3, max_iters: int = 5000,
               progress: Callable[[str, float, str], None] | None = None,
@@ -140,30 +169,69 @@ def benchmark(runners: dict[str, Callable[[Feeds], list]], feeds: dict[int, Feed
             runners[name](feeds[b])
             est[(name, b)] = max(time.perf_counter() - t0, 1e-6)
     cell = seconds / max(1, len(names) * len(batches) * rounds)
-    iters = {k: int(min(max_iters, max(min_iters, round(cell / v)))) for k, v in est.items()}
+    iters = {k: _iters(cell, v, min_iters, max_iters) for k, v in est.items()}
     res = {n: BenchResult(n, {b: Timing(b) for b in batches}) for n in names}
     total = rounds * len(names) * len(batches)
     done = 0
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for b in batches:
-            for name in order:
-                lat = timer[name](feeds[b], iters[(name, b)])
-                t = res[name].timings[b]
-                t.samples_ms.extend(lat)
-                t.round_medians.append(float(np.median(lat)))
-                t.round_throughputs.append(b * len(lat) / (sum(lat) / 1000.0))
+            def step(name: str, r: int = r, b: int = b) -> None:
+                nonlocal done
                 done += 1
                 if progress is not None:
                     progress("benchmark", done / total, f"round {r + 1}/{rounds} batch {b} {name}")
-    first, largest = batches[0], max(batches)
-    base = res[baseline].timings
-    for name in names:
-        mine = res[name].timings
-        res[name].ratios = [bm / cm for bm, cm in zip(base[first].round_medians, mine[first].round_medians,
-                                                      strict=True) if cm > 0]
-        res[name].latency = Ratio.of(res[name].ratios)
-        res[name].throughput = Ratio.of([cm / bm for bm, cm in zip(base[largest].round_throughputs,
-                                                                   mine[largest].round_throughputs, strict=True)
-                                         if bm > 0])
+
+            _time_round(res, timer, feeds[b], b, order, {n: iters[(n, b)] for n in names}, step)
+    _summarise(res, baseline, batches[0], max(batches))
     return res
+
+
+@dataclass
+class ExtraRounds:
+    """What `more_rounds` added: rounds, wall seconds, and the longest round (what a budget can overshoot by)."""
+    rounds: int = 0
+    seconds: float = 0.0
+    longest_round: float = 0.0
+    settled: bool = False
+
+
+def more_rounds(res: dict[str, BenchResult], runners: dict[str, Callable[[Feeds], list]], feeds: dict[int, Feeds],
+                baseline: str, batch: int, cell_seconds: float, budget_seconds: float,
+                settled: Callable[[int], bool], check_every: int = 2, max_rounds: int = 200,
+                min_iters: int = 3, max_iters: int = 5000, timers: dict[str, Timer] | None = None,
+                progress: Callable[[str, float, str], None] | None = None) -> ExtraRounds:
+    """Further interleaved rounds of every runner in `res` at one batch size (the one that decides),
+    each cell sized as in the first rounds (`cell_seconds` of calls), appended to the same timings so
+    that every statistic stays one statistic over all rounds. Every `check_every` rounds the ratios
+    are recomputed and `settled(rounds added)` asked whether to stop. A round is started only while
+    the time it is expected to take (the longest so far, or its cells' estimate) still fits in
+    `budget_seconds`; `max_rounds` caps the rounds whatever the budget."""
+    names = list(res)
+    timer = {n: (timers or {}).get(n) or host_timer(runners[n]) for n in names}
+    per_call = {n: max(float(np.median(res[n].timings[batch].samples_ms)) / 1000.0, 1e-6)
+                if res[n].timings[batch].samples_ms else cell_seconds for n in names}
+    iters = {n: _iters(cell_seconds, per_call[n], min_iters, max_iters) for n in names}
+    expected = sum(iters[n] * per_call[n] for n in names)
+    batches = list(res[baseline].timings)
+    done = ExtraRounds()
+    start = len(res[baseline].timings[batch].round_medians)
+    t_start = time.perf_counter()
+    while done.rounds < max_rounds and done.seconds + max(expected, done.longest_round) <= budget_seconds:
+        r = start + done.rounds
+        order = names[r % len(names):] + names[: r % len(names)]
+        t0 = time.perf_counter()
+        _time_round(res, timer, feeds[batch], batch, order, iters)
+        done.longest_round = max(done.longest_round, time.perf_counter() - t0)
+        done.rounds += 1
+        done.seconds = time.perf_counter() - t_start
+        if progress is not None:
+            progress("benchmark", min(1.0, done.seconds / budget_seconds) if budget_seconds > 0 else 1.0,
+                     f"tie-break round {done.rounds} batch {batch}")
+        if done.rounds % max(1, check_every) == 0:
+            _summarise(res, baseline, batches[0], max(batches))
+            if settled(done.rounds):
+                done.settled = True
+                break
+    _summarise(res, baseline, batches[0], max(batches))
+    return done

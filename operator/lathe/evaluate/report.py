@@ -203,11 +203,24 @@ def sensitivity(wr: WorkerResult, details: dict[str, Any]) -> str:
     return "".join(sens) or "<p>No candidate needed mixed precision.</p>"
 
 
+def tie_break(wr: WorkerResult) -> str:
+    """The rounds added to settle a tie on speed, and the tied candidates' intervals after each check."""
+    tb = wr.tie_break
+    if tb is None:
+        return ""
+    names = list(dict.fromkeys(n for st in tb.steps for n in st.speedups))
+    rows = "".join(f"<tr><td>{st.rounds}</td>" + "".join(f"<td>{html.escape(st.speedups.get(n, '–'))}</td>"
+                                                         for n in names) + "</tr>" for st in tb.steps)
+    return (f'<h2>Tie on speed</h2><p id="tie-break">{html.escape(", ".join(tb.candidates))}: '
+            f"{html.escape(tb.summary())}.</p><table><tr><th>rounds</th>"
+            + "".join(f"<th>{html.escape(n)}</th>" for n in names) + f"</tr>{rows}</table>")
+
+
 def _row(c: CandidateResult, winner: str | None) -> str:
     cells = [("<b>" + html.escape(c.name) + "</b>" + (" ★" if c.name == winner else "")),
              f'<span style="color:{COLORS.get(str(c.verdict), "#000")}">{html.escape(str(c.verdict))}</span>',
              html.escape(c.passes), _fmt(c.accuracy), _fmt(c.accuracy_drop, 3), _fmt(c.min_cosine),
-             _fmt(c.p50_ms), _fmt(c.p99_ms), html.escape(speedup_text(c)),
+             _fmt(c.p50_ms), _fmt(c.p99_ms), html.escape(speedup_text(c)), _fmt(c.rounds),
              _fmt(c.size_bytes / 1e6 if c.size_bytes else None, 3), _fmt(c.size_ratio, 3), _fmt(c.peak_memory_mb, 4),
              html.escape(", ".join(f"{k}:{v}" for k, v in sorted(c.precision.items()))),
              str(len(c.float_nodes)),
@@ -225,7 +238,7 @@ def html_report(wr: WorkerResult, spec, budget: dict, details: dict[str, Any]) -
         sign = 1 if HIGHER_IS_BETTER.get(metric, True) else -1
         allowed = wr.baseline.accuracy - sign * budget["max_accuracy_drop"]
     heads = ["candidate", "verdict", "passes", LABEL.get(metric, metric), "drop", "min cos", "p50 ms", "p99 ms",
-             "speedup [95%]", "MB", "size ratio", "peak MiB", "precision", "float nodes",
+             "speedup [95%]", "rounds", "MB", "size ratio", "peak MiB", "precision", "float nodes",
              "activations outside range (worst tensor)", "reason", "warnings"]
     rows = "".join(_row(c, wr.winner) for c in [wr.baseline, *wr.candidates])
     lat_rows = "".join(
@@ -244,6 +257,7 @@ winner <b>{html.escape(wr.winner or "none")}</b> · budget {html.escape(budget_t
 objective {html.escape(str(spec.objective))} · {wr.seconds}s</p>
 <p id="selection">{html.escape(wr.selection)}</p>
 <p>Speedup: {html.escape(wr.speedup_basis)}.</p>
+{tie_break(wr)}
 {"<ul>" + warn + "</ul>" if warn else ""}
 <h2>Accuracy vs latency</h2>{scatter(wr, allowed, details, budget.get("max_p99_latency_ms"))}
 <p>Dashed red: the accuracy budget. Purple: Pareto front ({html.escape(", ".join(wr.pareto))}).</p>

@@ -2,8 +2,10 @@
 
 The speedup a candidate is selected by is the one its row shows (one statistic: the paired
 per-round ratio against the baseline, see evaluate/benchmark.py). Candidates whose 95% intervals
-overlap the fastest one's are tied on speed; the tie goes to the smallest accuracy drop, then
-the smallest size, and the winner's reason says so."""
+overlap the fastest one's are tied on speed (`leaders`); the worker first times them in further
+interleaved rounds (spec.target.tieBreakSeconds, worker/pipeline.py), and a tie that remains goes
+to a materially smaller accuracy drop, then a materially smaller size, else to the highest point
+estimate; the winner's reason says which."""
 
 from __future__ import annotations
 
@@ -12,7 +14,12 @@ from dataclasses import dataclass
 from ..api.status import CandidateResult, Verdict
 from .metrics import HIGHER_IS_BETTER
 
-_EPS = 1e-9
+# A remaining tie on speed is broken by accuracy only when the accuracy drops differ by at least this
+# share of the accuracy budget (a fifth: 0.002 of top-1 under maxAccuracyDrop 0.01), and by size only
+# when the smaller model is at least MATERIAL_SIZE smaller; anything less is noise beside a speedup.
+MATERIAL_DROP_SHARE = 0.2
+MATERIAL_SIZE = 0.10
+DEFAULT_MATERIAL_DROP = 0.002  # a fifth of the default accuracy budget (0.01)
 
 
 @dataclass(frozen=True)
@@ -40,17 +47,52 @@ def _size(c: CandidateResult) -> float:
     return c.size_bytes if c.size_bytes is not None else float("inf")
 
 
-def _tiebreak_why(pick: CandidateResult, others: list[CandidateResult]) -> str:
-    best_other = min(others, key=lambda c: (_drop(c), _size(c)))
-    if _drop(pick) < _drop(best_other) - _EPS:
-        return f"the smallest accuracy drop ({pick.accuracy_drop:.4f} vs {best_other.accuracy_drop:.4f})"
-    if _size(pick) < _size(best_other):
-        return f"the smallest size ({_size(pick) / 1e6:.2f} MB vs {_size(best_other) / 1e6:.2f} MB)"
-    return "the highest point estimate (equal accuracy drop and size)"
+def material_drop(budget: dict, baseline_accuracy: float | None) -> float:
+    """The accuracy-drop difference that counts in a tie: MATERIAL_DROP_SHARE of the budget's absolute
+    limit, else of its relative limit times the baseline's accuracy, else DEFAULT_MATERIAL_DROP."""
+    if budget.get("max_accuracy_drop") is not None:
+        return MATERIAL_DROP_SHARE * float(budget["max_accuracy_drop"])
+    if budget.get("max_relative_drop") is not None and baseline_accuracy is not None:
+        return MATERIAL_DROP_SHARE * float(budget["max_relative_drop"]) * abs(baseline_accuracy)
+    return DEFAULT_MATERIAL_DROP
 
 
-def choose(candidates: list[CandidateResult], objective: str = "latency") -> Selection:
-    """The winner among candidates with verdict passed, and why."""
+def leaders(candidates: list[CandidateResult]) -> list[CandidateResult]:
+    """The passed candidates tied on speed with the fastest (its own interval overlaps theirs), the fastest
+    first; one element when the fastest stands alone, none when nothing passed."""
+    ok = [c for c in candidates if c.verdict == Verdict.passed]
+    if not ok:
+        return []
+    fastest = max(ok, key=lambda c: c.speedup if c.speedup is not None else 0.0)
+    return [fastest] + [c for c in ok if c is not fastest and c.speedup is not None and _overlap(c, fastest)]
+
+
+def break_tie(tied: list[CandidateResult], material: float = DEFAULT_MATERIAL_DROP) -> tuple[CandidateResult, str]:
+    """The pick among candidates tied on speed, and why: an accuracy drop smaller by `material` or more than
+    every other's, else a size at least MATERIAL_SIZE smaller than every other's (among those no more
+    than `material` from the best drop), else the highest point estimate."""
+    best_drop = min(_drop(c) for c in tied)
+    close = [c for c in tied if _drop(c) == best_drop or _drop(c) - best_drop < material]
+    if len(close) == 1:
+        pick = close[0]
+        other = min((c for c in tied if c is not pick), key=_drop)
+        return pick, (f"a materially smaller accuracy drop ({pick.accuracy_drop:.4f} vs {other.accuracy_drop:.4f}; "
+                      f"material: {material:.4g} or more)")
+    smallest = min(close, key=_size)
+    rest = [c for c in close if c is not smallest]
+    if _size(smallest) < float("inf") and all(_size(smallest) <= (1 - MATERIAL_SIZE) * _size(c) for c in rest):
+        other = min(rest, key=_size)
+        return smallest, (f"the smallest size ({_size(smallest) / 1e6:.2f} MB vs {_size(other) / 1e6:.2f} MB; "
+                          f"material: {MATERIAL_SIZE:.0%} or more smaller)")
+    pick = max(close, key=lambda c: c.speedup or 0.0)
+    return pick, (f"the highest point estimate (accuracy drops within {material:.4g} and sizes within "
+                  f"{MATERIAL_SIZE:.0%} of each other)")
+
+
+def choose(candidates: list[CandidateResult], objective: str = "latency",
+           material: float = DEFAULT_MATERIAL_DROP) -> Selection:
+    """The winner among candidates with verdict passed, and why. `material`: the accuracy-drop
+    difference that breaks a tie on speed (see `material_drop`)."""
     ok = [c for c in candidates if c.verdict == Verdict.passed]
     if not ok:
         return Selection(None, _nothing_why(candidates))
@@ -59,16 +101,15 @@ def choose(candidates: list[CandidateResult], objective: str = "latency") -> Sel
         return Selection(pick.name, f"smallest candidate within budget: {_size(pick) / 1e6:.2f} MB"
                                     + (f" ({pick.size_ratio:.2f}x of the baseline)" if pick.size_ratio else "")
                                     + f", speedup {_interval(pick)}")
-    fastest = max(ok, key=lambda c: c.speedup if c.speedup is not None else 0.0)
-    tied = [c for c in ok if c is fastest or (c.speedup is not None and _overlap(c, fastest))]
-    pick = min(tied, key=lambda c: (_drop(c), _size(c), -(c.speedup or 0.0)))
+    tied = leaders(ok)
     what = "fastest" if objective == "latency" else "highest throughput"
     if len(tied) == 1:
-        return Selection(pick.name, f"{what} within budget: {_interval(pick)}")
+        return Selection(tied[0].name, f"{what} within budget: {_interval(tied[0])}")
+    pick, why = break_tie(tied, material)
     others = [c for c in tied if c is not pick]
     names = ", ".join(f"{c.name} {_interval(c)}" for c in others)
     return Selection(pick.name, f"tied on speed with {names} (95% intervals overlap); {pick.name} "
-                                f"{_interval(pick)} chosen for {_tiebreak_why(pick, others)}",
+                                f"{_interval(pick)} chosen for {why}",
                      tuple(c.name for c in others))
 
 

@@ -15,13 +15,13 @@ def speedup_text(c: CandidateResult) -> str:
 
 def table(result: WorkerResult, reason_width: int = 70) -> str:
     rows = [("candidate", "runtime", "verdict", result.metric, "drop", "p50 ms", "p99 ms", "speedup [95%]",
-             "size MB", "peak MiB", "reason")]
+             "rounds", "size MB", "peak MiB", "reason")]
 
     def row(c: CandidateResult):
         emulated = "~" if c.accuracy_source == "emulated" and c.accuracy is not None else ""
         return (c.name + (" *" if c.name == result.winner else ""), c.runtime, c.verdict, _fmt(c.accuracy) + emulated,
                 _fmt(c.accuracy_drop), _fmt(c.p50_ms, ".3f"), _fmt(c.p99_ms, ".3f"), speedup_text(c),
-                "-" if c.size_bytes is None else f"{c.size_bytes / 1e6:.2f}", _fmt(c.peak_memory_mb, ".1f"),
+                _fmt(c.rounds, "d"), "-" if c.size_bytes is None else f"{c.size_bytes / 1e6:.2f}", _fmt(c.peak_memory_mb, ".1f"),
                 c.reason[:reason_width])
 
     rows += [row(result.baseline)] + [row(c) for c in result.candidates]
@@ -31,6 +31,11 @@ def table(result: WorkerResult, reason_width: int = 70) -> str:
         lines.append("~ emulated: the TensorRT graph run on the CPU with ONNX Runtime (FP16/BF16 rounded), no engine")
     if result.speedup_basis:
         lines.append(f"speedup: {result.speedup_basis}; p99 '-' = too few timed calls for a 99th percentile")
+    if result.tie_break is not None:
+        tb = result.tie_break
+        lines.append(f"tie on speed between {', '.join(tb.candidates)}: {tb.summary()}; "
+                     + "; ".join(f"{st.rounds} rounds: " + ", ".join(f"{n} {v}" for n, v in st.speedups.items())
+                                 for st in tb.steps))
     return "\n".join(lines)
 
 

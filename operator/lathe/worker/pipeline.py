@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from ..api.spec import Candidate, ModelOptimizationSpec, TaskType, metric_of, runtimes_of
-from ..api.status import CandidateResult, Latency, Verdict, WorkerResult
+from ..api.status import CandidateResult, Latency, TieBreak, Verdict, WorkerResult
 from ..evaluate import budget as gate
 from ..evaluate.batch_memory import oversized
 from ..evaluate.benchmark import benchmark
 from ..evaluate.memory import peak_added_mb
 from ..evaluate.metrics import drop, finite, score
-from ..evaluate.select import choose, pareto
+from ..evaluate.select import choose, leaders, material_drop, pareto
+from ..evaluate.tiebreak import settle
 from ..storage import sha256_file
 from . import data as datamod
 from .backends import get_backend, unavailable_reason
@@ -115,6 +116,7 @@ class Pipeline:
         self.warnings: list[str] = []
         self.details: dict[str, Any] = {"candidates": {}}
         self.speedup_basis = ""  # what the speedups are ratios of: set by the benchmark
+        self.tie_break: TieBreak | None = None
 
     # ------------------------------------------------------------------ stages
     def load(self) -> None:
@@ -470,15 +472,19 @@ class Pipeline:
         self._benchmark(base, built)
         for b in built:
             self._verdict(b)
+        self._settle_ties(base, built)
         results = [b.result for b in built]
-        chosen = choose(results, str(self.spec.objective))
+        chosen = choose(results, str(self.spec.objective), material_drop(self.budget, base.result.accuracy))
         winner = chosen.winner
+        selection = chosen.reason
+        if self.tie_break is not None:
+            selection += f" (after {self.tie_break.summary()})"
         if winner is not None:
             w = next(c for c in results if c.name == winner)
-            w.reason = f"{w.reason}; selected: {chosen.reason}"
+            w.reason = f"{w.reason}; selected: {selection}"
         front = pareto([base.result] + results, self.metric)
         wr = WorkerResult(metric=self.metric, baseline=base.result, candidates=results, winner=winner, pareto=front,
-                          selection=chosen.reason, speedup_basis=self.speedup_basis,
+                          selection=selection, speedup_basis=self.speedup_basis, tie_break=self.tie_break,
                           warnings=list(dict.fromkeys(self.warnings)), environment=self._environment(),
                           report=str(self.workdir / "result.json"), html_report=str(self.workdir / "report.html"))
         wr.seconds = round(time.time() - t0, 1)
@@ -505,16 +511,30 @@ class Pipeline:
         feeds = {bs: self.val.batch_of(bs) for bs in self.spec.target.batch_sizes}
         bench = benchmark(runners, feeds, "baseline", rounds=self.bench_rounds, seconds=self.bench_seconds,
                           progress=self.progress)
-        if engines:
-            bench.update(self._benchmark_engines(engines, feeds))
+        self._main_bench = (runners, feeds, bench)
+        self._engine_bench = self._benchmark_engines(engines, feeds) if engines else {}
+        self._record(base, built)
+        largest = max(feeds)
+        for b in [base, *built]:
+            if b.result.name in bench or b.result.name in self._engine_bench:
+                b.result.peak_memory_mb = self._peak_memory(b, feeds[largest])
+
+    def _record(self, base: Built, built: list[Built]) -> None:
+        """The benchmark's figures into the candidates' results and details (again after tie-break rounds)."""
+        runners, feeds, main = self._main_bench
+        bench = {**main, **self._engine_bench}
         by_throughput = str(self.spec.objective) == "throughput"
         first, largest = next(iter(feeds)), max(feeds)
+        decisive = largest if by_throughput else first
+        rounds = len(main["baseline"].timings[decisive].round_medians)
+        extra = (f", plus {rounds - self.bench_rounds} more at batch {decisive} to settle a tie on speed"
+                 if rounds > self.bench_rounds else "")
         self.speedup_basis = (
             (f"throughput at batch {largest}" if by_throughput else f"p50 latency at batch {first}")
-            + f": geometric mean over {self.bench_rounds} interleaved rounds of the per-round ratio against "
+            + f": geometric mean over {self.bench_rounds} interleaved rounds{extra} of the per-round ratio against "
               "the baseline, with its 95% interval"
             + (" (TensorRT engines: against an FP32 TensorRT engine of the unmodified model on this GPU, timed "
-               "with CUDA events)" if engines else ""))
+               "with CUDA events)" if self._engine_bench else ""))
         self.details["benchmark"] = {
             n: {"ratios": [round(x, 4) for x in r.ratios],
                 "batches": {str(bs): {"round_medians_ms": [round(x, 5) for x in t.round_medians],
@@ -532,8 +552,8 @@ class Pipeline:
                          for bs, t in r.timings.items()]
             c.p50_ms = c.latency[0].p50_ms
             c.p99_ms = c.latency[0].p99_ms
-            if r.latency is not None and base.result.name in bench and b not in engines:
-                bp = bench[base.result.name].timings[first].p50
+            if r.latency is not None and b.result.name in main:
+                bp = main["baseline"].timings[first].p50
                 self.details["candidates"].setdefault(c.name, {})["p50_interval_ms"] = [
                     round(bp / r.latency.high, 5) if r.latency.high > 0 else None, round(bp / r.latency.low, 5)
                     if r.latency.low > 0 else None]
@@ -541,7 +561,30 @@ class Pipeline:
             if ratio is not None:
                 c.speedup, c.speedup_low, c.speedup_high = (round(ratio.value, 4), round(ratio.low, 4),
                                                             round(ratio.high, 4))
-            c.peak_memory_mb = self._peak_memory(b, feeds[largest])
+                c.rounds = ratio.rounds
+
+    def _settle_ties(self, base: Built, built: list[Built]) -> None:
+        """A tie on speed timed further (evaluate/tiebreak.py) within spec.target.tieBreakSeconds."""
+        if str(self.spec.objective) == "size":
+            return  # size decides, not speed
+        runners, feeds, main = self._main_bench
+        results = [b.result for b in built]
+        if any(c.name not in main for c in leaders(results)):
+            return  # TensorRT engines are timed against their own reference engine, on the GPU
+        budget = self.spec.target.tie_break_seconds
+        batch = max(feeds) if str(self.spec.objective) == "throughput" else next(iter(feeds))
+
+        def refresh() -> None:
+            self._record(base, built)
+            for b in built:
+                self._verdict(b)
+
+        self.tie_break = settle(results, main, runners, feeds, "baseline", batch, self.bench_rounds,
+                                cell_seconds=self.bench_seconds / max(1, len(runners) * len(feeds) * self.bench_rounds),
+                                budget_seconds=self.bench_seconds if budget is None else budget, refresh=refresh,
+                                progress=self.progress)
+        if self.tie_break is not None:
+            self.details["tie_break"] = self.tie_break.model_dump(by_alias=True)
 
     def _benchmark_engines(self, engines: list[Built], feeds: dict) -> dict:
         """TensorRT engines in interleaved rounds with CUDA-event timers, against an FP32 engine of the unmodified

@@ -140,7 +140,9 @@ def _ov_names(model) -> set[str]:
 
 def map_exclusions(onnx_path: str | Path, model, nodes: list[str]) -> tuple[list[str], list[str]]:
     """ONNX node names -> OpenVINO op names for nncf.IgnoredScope. OpenVINO's ONNX frontend keeps node names
-    as friendly names; otherwise try the node's output tensor names. Returns (matched, unmatched)."""
+    as friendly names, but splits a Conv or Gemm with a bias into the weight op `<name>/WithoutBiases` and an
+    Add named `<name>`: both are ignored, else the weight op (and its input) stays quantized. Otherwise the
+    node's output tensor names are tried. Returns (matched, unmatched)."""
     if not nodes:
         return [], []
     names = _ov_names(model)
@@ -149,6 +151,8 @@ def map_exclusions(onnx_path: str | Path, model, nodes: list[str]) -> tuple[list
     for n in nodes:
         if n in names:
             matched.append(n)
+            if f"{n}/WithoutBiases" in names:
+                matched.append(f"{n}/WithoutBiases")
             continue
         if not outputs:
             import onnx  # noqa: PLC0415

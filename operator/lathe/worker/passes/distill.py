@@ -19,8 +19,10 @@ of the outputs) + (1 - alpha) x cross-entropy with the hard labels when the set 
 + featureWeight x MSE of named intermediate outputs (teacher's kept channels for a narrower student,
 the teacher's layer at the end of each block a student layer replaces for a shallower one). Each
 epoch is scored on the held-out share (top-1 with labels, else mean cosine to the teacher's
-outputs), never on the validation set; training stops after `patience` epochs without a better
-figure and the best epoch (epoch 0 = the student untrained) is kept."""
+outputs), never on the validation set, and its mean cosine to the teacher's outputs is recorded
+beside (a trace of the weights that tells epochs of equal top-1 apart); training stops after
+`patience` epochs without a better figure and the best epoch (epoch 0 = the student untrained) is
+kept."""
 
 from __future__ import annotations
 
@@ -266,16 +268,21 @@ class Distill(Pass):
                                            and labels.ndim == 1 and t_train.ndim == 2) else "cosine"
         hold_lab = (torch.from_numpy(hold.labels.astype(np.int64)) if metric == "top-1" else None)
 
-        def figure(out, ref) -> float:
-            if metric == "top-1":
-                return float((out.argmax(1) == hold_lab).float().mean())
+        def cosine(out, ref) -> float:
             a, t = out.reshape(len(out), -1).double(), ref.reshape(len(out), -1).double()
             return float(F.cosine_similarity(a, t, dim=1).mean())
 
-        def score() -> float:
+        def figure(out, ref) -> float:
+            if metric == "top-1":
+                return float((out.argmax(1) == hold_lab).float().mean())
+            return cosine(out, ref)
+
+        def score() -> tuple[float, float]:
+            """The held-out figure, and the mean cosine of the student's outputs to the teacher's (a finer
+            trace of the weights than top-1: it tells apart epochs of equal top-1)."""
             with torch.no_grad():
                 out = torch.cat([forward(student, f) for f in hold.batches(64)])
-            return figure(out, t_hold)
+            return figure(out, t_hold), cosine(out, t_hold)
 
         def out_loss(s, t):
             if loss_kind == "kl":
@@ -290,8 +297,9 @@ class Distill(Pass):
                             feature_layers=list(cfg.feature_layers), train_samples=len(trainset),
                             held_out_samples=len(hold), learning_rate=cfg.learning_rate,
                             params_teacher=params_teacher, params_student=params_student, kept=kept_record)
-        best = score()
-        rec.epochs.append({"epoch": 0, "held_out": round(best, 5), "loss": None, "seconds": 0.0})
+        best, cos = score()
+        rec.epochs.append({"epoch": 0, "held_out": round(best, 5), "teacher_cosine": round(cos, 6), "loss": None,
+                           "seconds": 0.0})
         best_state = copy.deepcopy(student.state_dict())
         ctx.report("distill", 0.0, f"student {desc}: held-out {metric} {best:.4f} before training "
                                    f"(teacher {rec.teacher_held_out:.4f})")
@@ -324,10 +332,10 @@ class Distill(Pass):
                 loss.backward()
                 opt.step()
                 losses.append(loss.item())
-            s = score()
+            s, cos = score()
             if not np.isfinite(s):
                 s = float("-inf")
-            rec.epochs.append({"epoch": epoch, "held_out": round(s, 5),
+            rec.epochs.append({"epoch": epoch, "held_out": round(s, 5), "teacher_cosine": round(cos, 6),
                                "loss": round(float(np.mean(losses)), 5) if losses else None,
                                "seconds": round(time.monotonic() - t0, 2)})
             ctx.report("distill", epoch / cfg.epochs,
