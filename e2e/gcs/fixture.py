@@ -16,53 +16,26 @@ ObjectClient), :meth:`GCSServer.triton_env` (Triton's google-cloud-cpp: CLOUD_ST
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from e2e.gotool import GoTool
 from e2e.stores.server import LocalServer, ServerError
 
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent.parent
 MODULE = "github.com/fsouza/fake-gcs-server"
-BUILD_CMD = f"bash {REPO_ROOT / 'e2e/gcs/build.sh'}"
 
 
 class GCSServerError(ServerError):
     pass
 
 
-def pinned_version() -> str:
-    for line in (HERE / "go.mod").read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == MODULE and parts[1].startswith("v"):
-            return parts[1]
-    raise GCSServerError(f"{MODULE} is not required in {HERE / 'go.mod'}")
-
-
-def build_key() -> str:
-    return hashlib.sha256((HERE / "go.mod").read_bytes() + (HERE / "go.sum").read_bytes()).hexdigest()[:16]
-
-
-def default_binary() -> Path:
-    rel = Path(f"fake-gcs-server-{pinned_version()}-{build_key()}") / "fake-gcs-server"
-    if os.environ.get("LATHE_CONTROLPLANE_CACHE"):
-        return Path(os.environ["LATHE_CONTROLPLANE_CACHE"]) / rel
-    candidates = [REPO_ROOT / ".cache" / "controlplane" / rel, Path.home() / ".cache" / "lathe" / "controlplane" / rel]
-    return next((c for c in candidates if (c.parent / ".complete").exists()), candidates[0])
-
-
-def find_binary(binary: Path | str | None = None) -> Path:
-    path = Path(binary or default_binary())
-    if not os.access(path, os.X_OK):
-        raise GCSServerError(f"the GCS test server binary {path} is missing (fake-gcs-server {pinned_version()}, "
-                             f"key {build_key()}).\nBuild it first (about 6 min cold on 2 cores, then reused):\n"
-                             f"    {BUILD_CMD}")
-    return path
+TOOL = GoTool(HERE, MODULE, "fake-gcs-server", GCSServerError, cold_minutes=6)
+pinned_version, build_key, default_binary, find_binary = (TOOL.pinned_version, TOOL.build_key, TOOL.default_binary,
+                                                          TOOL.find_binary)
 
 
 class GCSServer(LocalServer):

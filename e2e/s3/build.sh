@@ -1,88 +1,12 @@
 #!/usr/bin/env bash
-# Build the pinned S3-compatible test server: the Versity S3 Gateway (versitygw, Apache-2.0),
-# run with its posix backend, from the Go module pinned in e2e/s3/go.mod / go.sum
-# (github.com/versity/versitygw v1.7.0, a `tool` entry).
-#
-# Output: $LATHE_CONTROLPLANE_CACHE/versitygw-<version>-<key>/versitygw
-#   (default cache: <repo>/.cache/controlplane; e2e/test.sh exports ~/.cache/lathe/controlplane)
-# where <key> is the first 16 hex digits of sha256(go.mod + go.sum): a changed pin builds into a
-# new folder.  The folder appears whole or not at all (built beside it, then renamed in with
-# fetch_lib.sh's cache_publish); a finished build is reused at once.  The fixture
-# (e2e/s3/fixture.py) computes the same path.
+# Build the pinned S3-compatible test server: the Versity S3 Gateway (versitygw, Apache-2.0), run with its
+# posix backend, from the Go module pinned in e2e/s3/go.mod / go.sum (github.com/versity/versitygw v1.7.0, a
+# `tool` entry), into $LATHE_CONTROLPLANE_CACHE/versitygw-<version>-<key>/versitygw (e2e/gotool_build.sh says
+# how; e2e/s3/fixture.py computes the same path).
 #
 # Usage: bash e2e/s3/build.sh [--force]
-# Prints the binary's path as the last line of stdout; timing and size go to stderr.
 set -euo pipefail
-
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-source "$root/e2e/controlplane/fetch_lib.sh"
-cache="${LATHE_CONTROLPLANE_CACHE:-$root/.cache/controlplane}"
-force=0
-[[ "${1:-}" == "--force" ]] && force=1
-
-module=github.com/versity/versitygw
-version="$(awk -v m="$module" '$1==m && $2 ~ /^v/ {print $2; exit}' "$here/go.mod")"
-key="$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)"
-dest="$cache/versitygw-$version-$key"
-bin="$dest/versitygw"
-
-log() { echo "s3/build.sh: $*" >&2; }
-trap 'log "FAILED at line $LINENO (exit $?)"' ERR
-t0=$EPOCHREALTIME
-elapsed() { awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-
-if [[ $force -eq 0 && -f "$dest/.complete" ]]; then
-    log "reusing finished build $bin (versitygw $version, key $key) in $(elapsed)s"
-    echo "$bin"
-    exit 0
-fi
-
-command -v go >/dev/null || { log "ERROR: 'go' not found on PATH (need Go >= 1.26)"; exit 1; }
-mkdir -p "$cache"
-# One build at a time per pin.
-exec 9>"$dest.lock"
-if ! flock -n 9; then
-    log "another build holds $dest.lock; waiting"
-    flock 9
-fi
-if [[ $force -eq 0 && -f "$dest/.complete" ]]; then
-    log "reusing build $bin finished by a concurrent run"
-    echo "$bin"
-    exit 0
-fi
-
-log "building versitygw $version (key $key) -> $dest ($(go version))"
-tmp="$cache/.versitygw-build.$$"
-rm -rf "$tmp"
-mkdir -p "$tmp"
-trap 'rm -rf "$tmp"' EXIT
-
-# Reproducible: no cgo, no VCS stamp, trimmed paths, fixed version strings (no build date).
-export GOWORK=off GOTOOLCHAIN=local CGO_ENABLED=0
-export GOFLAGS="${GOFLAGS:-} -mod=readonly -trimpath -buildvcs=false"
-ldflags="-s -w -X=main.Version=$version -X=main.Build=$version -X=main.BuildTime=1970-01-01T00:00:00Z"
-
-cd "$here"
-log "go mod download"
-go mod download
-log "go build $module/cmd/versitygw"
-go build -ldflags "$ldflags" -o "$tmp/versitygw" "$module/cmd/versitygw"
-
-"$tmp/versitygw" --version | sed 's/^/s3\/build.sh:   /' >&2
-size="$(stat -c %s "$tmp/versitygw")"
-sum="$(sha256sum "$tmp/versitygw" | cut -d' ' -f1)"
-secs="$(elapsed)"
-{
-    echo "module=$module"
-    echo "version=$version"
-    echo "key=$key"
-    echo "go=$(go env GOVERSION)"
-    echo "sha256=$sum"
-    echo "bytes=$size"
-    echo "build_seconds=$secs"
-} > "$tmp/BUILDINFO"
-cache_publish "$tmp" "$dest"
-trap - EXIT
-log "built in ${secs}s: $bin ($(( size / 1024 / 1024 )) MiB, sha256 $sum)"
-echo "$bin"
+# fixed version strings (no build date): the same pin gives the same binary
+exec bash "$here/../gotool_build.sh" "$here" github.com/versity/versitygw github.com/versity/versitygw/cmd/versitygw \
+    versitygw '-s -w -X=main.Version=$version -X=main.Build=$version -X=main.BuildTime=1970-01-01T00:00:00Z' "$@"

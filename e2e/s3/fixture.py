@@ -64,10 +64,9 @@ from e2e.controlplane.fixture import (
     tail,
     wait_ready,
 )
+from e2e.gotool import GoTool
 
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent.parent
-BUILD_CMD = f"bash {REPO_ROOT / 'e2e/s3/build.sh'}"
 MODULE = "github.com/versity/versitygw"
 
 
@@ -78,44 +77,9 @@ class S3ServerError(RuntimeError):
 # --------------------------------------------------------------------------- binary
 
 
-def pinned_version() -> str:
-    """The versitygw version required in e2e/s3/go.mod."""
-    for line in (HERE / "go.mod").read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == MODULE and parts[1].startswith("v"):
-            return parts[1]
-    raise S3ServerError(f"{MODULE} is not required in {HERE / 'go.mod'}")
-
-
-def build_key() -> str:
-    h = hashlib.sha256()
-    h.update((HERE / "go.mod").read_bytes())
-    h.update((HERE / "go.sum").read_bytes())
-    return h.hexdigest()[:16]
-
-
-def default_binary() -> Path:
-    """``$LATHE_S3_BIN``, else the build in ``$LATHE_CONTROLPLANE_CACHE``; with that unset, the build in
-    ``<repo>/.cache/controlplane`` (build.sh's default) or else in ``~/.cache/lathe/controlplane``
-    (e2e/test.sh's), so a plain ``pytest tests/s3`` finds what either built."""
-    if os.environ.get("LATHE_S3_BIN"):
-        return Path(os.environ["LATHE_S3_BIN"])
-    rel = Path(f"versitygw-{pinned_version()}-{build_key()}") / "versitygw"
-    if os.environ.get("LATHE_CONTROLPLANE_CACHE"):
-        return Path(os.environ["LATHE_CONTROLPLANE_CACHE"]) / rel
-    candidates = [REPO_ROOT / ".cache" / "controlplane" / rel, Path.home() / ".cache" / "lathe" / "controlplane" / rel]
-    return next((c for c in candidates if (c.parent / ".complete").exists()), candidates[0])
-
-
-def find_binary(binary: Path | str | None = None) -> Path:
-    """The versitygw binary; raise with the build command if it is missing."""
-    path = Path(binary or default_binary())
-    if not os.access(path, os.X_OK):
-        raise S3ServerError(
-            f"the S3 test server binary {path} is missing (versitygw {pinned_version()}, key {build_key()}).\n"
-            f"Build it first (about 5 min cold on 2 cores, then reused):\n    {BUILD_CMD}"
-        )
-    return path
+TOOL = GoTool(HERE, MODULE, "versitygw", S3ServerError, cold_minutes=5, env_override="LATHE_S3_BIN")
+pinned_version, build_key, default_binary, find_binary = (TOOL.pinned_version, TOOL.build_key, TOOL.default_binary,
+                                                          TOOL.find_binary)
 
 
 # --------------------------------------------------------------------------- SigV4 (stdlib)
