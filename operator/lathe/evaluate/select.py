@@ -68,25 +68,30 @@ def leaders(candidates: list[CandidateResult]) -> list[CandidateResult]:
 
 
 def break_tie(tied: list[CandidateResult], material: float = DEFAULT_MATERIAL_DROP) -> tuple[CandidateResult, str]:
-    """The pick among candidates tied on speed, and why: an accuracy drop smaller by `material` or more than
-    every other's, else a size at least MATERIAL_SIZE smaller than every other's (among those no more
-    than `material` from the best drop), else the highest point estimate."""
+    """The pick among candidates tied on speed, and why: the candidates whose accuracy drop is within `material`
+    of the best stay (the others leave, said in the reason); of those, one at least MATERIAL_SIZE smaller than
+    every other, else the highest point estimate."""
     best_drop = min(_drop(c) for c in tied)
     close = [c for c in tied if _drop(c) == best_drop or _drop(c) - best_drop < material]
-    if len(close) == 1:
-        pick = close[0]
-        other = min((c for c in tied if c is not pick), key=_drop)
-        return pick, (f"a materially smaller accuracy drop ({pick.accuracy_drop:.4f} vs {other.accuracy_drop:.4f}; "
-                      f"material: {material:.4g} or more)")
+    left = [c for c in tied if c not in close]
+    why = ""
+    if left:
+        best = min(close, key=_drop)
+        why = (f"a materially smaller accuracy drop ({best.accuracy_drop:.4f} vs "
+               + ", ".join(f"{c.name} {c.accuracy_drop:.4f}" for c in left) + f"; material: {material:.4g} or more)")
+        if len(close) == 1:
+            return close[0], why
+        why += ", then "
     smallest = min(close, key=_size)
     rest = [c for c in close if c is not smallest]
     if _size(smallest) < float("inf") and all(_size(smallest) <= (1 - MATERIAL_SIZE) * _size(c) for c in rest):
         other = min(rest, key=_size)
-        return smallest, (f"the smallest size ({_size(smallest) / 1e6:.2f} MB vs {_size(other) / 1e6:.2f} MB; "
-                          f"material: {MATERIAL_SIZE:.0%} or more smaller)")
+        return smallest, why + (f"the smallest size ({_size(smallest) / 1e6:.2f} MB vs {_size(other) / 1e6:.2f} MB; "
+                                f"material: {MATERIAL_SIZE:.0%} or more smaller)")
     pick = max(close, key=lambda c: c.speedup or 0.0)
-    return pick, (f"the highest point estimate (accuracy drops within {material:.4g} and sizes within "
-                  f"{MATERIAL_SIZE:.0%} of each other)")
+    return pick, why + (f"the highest point estimate (accuracy drops within {material:.4g} and sizes within "
+                        f"{MATERIAL_SIZE:.0%} of each other"
+                        + (f" among {', '.join(c.name for c in close)})" if left else ")"))
 
 
 def choose(candidates: list[CandidateResult], objective: str = "latency",
