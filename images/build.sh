@@ -21,6 +21,17 @@ say() { echo "images/build.sh: $*" >&2; }
 mib() { echo "$(( ($1 + 524288) / 1048576 )) MiB"; }
 meta() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 
+# Fail with the numbers, not with a write error halfway through a 5 GB save.
+need_space() {  # need_space DIR BYTES WHAT
+  local avail
+  avail=$(( $(df --output=avail -k "$1" | tail -1) * 1024 ))
+  if (( avail < $2 )); then
+    say "$3 needs $(mib "$2") in $1 but only $(mib "$avail") is free; free some (old image tars," \
+        "\$LATHE_DOCKER_DIR's build cache: \`docker builder prune\`) and rerun"
+    exit 1
+  fi
+}
+
 declare -A REF TAR KEY
 todo=()
 while read -r name ref key tar; do
@@ -79,6 +90,7 @@ if [[ ${#todo[@]} -gt 0 ]]; then
     fi
   fi
 
+  $DOCKER builder prune -f --keep-storage "${LATHE_BUILD_CACHE_KEEP:-8GB}" >/dev/null
   for name in "${todo[@]}"; do
     ref=${REF[$name]} tar=${TAR[$name]} log="$LATHE_IMAGE_CACHE/logs/$name.log"
     t0=$(date +%s)
@@ -91,18 +103,23 @@ if [[ ${#todo[@]} -gt 0 ]]; then
     t_build=$(( $(date +%s) - t0 ))
     size=$($DOCKER image inspect -f '{{.Size}}' "$ref")
     id=$($DOCKER image inspect -f '{{.Id}}' "$ref")
+    # Older tars of this image go before the new one is written: the cache holds one per image
+    # (the key names the current one), and a 5 GB worker tar twice over can fill the disk.
+    find "$LATHE_IMAGE_CACHE" -maxdepth 1 -name "lathe-$name-[0-9]*.tar*" ! -name "$(basename "$tar")*" -delete
+    need_space "$LATHE_IMAGE_CACHE" "$size" "saving $name"
     t1=$(date +%s)
     bg $DOCKER save -o "$tar.tmp" "$ref"
     t_save=$(( $(date +%s) - t1 ))
-    # Older tars of this image go: the cache holds one per image (the key names the current one).
-    find "$LATHE_IMAGE_CACHE" -maxdepth 1 -name "lathe-$name-[0-9]*.tar*" ! -name "$(basename "$tar")*" -delete
     printf '{"ref": "%s", "key": "%s", "id": "%s", "size": %s, "build_s": %s, "save_s": %s}\n' \
       "$ref" "${KEY[$name]}" "$id" "$size" "$t_build" "$t_save" >"$tar.json"
     chmod 0644 "$tar.tmp"  # docker save makes it 0600; a node fixture may import it as another user
     mv "$tar.tmp" "$tar"
     say "$name: built in ${t_build}s, saved in ${t_save}s (image $(mib "$size"), tar $(mib "$(stat -c %s "$tar")"))"
   done
-  $DOCKER image prune -f >/dev/null  # untagged images of earlier builds (their layers stay cached in BuildKit)
+  $DOCKER image prune -f >/dev/null  # untagged images of earlier builds
+  # BuildKit keeps every earlier build's layers (16 GB after a day of edits here); keep the most
+  # recently used share, which holds pip's download cache and the current layers.
+  $DOCKER builder prune -f --keep-storage "${LATHE_BUILD_CACHE_KEEP:-8GB}" >/dev/null
 fi
 say "done in $(( $(date +%s) - t_start ))s"
 for name in "${want[@]}"; do
