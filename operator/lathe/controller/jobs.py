@@ -181,6 +181,10 @@ def _job(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, att
             {"name": "LATHE_PVC_MOUNTS", "value": json.dumps({c: f"{config.pvc_root}/{c}" for c in claims})},
             {"name": "LATHE_RESOURCE", "value": f"{namespace}/{name}"},
             {"name": "LATHE_GENERATION", "value": str(generation)},
+            # The container's memory limit in bytes (the node's allocatable memory without one): the worker
+            # refuses a model too big for it before loading it (worker/llm/checkpoint.py)
+            {"name": "LATHE_MEMORY_LIMIT", "valueFrom": {"resourceFieldRef": {
+                "containerName": "worker", "resource": "limits.memory", "divisor": "1"}}},
             *extra_env,
             {"name": "HOME", "value": SCRATCH},
             {"name": "TMPDIR", "value": SCRATCH},

@@ -62,7 +62,7 @@ def choose(candidates: list[CandidateResult], objective: str = "latency") -> Sel
     fastest = max(ok, key=lambda c: c.speedup if c.speedup is not None else 0.0)
     tied = [c for c in ok if c is fastest or (c.speedup is not None and _overlap(c, fastest))]
     pick = min(tied, key=lambda c: (_drop(c), _size(c), -(c.speedup or 0.0)))
-    what = "fastest" if objective == "latency" else "highest throughput"
+    what = {"latency": "fastest", "first-token": "fastest first token"}.get(objective, "highest throughput")
     if len(tied) == 1:
         return Selection(pick.name, f"{what} within budget: {_interval(pick)}")
     others = [c for c in tied if c is not pick]

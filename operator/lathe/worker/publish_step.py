@@ -19,8 +19,13 @@ from .errors import WorkerError
 log = logging.getLogger("lathe.worker.publish")
 
 
-def artifact_files(path: Path) -> list[Path]:
-    """The files a runtime loads: OpenVINO IR is model.xml plus its weights in model.bin."""
+def artifact_files(path: Path) -> list[Path] | dict[str, Path]:
+    """The files a runtime loads: OpenVINO IR is model.xml plus its weights in model.bin; an onnxruntime-genai
+    model is a folder (model.onnx, model.onnx.data, genai_config.json, tokenizer files), passed as {name: path}."""
+    if path.is_dir():
+        from .llm.export import NOT_MODEL_FILES
+
+        return {f.name: f for f in sorted(path.iterdir()) if f.is_file() and f.name not in NOT_MODEL_FILES}
     files = [path]
     if path.suffix == ".xml" and path.with_suffix(".bin").exists():
         files.append(path.with_suffix(".bin"))
@@ -33,6 +38,9 @@ def publish_winner(spec: ModelOptimizationSpec, result: WorkerResult, workdir: P
         return None
     if not winner.artifact:
         raise WorkerError("publish", f"winner {winner.name} has no artifact to publish")
+    if winner.runtime == "onnxruntime-genai" and not genai_flavour_available():
+        raise WorkerError("publish", f"publishing {winner.name} (a causal LM) needs the genai Triton flavour "
+                                     "(lathe.serving.genai_flavour), which this build of Lathe does not have yet")
     from lathe.serving.repository import PublishError, publish
     from lathe.storage import StorageError
 
@@ -53,6 +61,18 @@ def publish_winner(spec: ModelOptimizationSpec, result: WorkerResult, workdir: P
     if result.report:  # keep the full JSON in step with the summary
         Path(result.report).write_text(result.model_dump_json(by_alias=True, indent=2))
     return published
+
+
+def genai_flavour_available() -> bool:
+    """The Triton flavour that streams an onnxruntime-genai model's tokens is registered (serving/genai_flavour.py)."""
+    import lathe.serving  # noqa: F401 - registers the flavours it ships
+    from lathe.serving.config import FLAVOURS
+
+    try:
+        import lathe.serving.genai_flavour  # noqa: F401
+    except ImportError:
+        pass
+    return "genai" in FLAVOURS
 
 
 def keep_architecture_engines(spec: ModelOptimizationSpec, result: WorkerResult, compute_capability: str) -> list[Path]:

@@ -1,0 +1,255 @@
+"""`quantize` on runtime onnxruntime-genai: weight-only INT4/INT8 of the MatMuls (ONNX Runtime's MatMulNBits),
+on the model builder's FP32 graph.
+
+Algorithms (passes[].algorithm): rtn (round to nearest, the builder's default), k-quant (the builder's k_quant
+search of each block's scale), hqq (half-quadratic, no data), gptq (ONNX Runtime's GPTQ on the calibration text),
+awq (NVIDIA ModelOpt's ONNX awq_lite on the calibration text, which falls back to numpy without CUDA; its
+DequantizeLinear -> MatMul pairs become MatMulNBits when ONNX Runtime loads the graph). Mixed precision:
+int8Nodes names MatMuls kept at 8 bits, int8Sensitive keeps the N that an ablation ranks most sensitive
+(sensitivity.py), excludeNodes keeps MatMuls in FP32. The embedding Gather stays FP32 (it reads one row per
+token: no decode time to win, and this model ties it to lm_head, which the builder's shared INT4 embedding then
+rounds twice).
+
+Every built graph is then loaded by the generation runtime and generates before it is judged
+(pipeline.py): a quantizer can write a graph ONNX Runtime refuses, or a slower one (HQQ's float zero points
+decoded at a tenth of FP32's speed here): only loading and timing each candidate shows it."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import shutil
+from pathlib import Path
+
+from ...api.spec import CalibrationSettings
+from ..errors import InvalidInput, WorkerError
+from ..passes.base import ModelState, PassContext
+from ..passes.weight_only import CALIBRATION_WINDOWS, DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK
+from .export import NOT_MODEL_FILES
+
+log = logging.getLogger("lathe.worker.llm.quantize")
+
+
+def quantize_weights(ps, state: ModelState, ctx: PassContext) -> ModelState:
+    """Run the weight-only pass `ps` (passes/weight_only.py) on the FP32 model folder of `state`."""
+    import onnx  # noqa: PLC0415
+
+    from ..passes.quantize import quiet_ort_logs  # noqa: PLC0415
+
+    quiet_ort_logs()
+    for name in ("onnxruntime.quantization.neural_compressor", "modelopt"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    c = ps.config
+    src_dir = Path(state.onnx_path).parent
+    out = ctx.workdir.parent / "model"
+    if out.exists():
+        shutil.rmtree(out)
+    model = onnx.load(str(state.onnx_path))
+    matmuls = weight_matmuls(model)
+    exclude = resolve(c.exclude_nodes, matmuls, "excludeNodes")
+    int8 = [n for n in resolve(c.int8_nodes, matmuls, "int8Nodes") if n not in exclude]
+    if c.int8_sensitive:
+        from .sensitivity import rank  # noqa: PLC0415
+
+        ctx.report("sensitivity", 0.0, f"ranking {len(matmuls)} MatMuls")
+        ranked = rank(src_dir, ctx, [n for n in matmuls if n not in exclude], threads=ctx.threads)
+        state.info["sensitivity"] = ranked[:64]
+        int8 += [n for n, _ in ranked if n not in int8][: c.int8_sensitive]
+    body = [n for n in matmuls if n not in exclude and n not in int8]
+    ctx.report("quantize", 0.1, f"{len(body)} MatMul(s) at {ps.bits} bits ({c.algorithm})"
+               + (f", {len(int8)} at 8" if int8 else ""))
+    model = _quantize(ps, model, body, ps.bits, str(c.algorithm), ctx, src_dir)
+    if int8:
+        model = _mlas(model, int8, 8, c.block_size or DEFAULT_BLOCK, c.symmetric is not False,
+                      c.accuracy_level if c.accuracy_level is not None else DEFAULT_ACCURACY_LEVEL)
+    out.mkdir(parents=True)
+    onnx.save(model, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data", size_threshold=1024)
+    for f in src_dir.iterdir():  # genai_config.json and the tokenizer files
+        if f.is_file() and not f.name.startswith("model.onnx") and f.name not in NOT_MODEL_FILES:
+            shutil.copy2(f, out / f.name)
+    state.onnx_path = out / "model.onnx"
+    state.quantized = True
+    state.float_nodes = exclude
+    state.info["int8_nodes"] = int8
+    state.info["bits"] = {**{n: ps.bits for n in body}, **{n: 8 for n in int8}, **{n: 32 for n in exclude}}
+    return state
+
+
+def _quantize(ps, model, nodes: list[str], bits: int, algorithm: str, ctx: PassContext, src_dir: Path):
+    c = ps.config
+    block = c.block_size or DEFAULT_BLOCK
+    level = c.accuracy_level if c.accuracy_level is not None else DEFAULT_ACCURACY_LEVEL
+    sym = c.symmetric is not False
+    if not nodes:
+        return model
+    if algorithm == "rtn":
+        return _mlas(model, nodes, bits, block, sym, level)
+    from onnxruntime.quantization import matmul_nbits_quantizer as mq  # noqa: PLC0415
+
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
+    if algorithm == "k-quant":
+        cfg = mq.KQuantWeightOnlyQuantConfig(customized_weight_config={n: {"bits": bits, "block_size": block}
+                                                                       for n in nodes})
+        q = mq.MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=sym, accuracy_level=level,
+                                    nodes_to_exclude=others, algo_config=cfg)
+    elif algorithm == "hqq":
+        cfg = mq.HQQWeightOnlyQuantConfig(block_size=block, bits=bits)
+        q = mq.MatMulNBitsQuantizer(model, bits=bits, block_size=block, accuracy_level=level,
+                                    nodes_to_exclude=others, algo_config=cfg)
+    elif algorithm == "gptq":
+        return _gptq(model, nodes, bits, block, sym, level, _reader(ctx, src_dir, c.calibration), ctx)
+    elif algorithm == "awq":
+        return _awq(model, others, block, ctx, src_dir, c.calibration)
+    else:
+        raise WorkerError("pass:quantize", f"unknown weight algorithm {algorithm}")
+    q.process()
+    return q.model.model
+
+
+
+def _gptq(model, nodes: list[str], bits: int, block: int, symmetric: bool, level: int, reader: _Windows, ctx):
+    """GPTQ with ONNX Runtime's own GPTQ step and MatMulNBits packing (its vendored Intel Neural Compressor code),
+    fed differently: ONNX Runtime's gptq_quantize runs the whole model once per MatMul input per calibration
+    window (121 x 8 forward passes here, half an hour on 2 cores); this collects every MatMul's input in one
+    forward pass per window and accumulates each Hessian (2/n sum x^T x) from those."""
+    import numpy as np  # noqa: PLC0415
+    import onnx  # noqa: PLC0415
+    import onnxruntime as ort  # noqa: PLC0415
+    from onnx import numpy_helper  # noqa: PLC0415
+    from onnxruntime.quantization.neural_compressor.weight_only import (  # noqa: PLC0415
+        gptq,
+        make_matmul_weight_only_node,
+        pad_tensor,
+        quant_tensor,
+    )
+
+    byname = {n.name: n for n in model.graph.node}
+    acts = list(dict.fromkeys(byname[n].input[0] for n in nodes))
+    have = {o.name for o in model.graph.output}
+    extra = [onnx.helper.make_tensor_value_info(a, onnx.TensorProto.FLOAT, None) for a in acts if a not in have]
+    model.graph.output.extend(extra)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if ctx.threads:
+        so.intra_op_num_threads = ctx.threads
+    # from memory: saving with external data would rewrite the model's initializers to point at the saved file
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    for _ in extra:
+        model.graph.output.pop()
+    hess: dict[str, np.ndarray] = {}
+    count = 0
+    for i, feeds in enumerate(reader.feeds):
+        ctx.report("gptq", 0.1 + 0.4 * i / len(reader), f"calibration window {i + 1}/{len(reader)}")
+        outs = sess.run(acts, feeds)
+        for a, x in zip(acts, outs, strict=True):
+            x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+            h = hess.get(a)
+            n = x.shape[0]
+            scaled = np.sqrt(2 / (count + n)) * x
+            hess[a] = (h * (count / (count + n)) if h is not None else 0) + scaled.T @ scaled
+        count += x.shape[0]
+    del sess
+    inits = {i.name: i for i in model.graph.initializer}
+    scheme = "sym" if symmetric else "asym"
+    new_nodes, used = [], set()
+    for k, node in enumerate(model.graph.node):
+        if node.name not in nodes:
+            new_nodes.append(node)
+            continue
+        ctx.report("gptq", 0.5 + 0.5 * k / len(model.graph.node), node.name)
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        qw = gptq(w, hess[node.input[0]], num_bits=bits, group_size=block, scheme=scheme, blocksize=128,
+                  percdamp=0.01, actorder=False, mse=False, perchannel=True)
+        k_blocks = (w.shape[0] + block - 1) // block
+        q, scale, zp = quant_tensor(pad_tensor(qw, block, k_blocks).T, bits, block, scheme, "uint")
+        qnode, new_inits = make_matmul_weight_only_node(node=node, weight_shape=w.shape, num_bits=bits,
+                                                         group_size=block, k_blocks=k_blocks,
+                                                         q_weight=q.astype("uint8"), scale=scale.astype(np.float32),
+                                                         zero_point=zp if scheme == "asym" else None,
+                                                         accuracy_level=level)
+        new_nodes.append(qnode)
+        model.graph.initializer.extend(new_inits)
+        used.add(node.input[1])
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    still = {i for n in model.graph.node for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name not in used or i.name in still]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
+def weight_matmuls(model) -> list[str]:
+    """MatMul nodes whose second input is a weight (an initializer), in graph order."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits]
+
+
+def resolve(patterns: list[str], names: list[str], field: str) -> list[str]:
+    """Exact node names or shell patterns (/model/layers.*/mlp/down_proj/MatMul) -> the MatMuls they name."""
+    out: list[str] = []
+    for p in patterns:
+        hits = [n for n in names if n == p or fnmatch.fnmatchcase(n, p)]
+        if not hits:
+            raise InvalidInput("spec", f"quantize {field}: no weight MatMul matches {p!r} (e.g. {names[-1]}, "
+                                       f"{names[0]})")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def _mlas(model, nodes: list[str], bits: int, block: int, symmetric: bool, level: int):
+    """ONNX Runtime's default (MLAS) blockwise quantizer: what the model builder runs for rtn."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as mq  # noqa: PLC0415
+
+    cfg = mq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric, accuracy_level=level, bits=bits)
+    q = mq.MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric, accuracy_level=level,
+                                nodes_to_include=nodes, algo_config=cfg)
+    q.process()
+    return q.model.model
+
+
+class _Windows:
+    """Calibration windows as model feeds (a CalibrationDataReader: get_next, rewind, iterable)."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds = feeds
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.feeds):
+            return None
+        self.i += 1
+        return self.feeds[self.i - 1]
+
+    def rewind(self):
+        self.i = 0
+
+    def __iter__(self):
+        return iter(self.feeds)
+
+    def __len__(self):
+        return len(self.feeds)
+
+
+def _reader(ctx: PassContext, src_dir: Path, calibration: CalibrationSettings | None) -> _Windows:
+    from .metrics import Scorer  # noqa: PLC0415
+
+    cal = ctx.calibration
+    n = (calibration.samples if calibration and calibration.samples else None) or CALIBRATION_WINDOWS
+    scorer = Scorer(src_dir, ctx.threads)
+    feeds = [scorer.feeds(w[None, :]) for w in cal.windows[:n]]
+    del scorer
+    return _Windows(feeds)
+
+
+def _awq(model, exclude: list[str], block: int, ctx: PassContext, src_dir: Path, calibration):
+    """ModelOpt's INT4 AWQ (awq_lite) on the FP32 graph: DequantizeLinear(int4) -> MatMul pairs."""
+    from modelopt.onnx.quantization.int4 import quantize as quantize_int4  # noqa: PLC0415
+
+    reader = _reader(ctx, src_dir, calibration)
+    return quantize_int4(model, calibration_method="awq_lite", calibration_data_reader=reader.feeds,
+                         calibration_eps=["cpu"], block_size=block, nodes_to_exclude=exclude or [],
+                         use_external_data_format=True, log_level="WARNING")
