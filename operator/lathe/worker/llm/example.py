@@ -53,3 +53,16 @@ def example_spec(folder: Path, validation_windows: int = 8, calibration_windows:
     if publish:
         spec["publish"] = publish
     return spec
+
+
+def quick_spec(folder: Path, publish: dict | None = None) -> dict:
+    """`lathe run --example llm --quick`, a smoke run of the whole chain: 3 windows of 128 tokens, INT8 and INT4
+    round to nearest only, short prompts. Its figures are not the example's: too few tokens to judge a model by."""
+    spec = example_spec(folder, validation_windows=3, calibration_windows=2, publish=publish)
+    spec["task"]["windowTokens"] = 128
+    spec["target"] = {"promptTokens": [32, 128], "streams": 2}
+    spec["candidates"] = [
+        {"name": "int8", "runtime": "onnxruntime-genai", "passes": [{"type": "quantize", "precision": "int8"}]},
+        {"name": "int4-rtn", "runtime": "onnxruntime-genai", "passes": [{"type": "quantize", "precision": "int4"}]},
+    ]
+    return spec

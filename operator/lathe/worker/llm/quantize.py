@@ -109,22 +109,25 @@ def _quantize(ps, model, nodes: list[str], bits: int, algorithm: str, ctx: PassC
 
 
 def _gptq(model, nodes: list[str], bits: int, block: int, symmetric: bool, level: int, reader: _Windows, ctx):
-    """GPTQ with ONNX Runtime's own GPTQ step and MatMulNBits packing (its vendored Intel Neural Compressor code),
-    fed differently: ONNX Runtime's gptq_quantize runs the whole model once per MatMul input per calibration
-    window (121 x 8 forward passes here, half an hour on 2 cores); this collects every MatMul's input in one
-    forward pass per window and accumulates each Hessian (2/n sum x^T x) from those."""
+    """GPTQ (gptq.py) with every MatMul's input collected in one forward pass per calibration window: ONNX
+    Runtime's own gptq_quantize runs the whole model once per MatMul input per window (121 x 8 forward passes
+    here, half an hour on 2 cores) and re-quantizes GPTQ's output on a recomputed grid. Packed into MatMulNBits
+    with ONNX Runtime's packer."""
     import numpy as np  # noqa: PLC0415
     import onnx  # noqa: PLC0415
     import onnxruntime as ort  # noqa: PLC0415
     from onnx import numpy_helper  # noqa: PLC0415
-    from onnxruntime.quantization.neural_compressor.weight_only import (  # noqa: PLC0415
-        gptq,
-        make_matmul_weight_only_node,
-        pad_tensor,
-        quant_tensor,
-    )
+    from onnxruntime.quantization.neural_compressor.weight_only import make_matmul_weight_only_node  # noqa: PLC0415
+
+    from .gptq import gptq_codes  # noqa: PLC0415
 
     byname = {n.name: n for n in model.graph.node}
+    inits = {i.name: i for i in model.graph.initializer}
+    for n in nodes:
+        k = inits[byname[n].input[1]].dims[0]
+        if k % block:
+            raise InvalidInput("spec", f"quantize blockSize {block}: gptq needs it to divide every MatMul's input "
+                                       f"size ({n} has {k})")
     acts = list(dict.fromkeys(byname[n].input[0] for n in nodes))
     have = {o.name for o in model.graph.output}
     extra = [onnx.helper.make_tensor_value_info(a, onnx.TensorProto.FLOAT, None) for a in acts if a not in have]
@@ -140,34 +143,32 @@ def _gptq(model, nodes: list[str], bits: int, block: int, symmetric: bool, level
     hess: dict[str, np.ndarray] = {}
     count = 0
     for i, feeds in enumerate(reader.feeds):
-        ctx.report("gptq", 0.1 + 0.4 * i / len(reader), f"calibration window {i + 1}/{len(reader)}")
+        ctx.report("gptq", 0.05 + 0.25 * i / len(reader), f"calibration window {i + 1}/{len(reader)}")
         outs = sess.run(acts, feeds)
+        n_tok = 0
         for a, x in zip(acts, outs, strict=True):
             x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
-            h = hess.get(a)
-            n = x.shape[0]
-            scaled = np.sqrt(2 / (count + n)) * x
-            hess[a] = (h * (count / (count + n)) if h is not None else 0) + scaled.T @ scaled
-        count += x.shape[0]
+            n_tok = x.shape[0]
+            scaled = np.sqrt(2 / (count + n_tok)) * x
+            hess[a] = (hess[a] * (count / (count + n_tok)) if a in hess else 0.0) + scaled.T @ scaled
+        count += n_tok
     del sess
-    inits = {i.name: i for i in model.graph.initializer}
-    scheme = "sym" if symmetric else "asym"
     new_nodes, used = [], set()
-    for k, node in enumerate(model.graph.node):
+    for j, node in enumerate(model.graph.node):
         if node.name not in nodes:
             new_nodes.append(node)
             continue
-        ctx.report("gptq", 0.5 + 0.5 * k / len(model.graph.node), node.name)
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        qw = gptq(w, hess[node.input[0]], num_bits=bits, group_size=block, scheme=scheme, blocksize=128,
-                  percdamp=0.01, actorder=False, mse=False, perchannel=True)
-        k_blocks = (w.shape[0] + block - 1) // block
-        q, scale, zp = quant_tensor(pad_tensor(qw, block, k_blocks).T, bits, block, scheme, "uint")
-        qnode, new_inits = make_matmul_weight_only_node(node=node, weight_shape=w.shape, num_bits=bits,
-                                                         group_size=block, k_blocks=k_blocks,
-                                                         q_weight=q.astype("uint8"), scale=scale.astype(np.float32),
-                                                         zero_point=zp if scheme == "asym" else None,
-                                                         accuracy_level=level)
+        ctx.report("gptq", 0.3 + 0.7 * j / len(model.graph.node), node.name)
+        w = numpy_helper.to_array(inits[node.input[1]])
+        codes, scales, zeros = gptq_codes(w, hess[node.input[0]], bits, block, symmetric)
+        qnode, new_inits = make_matmul_weight_only_node(
+            node=node, weight_shape=w.shape, num_bits=bits, group_size=block, k_blocks=w.shape[0] // block,
+            q_weight=np.ascontiguousarray(codes.T), scale=np.ascontiguousarray(scales.T.astype(np.float32)),
+            zero_point=None, accuracy_level=level)
+        if not symmetric:  # [N, ceil(blocks * bits / 8)]: MatMulNBits' layout (the packer above mispacks odd counts)
+            zp = _pack_zero_points(zeros.T.astype(np.uint8), bits)
+            new_inits.append(numpy_helper.from_array(zp, node.input[1] + "_zp"))
+            qnode.input.append(node.input[1] + "_zp")
         new_nodes.append(qnode)
         model.graph.initializer.extend(new_inits)
         used.add(node.input[1])
@@ -180,6 +181,19 @@ def _gptq(model, nodes: list[str], bits: int, block: int, symmetric: bool, level
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return model
+
+
+def _pack_zero_points(zp, bits: int):
+    """Zero points [N, blocks] as MatMulNBits stores them: 4-bit pairs per byte (low nibble first), each row
+    padded to whole bytes."""
+    import numpy as np  # noqa: PLC0415
+
+    if bits == 8:
+        return zp
+    n, kb = zp.shape
+    padded = np.zeros((n, kb + kb % 2), dtype=np.uint8)
+    padded[:, :kb] = zp
+    return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
 
 
 def weight_matmuls(model) -> list[str]:
