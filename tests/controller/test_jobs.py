@@ -155,3 +155,18 @@ def test_the_publish_job_runs_on_cpu_with_the_storage_mounted():
     assert claims == ["models", "data", "triton", "scratch"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
     validate(job, "1.33", strict=True)
+
+
+def test_the_worker_knows_its_memory_limit():
+    """The container's limits.memory reaches the worker (Downward API), which refuses a causal LM too big for it
+    before loading it (worker/llm/checkpoint.py)."""
+    s = ModelOptimizationSpec.model_validate({
+        "model": {"uri": "pvc://models/smollm2", "format": "hf"}, "task": {"type": "causal-lm"},
+        "data": {"validation": {"uri": "pvc://data/val.jsonl"}}, "target": {"resources": {"limits": {"memory": "6Gi"}}}})
+    job = job_manifest(OWNER, s, "{}", 1, OperatorConfig())
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["LATHE_MEMORY_LIMIT"]["valueFrom"]["resourceFieldRef"] == {
+        "containerName": c["name"], "resource": "limits.memory", "divisor": "1"}
+    assert c["resources"]["limits"]["memory"] == "6Gi"
+    validate(job, "1.33", strict=True)

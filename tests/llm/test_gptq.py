@@ -51,3 +51,34 @@ def test_onnxruntime_s_vendored_gptq_step_is_round_to_nearest(layer):
     assert np.allclose(theirs, _rtn(w, True), atol=1e-6)
     codes, scales, zeros = gptq_codes(w, h, 4, G, True)
     assert not np.allclose(dequantize(codes, scales, zeros, G), _rtn(w, True), atol=1e-6)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_matmulnbits_computes_with_the_codes_gptq_chose(symmetric):
+    """Packed the way the weight-only pass packs them (3 blocks per row: an odd count of zero points), ONNX
+    Runtime's MatMulNBits multiplies by exactly the dequantized GPTQ weights."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.neural_compressor.weight_only import make_matmul_weight_only_node
+
+    from lathe.worker.llm.quantize import _pack_zero_points
+
+    rng = np.random.default_rng(1)
+    k, n, g = 96, 40, 32
+    w = rng.normal(size=(k, n)).astype(np.float32)
+    x = rng.normal(size=(5, k)).astype(np.float32)
+    codes, scales, zeros = gptq_codes(w, 2 * x.T @ x / 5 + np.eye(k), 4, g, symmetric)
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    q, inits = make_matmul_weight_only_node(node=node, weight_shape=w.shape, num_bits=4, group_size=g,
+                                            k_blocks=k // g, q_weight=np.ascontiguousarray(codes.T).reshape(-1, g),
+                                            scale=np.ascontiguousarray(scales.T.astype(np.float32)),
+                                            zero_point=None, accuracy_level=1)
+    if not symmetric:
+        inits.append(numpy_helper.from_array(_pack_zero_points(zeros.T.astype(np.uint8), 4), "w_zp"))
+        q.input.append("w_zp")
+    graph = helper.make_graph([q], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, n])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = x @ dequantize(codes, scales, zeros, g)
+    assert np.abs(y - ref).max() < 1e-4 * np.abs(ref).max()

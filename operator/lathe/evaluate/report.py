@@ -184,21 +184,25 @@ def precision_bars(wr: WorkerResult, details: dict[str, Any], w: int = 680) -> s
     return "".join(parts) + "".join(lists)
 
 
-def sensitivity(wr: WorkerResult, details: dict[str, Any]) -> str:
+def sensitivity(wr: WorkerResult, details: dict[str, Any], lm: bool = False) -> str:
     sens = []
     for name, d in details.get("candidates", {}).items():
         s = d.get("sensitivity")
         if not s:
             continue
-        kept = next((c.float_nodes for c in wr.candidates if c.name == name), [])
+        kept = (list(d.get("bits", {}) and [n for n, b in d["bits"].items() if b == 8]) if lm
+                else next((c.float_nodes for c in wr.candidates if c.name == name), []))
         top = max((v for _, v in s), default=1.0) or 1.0
         bars = "".join(
             f'<tr><td>{"● " if n in kept else ""}{html.escape(n)}</td><td>{v:.4g}</td>'
             f'<td><svg width="200" height="10"><rect width="{200 * max(v, 0) / top:.1f}" height="10" '
             f'fill="{"#cf222e" if n in kept else "#8c959f"}"/></svg></td></tr>'
             for n, v in s[:24])
-        sens.append(f"<h3>{html.escape(name)}</h3><p>What each quantized node costs: the relative output error removed when it alone goes back to "
-                    f"float (ONNX Runtime) or the error it adds (OpenVINO); ● = kept in float.</p>"
+        what = ("What each MatMul costs at INT4: the KL divergence from the FP32 model's next-token distribution "
+                "removed when it alone goes back to FP32 (groups first when there are many); ● = kept at INT8."
+                if lm else "What each quantized node costs: the relative output error removed when it alone goes "
+                           "back to float (ONNX Runtime) or the error it adds (OpenVINO); ● = kept in float.")
+        sens.append(f"<h3>{html.escape(name)}</h3><p>{what}</p>"
                     f"<table><tr><th>node</th><th>error cost</th><th></th></tr>{bars}</table>")
     return "".join(sens) or "<p>No candidate needed mixed precision.</p>"
 
@@ -333,6 +337,14 @@ def html_report(wr: WorkerResult, spec, budget: dict, details: dict[str, Any]) -
         for c in [wr.baseline, *wr.candidates] for lat in c.latency)
     budget_txt = ", ".join(f"{k}={v}" for k, v in budget.items() if v is not None and not k.startswith("_"))
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in wr.warnings)
+    lm = metric == "perplexity"  # causal LM: its own plot, figures and bits per MatMul instead of the generic ones
+    generic = (f'<h2>Accuracy vs latency</h2>{scatter(wr, allowed, details, budget.get("max_p99_latency_ms"))}'
+               f'<p>Dashed red: the accuracy budget. Purple: Pareto front ({html.escape(", ".join(wr.pareto))}).</p>')
+    timing = (f"<h2>Latency distributions</h2>{distributions(wr, details)}"
+              "<h2>Latency per batch size</h2><table><tr><th>candidate</th><th>batch</th><th>p50</th><th>p95</th>"
+              f"<th>p99</th><th>samples/s</th><th>timed calls</th></tr>{lat_rows}</table>"
+              '<p>p99 "–": fewer than 500 timed calls, too few for a 99th percentile.</p>'
+              f"<h2>Precision per layer</h2>{precision_bars(wr, details)}")
     env = ", ".join(f"{k} {v}" for k, v in wr.environment.items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Lathe report</title>
 <style>body{{font-family:sans-serif;margin:24px;color:#1f2328}}table{{border-collapse:collapse;font-size:12px}}
@@ -344,15 +356,10 @@ objective {html.escape(str(spec.objective))} · {wr.seconds}s</p>
 <p id="selection">{html.escape(wr.selection)}</p>
 <p>Speedup: {html.escape(wr.speedup_basis)}.</p>
 {"<ul>" + warn + "</ul>" if warn else ""}
-{lm_section(wr, budget, details) if metric == "perplexity" else ""}
-<h2>Accuracy vs latency</h2>{scatter(wr, allowed, details, budget.get("max_p99_latency_ms"))}
-<p>Dashed red: the accuracy budget. Purple: Pareto front ({html.escape(", ".join(wr.pareto))}).</p>
+{lm_section(wr, budget, details) if lm else ""}
+{"" if lm else generic}
 <h2>Candidates</h2><table><tr>{"".join(f"<th>{h}</th>" for h in heads)}</tr>{rows}</table>
-<h2>Latency distributions</h2>{distributions(wr, details)}
-<h2>Latency per batch size</h2><table><tr><th>candidate</th><th>batch</th><th>p50</th><th>p95</th><th>p99</th>
-<th>samples/s</th><th>timed calls</th></tr>{lat_rows}</table>
-<p>p99 "–": fewer than 500 timed calls, too few for a 99th percentile.</p>
-<h2>Precision per layer</h2>{precision_bars(wr, details)}
-<h2>Sensitivity of nodes kept in float</h2>{sensitivity(wr, details)}
+{"" if lm else timing}
+<h2>Sensitivity of {"MatMuls kept at INT8" if lm else "nodes kept in float"}</h2>{sensitivity(wr, details, lm)}
 <p style="color:#6e7781">Environment: {html.escape(env)}</p>
 </body></html>"""
