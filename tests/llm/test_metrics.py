@@ -66,3 +66,20 @@ def test_export_verification_fails_for_a_model_that_is_not_the_checkpoint(smollm
     (bad / "genai_config.json").write_text((smollm2.fp32 / "genai_config.json").read_text())
     with pytest.raises(WorkerError, match="the ONNX export (disagrees with|'s logits differ from) transformers"):
         export.verify(smollm2.checkpoint.folder, bad, smollm2.tok)
+
+
+def test_multiple_choice_scores_each_choice_by_log_likelihood(smollm2, tmp_path):
+    import json
+
+    from lathe.worker.llm.metrics import multiple_choice_accuracy
+    from lathe.worker.llm.text_data import read_choices
+
+    items = [("The capital of France is", [" Paris.", " a bicycle."]),
+             ("def add(a, b):\n    return a", [" + b", " banana"]),
+             ("One, two, three, four,", [" five", " purple"])]
+    right, wrong = tmp_path / "right.jsonl", tmp_path / "wrong.jsonl"
+    right.write_text("".join(json.dumps({"context": c, "choices": ch, "answer": 0}) + "\n" for c, ch in items))
+    wrong.write_text("".join(json.dumps({"context": c, "choices": ch, "answer": 1}) + "\n" for c, ch in items))
+    scorer = Scorer(smollm2.fp32)
+    assert multiple_choice_accuracy(scorer, smollm2.tok, read_choices(right)) == 1.0
+    assert multiple_choice_accuracy(scorer, smollm2.tok, read_choices(wrong)) == 0.0
