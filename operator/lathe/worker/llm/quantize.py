@@ -83,6 +83,8 @@ def _quantize(ps, model, nodes: list[str], bits: int, algorithm: str, ctx: PassC
     sym = c.symmetric is not False
     if not nodes:
         return model
+    if algorithm == "rtn" and c.float_offset:
+        return _float_offset(model, nodes, bits, block, level)
     if algorithm == "rtn":
         return _mlas(model, nodes, bits, block, sym, level)
     from onnxruntime.quantization import matmul_nbits_quantizer as mq  # noqa: PLC0415
@@ -184,6 +186,67 @@ def _gptq(model, nodes: list[str], bits: int, block: int, symmetric: bool, level
     return model
 
 
+def _float_offset(model, nodes: list[str], bits: int, block: int, level: int):
+    """Min/max grid per block with its offset kept exact: MatMulNBits(x; codes, scales, default zero point
+    2^(bits-1)) + blocksum(x) @ offsets, offsets = block minimum + 2^(bits-1) * scale. The effective weight is
+    scale * code + minimum: a weight already on a 16-level grid per block (Q4_1 at block 32) is held exactly.
+    Inputs shared by several MatMuls (q/k/v fused, gate and up) get one block-sum."""
+    import numpy as np  # noqa: PLC0415
+    from onnx import helper, numpy_helper  # noqa: PLC0415
+
+    maxq, mid = 2 ** bits - 1, 2 ** (bits - 1)
+    inits = {i.name: i for i in model.graph.initializer}
+    sums: dict[str, str] = {}
+    new_nodes, new_inits, used = [], [], set()
+    axes = "lathe_blocksum_axes"
+    new_inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), axes))
+    for node in model.graph.node:
+        if node.name not in nodes:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        k, n = w.shape
+        if k % block:
+            raise InvalidInput("spec", f"quantize floatOffset needs blockSize {block} to divide every MatMul's input "
+                                       f"size ({node.name} has {k})")
+        kb = k // block
+        b = w.reshape(kb, block, n)
+        lo, hi = b.min(1), b.max(1)
+        scale = np.where(hi > lo, (hi - lo) / maxq, 1.0)
+        q = np.clip(np.round((b - lo[:, None]) / scale[:, None]), 0, maxq).astype(np.uint8)  # [kb, block, n]
+        codes = q.transpose(2, 0, 1)  # [n, kb, block]
+        packed = codes if bits == 8 else (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+        base = node.input[1]
+        new_inits += [numpy_helper.from_array(np.ascontiguousarray(packed), f"{base}_Q{bits}"),
+                      numpy_helper.from_array(np.ascontiguousarray(scale.T.astype(np.float32)).reshape(-1),
+                                              f"{base}_scale"),
+                      numpy_helper.from_array((lo + mid * scale).astype(np.float32), f"{base}_offset")]
+        used.add(base)
+        x, y = node.input[0], node.output[0]
+        new_nodes.append(helper.make_node("MatMulNBits", [x, f"{base}_Q{bits}", f"{base}_scale"], [f"{y}_codes"],
+                                          name=f"{node.name}_Q{bits}", domain="com.microsoft", K=k, N=n, bits=bits,
+                                          block_size=block, accuracy_level=level))
+        key = f"{x}|{block}"
+        if key not in sums:
+            shape = f"{x}_lathe_blocks_shape"
+            new_inits.append(numpy_helper.from_array(np.array([0, 0, kb, block], dtype=np.int64), shape))
+            new_nodes.append(helper.make_node("Reshape", [x, shape], [f"{x}_lathe_blocks"],
+                                              name=f"{node.name}/lathe_blocks"))
+            new_nodes.append(helper.make_node("ReduceSum", [f"{x}_lathe_blocks", axes], [f"{x}_lathe_blocksum"],
+                                              name=f"{node.name}/lathe_blocksum", keepdims=0))
+            sums[key] = f"{x}_lathe_blocksum"
+        new_nodes.append(helper.make_node("MatMul", [sums[key], f"{base}_offset"], [f"{y}_offsets"],
+                                          name=f"{node.name}/lathe_offsets"))
+        new_nodes.append(helper.make_node("Add", [f"{y}_codes", f"{y}_offsets"], [y], name=f"{node.name}/lathe_add"))
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    still = {i for nd in model.graph.node for i in nd.input}  # lm_head's weight also feeds the tied embedding
+    keep = [i for i in model.graph.initializer if i.name not in used or i.name in still]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep + new_inits)
+    return model
+
+
 def _pack_zero_points(zp, bits: int):
     """Zero points [N, blocks] as MatMulNBits stores them: 4-bit pairs per byte (low nibble first), each row
     padded to whole bytes."""
@@ -220,8 +283,11 @@ def _mlas(model, nodes: list[str], bits: int, block: int, symmetric: bool, level
     from onnxruntime.quantization import matmul_nbits_quantizer as mq  # noqa: PLC0415
 
     cfg = mq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric, accuracy_level=level, bits=bits)
+    # nodes_to_include adds to the op types quantized, it does not restrict them: every other MatMul is excluded
+    wanted = set(nodes)
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
     q = mq.MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric, accuracy_level=level,
-                                nodes_to_include=nodes, algo_config=cfg)
+                                nodes_to_exclude=others, algo_config=cfg)
     q.process()
     return q.model.model
 

@@ -23,6 +23,7 @@ class WeightOnlyConfig(PassConfig):
     block_size: int | None = None
     accuracy_level: int | None = Field(None, ge=0, le=4)
     symmetric: bool | None = None
+    float_offset: bool | None = None
     int8_nodes: list[str] = Field(default_factory=list)
     int8_sensitive: int | None = Field(None, ge=0)
     exclude_nodes: list[str] = Field(default_factory=list)
@@ -50,6 +51,10 @@ class WeightOnlyQuantize(Pass):
             p.append(("algorithm", f"{c.algorithm} quantizes to int4 only"))
         if c.algorithm == "awq" and (c.block_size or DEFAULT_BLOCK) not in (32, 64, 128):
             p.append(("blockSize", "awq takes block size 32, 64 or 128"))
+        if c.float_offset and c.algorithm != "rtn":
+            p.append(("floatOffset", f"only with algorithm rtn (its min/max grid), not {c.algorithm}"))
+        if c.float_offset and c.symmetric:
+            p.append(("floatOffset", "an offset grid is asymmetric: leave symmetric unset or false"))
         if c.algorithm == "hqq" and c.symmetric:
             p.append(("symmetric", "hqq always fits a zero point per block (asymmetric)"))
         if c.calibration is not None and c.algorithm not in ("gptq", "awq"):
@@ -70,7 +75,9 @@ class WeightOnlyQuantize(Pass):
         bits = [f"{c.precision} {c.algorithm}", f"block {c.block_size or DEFAULT_BLOCK}"]
         if c.accuracy_level is not None and c.accuracy_level != DEFAULT_ACCURACY_LEVEL:
             bits.append(f"accuracy level {c.accuracy_level}")
-        if c.symmetric is False:
+        if c.float_offset:
+            bits.append("float offsets beside the kernel")
+        elif c.symmetric is False:
             bits.append("asymmetric")
         if c.int8_nodes:
             bits.append(f"{len(c.int8_nodes)} named MatMul(s) at int8")
