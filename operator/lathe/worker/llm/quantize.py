@@ -99,6 +99,8 @@ def _quantize(ps, model, nodes: list[str], bits: int, algorithm: str, ctx: PassC
         cfg = mq.HQQWeightOnlyQuantConfig(block_size=block, bits=bits)
         q = mq.MatMulNBitsQuantizer(model, bits=bits, block_size=block, accuracy_level=level,
                                     nodes_to_exclude=others, algo_config=cfg)
+        q.process()
+        return hoist_zero_points(q.model.model, level) if c.float_offset else q.model.model
     elif algorithm == "gptq":
         return _gptq(model, nodes, bits, block, sym, level, _reader(ctx, src_dir, c.calibration), ctx)
     elif algorithm == "awq":
@@ -198,8 +200,6 @@ def _float_offset(model, nodes: list[str], bits: int, block: int, level: int):
     inits = {i.name: i for i in model.graph.initializer}
     sums: dict[str, str] = {}
     new_nodes, new_inits, used = [], [], set()
-    axes = "lathe_blocksum_axes"
-    new_inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), axes))
     for node in model.graph.node:
         if node.name not in nodes:
             new_nodes.append(node)
@@ -226,22 +226,75 @@ def _float_offset(model, nodes: list[str], bits: int, block: int, level: int):
         new_nodes.append(helper.make_node("MatMulNBits", [x, f"{base}_Q{bits}", f"{base}_scale"], [f"{y}_codes"],
                                           name=f"{node.name}_Q{bits}", domain="com.microsoft", K=k, N=n, bits=bits,
                                           block_size=block, accuracy_level=level))
-        key = f"{x}|{block}"
-        if key not in sums:
-            shape = f"{x}_lathe_blocks_shape"
-            new_inits.append(numpy_helper.from_array(np.array([0, 0, kb, block], dtype=np.int64), shape))
-            new_nodes.append(helper.make_node("Reshape", [x, shape], [f"{x}_lathe_blocks"],
-                                              name=f"{node.name}/lathe_blocks"))
-            new_nodes.append(helper.make_node("ReduceSum", [f"{x}_lathe_blocks", axes], [f"{x}_lathe_blocksum"],
-                                              name=f"{node.name}/lathe_blocksum", keepdims=0))
-            sums[key] = f"{x}_lathe_blocksum"
-        new_nodes.append(helper.make_node("MatMul", [sums[key], f"{base}_offset"], [f"{y}_offsets"],
-                                          name=f"{node.name}/lathe_offsets"))
-        new_nodes.append(helper.make_node("Add", [f"{y}_codes", f"{y}_offsets"], [y], name=f"{node.name}/lathe_add"))
+        _blocksum_correction(new_nodes, new_inits, sums, x, k, block, node.name, f"{base}_offset", f"{y}_codes", y)
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
     still = {i for nd in model.graph.node for i in nd.input}  # lm_head's weight also feeds the tied embedding
     keep = [i for i in model.graph.initializer if i.name not in used or i.name in still]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep + new_inits)
+    return model
+
+
+def _blocksum_correction(new_nodes: list, new_inits: list, sums: dict, x: str, k: int, block: int, name: str,
+                         offsets_name: str, codes_out: str, y: str) -> None:
+    """y = codes_out + blocksum(x) @ offsets: the block sums of an input are made once for all its MatMuls."""
+    import numpy as np  # noqa: PLC0415
+    from onnx import helper, numpy_helper  # noqa: PLC0415
+
+    axes = "lathe_blocksum_axes"
+    if not any(i.name == axes for i in new_inits):
+        new_inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), axes))
+    key = f"{x}|{block}"
+    if key not in sums:
+        shape = f"{x}_lathe_blocks_shape_{block}"
+        new_inits.append(numpy_helper.from_array(np.array([0, 0, k // block, block], dtype=np.int64), shape))
+        new_nodes.append(helper.make_node("Reshape", [x, shape], [f"{x}_lathe_blocks_{block}"], name=f"{name}/lathe_blocks"))
+        new_nodes.append(helper.make_node("ReduceSum", [f"{x}_lathe_blocks_{block}", axes], [f"{x}_lathe_blocksum_{block}"],
+                                          name=f"{name}/lathe_blocksum", keepdims=0))
+        sums[key] = f"{x}_lathe_blocksum_{block}"
+    new_nodes.append(helper.make_node("MatMul", [sums[key], offsets_name], [f"{y}_offsets"], name=f"{name}/lathe_offsets"))
+    new_nodes.append(helper.make_node("Add", [codes_out, f"{y}_offsets"], [y], name=f"{name}/lathe_add"))
+
+
+def hoist_zero_points(model, level: int):
+    """MatMulNBits nodes with float zero points (HQQ writes them; ONNX Runtime's CPU kernels run those about 200x
+    slower) rewritten to the default integer zero point 2^(bits-1) plus the exact difference beside the kernel:
+    s * (q - z) = s * (q - mid) + s * (mid - z), the second term a per-block offset (blocksum(x) @ offsets)."""
+    import numpy as np  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    inits = {i.name: i for i in model.graph.initializer}
+    new_nodes, new_inits, sums, used = [], [], {}, set()
+    for node in model.graph.node:
+        zp = inits.get(node.input[3]) if node.op_type == "MatMulNBits" and len(node.input) > 3 else None
+        if zp is None or zp.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            new_nodes.append(node)
+            continue
+        attrs = {a.name: a.i for a in node.attribute}
+        k, n, bits, block = attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]
+        kb = -(-k // block)
+        if k % block:
+            new_nodes.append(node)  # a padded last block: left as it is (correct, slow)
+            continue
+        scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64).reshape(n, kb)
+        z = numpy_helper.to_array(zp).astype(np.float64).reshape(n, kb)
+        offsets = (scale * (2 ** (bits - 1) - z)).T.astype(np.float32)  # [kb, n]
+        name = f"{node.input[1]}_offsets"
+        new_inits.append(numpy_helper.from_array(offsets, name))
+        used.add(zp.name)
+        y = node.output[0]
+        del node.input[3:]
+        node.output[0] = f"{y}_codes"
+        if "accuracy_level" in attrs:
+            next(a for a in node.attribute if a.name == "accuracy_level").i = level
+        else:
+            node.attribute.append(helper.make_attribute("accuracy_level", level))
+        new_nodes.append(node)
+        _blocksum_correction(new_nodes, new_inits, sums, node.input[0], k, block, node.name, name, f"{y}_codes", y)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    keep = [i for i in model.graph.initializer if i.name not in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep + new_inits)
     return model

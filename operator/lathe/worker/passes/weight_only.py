@@ -51,8 +51,9 @@ class WeightOnlyQuantize(Pass):
             p.append(("algorithm", f"{c.algorithm} quantizes to int4 only"))
         if c.algorithm == "awq" and (c.block_size or DEFAULT_BLOCK) not in (32, 64, 128):
             p.append(("blockSize", "awq takes block size 32, 64 or 128"))
-        if c.float_offset and c.algorithm != "rtn":
-            p.append(("floatOffset", f"only with algorithm rtn (its min/max grid), not {c.algorithm}"))
+        if c.float_offset and c.algorithm not in ("rtn", "hqq"):
+            p.append(("floatOffset", f"only with algorithm rtn (its min/max grid) or hqq (its float zero points), "
+                                     f"not {c.algorithm}"))
         if c.float_offset and c.symmetric:
             p.append(("floatOffset", "an offset grid is asymmetric: leave symmetric unset or false"))
         if c.algorithm == "hqq" and c.symmetric:
