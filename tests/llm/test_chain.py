@@ -74,3 +74,24 @@ def test_a_model_onnx_runtime_refuses_is_a_failed_candidate(smollm2, tmp_path):
     assert b.result.verdict == Verdict.failed
     assert b.result.reason.startswith(("load: onnxruntime-genai cannot load", "run: ")), b.result.reason
     assert b.runner is None and b.result.perplexity is None
+
+
+def test_the_worker_job_reports_bad_input_in_its_termination_message(smollm2, tmp_path):
+    """`lathe worker` (what the Job runs) on a checkpoint folder without tokenizer.json: exit 2, kind
+    InvalidInput at stage intake, the reason in the termination message the operator turns into status."""
+    from lathe.worker.main import worker_main
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (folder / f).symlink_to(smollm2.checkpoint.folder / f)
+    (tmp_path / "val.txt").write_text("some text " * 200)
+    spec = {"model": {"uri": str(folder), "format": "hf"}, "task": {"type": "causal-lm"},
+            "data": {"validation": {"uri": str(tmp_path / "val.txt")}}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    term = tmp_path / "termination-log"
+    rc = worker_main(["--spec", str(tmp_path / "spec.json"), "--workdir", str(tmp_path / "work"),
+                      "--termination-log", str(term)])
+    doc = json.loads(term.read_text())
+    assert rc == 2 and doc["kind"] == "InvalidInput" and doc["stage"] == "intake"
+    assert "no tokenizer.json" in doc["error"]
