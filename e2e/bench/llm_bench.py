@@ -33,7 +33,7 @@ for _p in (ROOT / "operator", ROOT):
 GOAL = {"decode_speedup": 2.8, "max_perplexity_increase": 0.02, "min_agreement": 0.95, "over_best_peer": 1.2}
 
 
-def _modelopt_awq(fp32: Path, out: Path, cal, threads: int, windows: int) -> Path:
+def _modelopt_awq(fp32: Path, out: Path, cal, threads: int, windows: int, method: str = "awq_lite") -> Path:
     """ModelOpt's INT4 AWQ with its defaults on the FP32 graph (calibration: the same windows as Lathe's GPTQ)."""
     import onnx
     from modelopt.onnx.quantization.int4 import quantize as quantize_int4
@@ -46,7 +46,7 @@ def _modelopt_awq(fp32: Path, out: Path, cal, threads: int, windows: int) -> Pat
     scorer = Scorer(fp32, threads)
     feeds = [scorer.feeds(w[None, :]) for w in cal.windows[:windows]]
     del scorer
-    model = quantize_int4(onnx.load(str(fp32 / "model.onnx")), calibration_method="awq_lite",
+    model = quantize_int4(onnx.load(str(fp32 / "model.onnx")), calibration_method=method,
                           calibration_data_reader=feeds, calibration_eps=["cpu"], log_level="WARNING")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -91,14 +91,19 @@ def run(windows: int, seconds: float, rounds: int, out_md: Path, work: Path, thr
         folders[name], cached = export.build(ck.folder, ck.fingerprint, prec, opts)
         if not cached:
             built_s[name] = round(time.time() - t)
-    t = time.time()
-    try:
-        folders["modelopt-int4-awq"] = _modelopt_awq(fp32, work / "modelopt-int4-awq", cal, threads, awq_windows)
-        built_s["modelopt-int4-awq"] = round(time.time() - t)
-        notes["modelopt-int4-awq"] = (f"awq_lite, block 128, lm_head FP32 (its defaults); calibration {awq_windows} "
-                                      f"window(s) of 256 tokens (its numpy path: no CUDA here)")
-    except Exception as e:  # reported as the row's failure, never hidden
-        notes["modelopt-int4-awq"] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+    for row, method in (("modelopt-int4-awq", "awq_lite"), ("modelopt-int4-awq-clip", "awq_clip")):
+        t = time.time()
+        try:
+            folders[row] = _modelopt_awq(fp32, work / row, cal, threads, awq_windows, method)
+            built_s[row] = round(time.time() - t)
+            notes[row] = (f"{method}, block 128, lm_head FP32 (its defaults); calibration {awq_windows} window(s) of "
+                          "256 tokens (its numpy path: no CUDA here)")
+        except Exception as e:  # reported as the row's failure, never hidden
+            import traceback
+
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            notes[row] = (f"{method} failed after {time.time() - t:.0f}s: {type(e).__name__}: {str(e)[:200]} "
+                          f"({Path(where.filename).name}:{where.lineno})")
     # Lathe's pick: the worker, default candidates, default budget
     spec = parse_spec(spec_doc)
     pick = LlmPipeline(spec, work / "lathe", bench_seconds=max(seconds / 2, 20), bench_rounds=rounds).run()
@@ -108,6 +113,9 @@ def run(windows: int, seconds: float, rounds: int, out_md: Path, work: Path, thr
         folders[lathe_row] = Path(w.artifact)
     else:
         notes[lathe_row] = f"no candidate met the budget: {pick.selection}"
+    for c in pick.candidates:  # the other candidates the worker passed, measured beside the pick for the record
+        if c.verdict == "passed" and c.name != pick.winner and c.artifact:
+            folders[f"lathe: {c.name} (not picked)"] = Path(c.artifact)
     cands = {c.name: {"verdict": str(c.verdict), "reason": c.reason, "perplexity_increase": c.perplexity_increase,
                       "agreement": c.token_agreement, "speedup": c.speedup_text()} for c in pick.candidates}
 
@@ -127,7 +135,7 @@ def run(windows: int, seconds: float, rounds: int, out_md: Path, work: Path, thr
     target = Target(threads=threads, prompt_tokens=[128, 512], streams=4)
     m = measure(gens, val.windows.reshape(-1).tolist(), target, "latency", rounds=rounds, seconds=seconds)
     rows = []
-    for name in folders:
+    for name in list(folders) + [n for n in notes if n not in folders]:  # a peer that failed to build: its row says why
         key = "baseline" if name == "fp32" else name
         q, t = quality.get(name), m.results.get(key)
         rows.append({"row": name, **(q or {}), **({
@@ -151,8 +159,8 @@ def _within(r: dict) -> bool:
 def verdict(doc: dict) -> list[str]:
     rows = {r["row"]: r for r in doc["rows"]}
     pick = next((r for n, r in rows.items() if n.startswith("lathe-pick")), None)
-    peers = [r for n, r in rows.items() if n not in ("fp32",) and not n.startswith("lathe-pick")
-             and r.get("speedup") and _within(r)]
+    peers = [r for n, r in rows.items() if n != "fp32" and not n.startswith("lathe") and r.get("speedup")
+             and _within(r)]
     best_peer = max(peers, key=lambda r: r["speedup"], default=None)
     out = []
     if pick is None or not pick.get("speedup"):

@@ -380,10 +380,18 @@ def _reader(ctx: PassContext, src_dir: Path, calibration: CalibrationSettings | 
 
 
 def _awq(model, exclude: list[str], block: int, ctx: PassContext, src_dir: Path, calibration):
-    """ModelOpt's INT4 AWQ (awq_lite) on the FP32 graph: DequantizeLinear(int4) -> MatMul pairs."""
+    """ModelOpt's INT4 AWQ on the FP32 graph: DequantizeLinear(int4) -> MatMul pairs (ONNX Runtime fuses them into
+    MatMulNBits at load). awq_lite where CUDA is (cupy); awq_clip on the CPU: ModelOpt 0.47's numpy path of
+    awq_lite crashes folding its scales into a norm (`numpy.ndarray` has no `.get()`, a cupy call)."""
+    import importlib.util  # noqa: PLC0415
+
     from modelopt.onnx.quantization.int4 import quantize as quantize_int4  # noqa: PLC0415
 
+    method = "awq_lite" if importlib.util.find_spec("cupy") is not None else "awq_clip"
+    ctx.report("awq", 0.1, f"ModelOpt {method}")
     reader = _reader(ctx, src_dir, calibration)
-    return quantize_int4(model, calibration_method="awq_lite", calibration_data_reader=reader.feeds,
+    return quantize_int4(model, calibration_method=method, calibration_data_reader=reader.feeds,
                          calibration_eps=["cpu"], block_size=block, nodes_to_exclude=exclude or [],
                          use_external_data_format=True, log_level="WARNING")
+
+
