@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
 "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Lathe needs Python 3.11, found {sys.version}"'
-stamp=.venv/.lathe-lock-$(sha256sum requirements.lock pyproject.toml e2e/typing-requirements.txt | sha256sum | cut -c1-16)
+stamp=.venv/.lathe-lock-$(sha256sum requirements.lock pyproject.toml e2e/typing-requirements.txt e2e/llm-model-requirements.txt | sha256sum | cut -c1-16)
 if [[ -f "$stamp" ]]; then
   echo "setup: .venv is up to date ($stamp)"
   exit 0
@@ -35,6 +35,8 @@ echo "setup: installing pinned dependencies (torch and friends: several GB on a 
 # stubs for the type check only, outside site-packages (why: e2e/typing-requirements.txt)
 "$uv" pip uninstall -q --python .venv/bin/python tensorrt-stubs 2>/dev/null || true  # a .venv from before this change
 rm -rf .venv/typing && "$uv" pip install -q --python .venv/bin/python --no-deps --target .venv/typing -r e2e/typing-requirements.txt
+# the causal-LM example's model, outside site-packages (why: e2e/llm-model-requirements.txt)
+rm -rf .venv/llm-model && "$uv" pip install -q --python .venv/bin/python --no-deps --target .venv/llm-model -r e2e/llm-model-requirements.txt
 "$uv" pip install -q --python .venv/bin/python --no-deps -e .
 rm -f .venv/.lathe-lock-*
 touch "$stamp"

@@ -11,6 +11,8 @@ e2e/setup.sh
 # Reuse finished builds across clones on the same machine (CI clones afresh).
 export LATHE_CONTROLPLANE_CACHE="${LATHE_CONTROLPLANE_CACHE:-$HOME/.cache/lathe/controlplane}"
 export LATHE_IMAGE_CACHE="${LATHE_IMAGE_CACHE:-$HOME/.cache/lathe/images}"
+# The causal-LM tests' dequantized GGUF and model-builder exports (content-keyed: tests/llm/conftest.py)
+export LATHE_LLM_CACHE="${LATHE_LLM_CACHE:-$HOME/.cache/lathe/llm}"
 # The Go builds are CPU-bound and the image build mostly downloads: run them side by side.
 logs="$(mktemp -d)"
 bash e2e/controlplane/build.sh >"$logs/controlplane.log" 2>&1 & cp_pid=$!

@@ -21,6 +21,7 @@ NOT_OPERATOR = {
     "lathe.worker.main": "`lathe worker`",
     "lathe.worker.intake": "the prune pass's run(): the worker",
     "lathe.worker.backends": "the passes' run(): the worker",
+    "lathe.worker.llm": "the causal-LM quantize pass's run() and the worker's pipeline: the worker",
     "onnx": "lathe.serving.config.onnx_signature and the passes' run(): the worker's publish step and passes",
     "openvino": "lathe.serving.openvino_flavour.openvino_signature: the worker's publish step",
     "onnxruntime": "the passes' run(): the worker",

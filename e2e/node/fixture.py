@@ -280,6 +280,9 @@ state = "{d / 'state'}"
             mark = marks / hashlib.sha256(f"{tar.name}:{tar.stat().st_size}:{ref}".encode()).hexdigest()[:16]
             if mark.exists() and _normalise(ref) in have:
                 continue
+            if _normalise(ref) in have:  # an earlier build under this name goes first: two 5 GB workers,
+                self._ctr("images", "rm", "--sync", _normalise(ref), check=False)  # each unpacked, fill a disk
+                self._prune_images()
             self._ctr("images", "import", "--no-unpack=false", str(tar), timeout=1200)
             have = set(self._ctr("images", "ls", "-q").stdout.split())
             if _normalise(ref) not in have:

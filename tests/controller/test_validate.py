@@ -181,10 +181,10 @@ def test_the_genai_flavour_and_causal_lm_go_together():
     assert problems(spec(publish={**base, "flavour": "genai"})) == [
         "spec.publish.flavour: genai serves causal LMs (task causal-lm, runtime onnxruntime-genai); use auto for "
         "this task"]
-    # a causal-LM spec (the task type comes with the worker half of issue 22; built here without validation)
-    s = spec(publish={**base, "flavour": "python", "tritonUrl": "t:8000",
-                      "rollout": {"capture": {"enabled": True, "uri": "/c"}}})
-    llm = s.model_copy(update={"task": s.task.model_copy(update={"type": "causal-lm"})})
+    llm = spec(model={"uri": "pvc://m/smollm2", "format": "hf"}, task={"type": "causal-lm"},
+               data={"validation": {"uri": "pvc://m/val.jsonl"}},
+               publish={**base, "flavour": "python", "tritonUrl": "t:8000",
+                        "rollout": {"capture": {"enabled": True, "uri": "/c"}}})
     assert problems(llm) == [
         "spec.publish.flavour: a causal LM is served as genai (a decoupled model that streams tokens), not python; "
         "use auto or genai",

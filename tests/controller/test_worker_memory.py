@@ -59,18 +59,24 @@ def test_a_batch_whose_inputs_alone_exceed_the_limit_is_refused_before_any_job()
 
 
 def test_the_job_tells_the_worker_its_memory_limit():
+    """The container's limits.memory reaches the worker through the Downward API (bytes; the node's allocatable
+    memory without a limit): it refuses oversized batches and causal LMs too big for it before loading them."""
     owner = {"apiVersion": "lathe.dev/v1alpha1", "kind": "ModelOptimization",
              "metadata": {"name": "x", "namespace": "ml", "uid": "u", "generation": 1}}
 
     def env(s, cfg=None):
         c = job_manifest(owner, s, "{}", 1, cfg or OperatorConfig())["spec"]["template"]["spec"]["containers"][0]
-        return {e["name"]: e.get("value") for e in c["env"]}, c["resources"]["limits"].get("memory")
+        return {e["name"]: e for e in c["env"]}, c["resources"]["limits"].get("memory"), c["name"]
 
-    values, limit = env(spec(limits={"memory": "1500Mi"}))
-    assert values["LATHE_MEMORY_LIMIT"] == limit == "1500Mi"
-    assert env(spec())[0]["LATHE_MEMORY_LIMIT"] == OperatorConfig().cpu_resources["limits"]["memory"]
+    values, limit, container = env(spec(limits={"memory": "1500Mi"}))
+    assert limit == "1500Mi"
+    assert [e for e in values.values() if e["name"] == "LATHE_MEMORY_LIMIT"] == [{
+        "name": "LATHE_MEMORY_LIMIT", "valueFrom": {"resourceFieldRef": {
+            "containerName": container, "resource": "limits.memory", "divisor": "1"}}}]
+    assert env(spec())[1] == OperatorConfig().cpu_resources["limits"]["memory"]
     no_limit = OperatorConfig(cpu_resources={"requests": {"cpu": "1"}, "limits": {}})
-    assert "LATHE_MEMORY_LIMIT" not in env(spec(), no_limit)[0]
+    values, limit, _ = env(spec(), no_limit)
+    assert limit is None and "resourceFieldRef" in values["LATHE_MEMORY_LIMIT"]["valueFrom"]
 
 
 LOG = """2026-12-05 07:40:01 INFO lathe.worker [candidates] 100%

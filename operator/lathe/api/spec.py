@@ -66,6 +66,8 @@ class ModelFormat(StrEnum):
     onnx = "onnx"
     torchscript = "torchscript"
     pytorch_export = "pytorch-export"
+    hf = "hf"      # task causal-lm: a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer)
+    gguf = "gguf"  # task causal-lm: one .gguf file (llama.cpp), dequantized to FP32 on intake
 
 
 class TaskType(StrEnum):
@@ -73,6 +75,7 @@ class TaskType(StrEnum):
     embedding = "embedding"
     regression = "regression"
     generic = "generic"
+    causal_lm = "causal-lm"
 
 
 class Metric(StrEnum):
@@ -81,6 +84,7 @@ class Metric(StrEnum):
     mse = "mse"
     mae = "mae"
     agreement = "agreement"
+    perplexity = "perplexity"  # task causal-lm: token-weighted, over fixed windows of the validation text
 
 
 # Each task's metric unless the spec names one; "agreement" compares argmax/values with the baseline.
@@ -89,6 +93,7 @@ DEFAULT_METRIC = {
     TaskType.embedding: Metric.cosine,
     TaskType.regression: Metric.mse,
     TaskType.generic: Metric.agreement,
+    TaskType.causal_lm: Metric.perplexity,
 }
 
 
@@ -101,6 +106,7 @@ class Runtime(StrEnum):
     onnxruntime = "onnxruntime"
     openvino = "openvino"
     tensorrt = "tensorrt"
+    onnxruntime_genai = "onnxruntime-genai"  # task causal-lm: the generation runtime over the model builder's graph
 
 
 class Precision(StrEnum):
@@ -141,9 +147,19 @@ class IntType(StrEnum):
 
 
 class Objective(StrEnum):
-    latency = "latency"
-    throughput = "throughput"
+    latency = "latency"  # causal-lm: time per generated token at batch 1, i.e. decode tokens/s
+    throughput = "throughput"  # causal-lm: tokens/s of target.streams concurrent generations
     size = "size"
+    first_token = "first-token"  # causal-lm only: time to first token at the first of target.promptTokens
+
+
+class WeightAlgorithm(StrEnum):
+    """How weight-only INT4/INT8 (MatMulNBits) picks each block's grid (runtime onnxruntime-genai)."""
+    rtn = "rtn"          # round to nearest: the model builder's default
+    k_quant = "k-quant"  # the builder's k_quant search of each block's scale
+    hqq = "hqq"          # half-quadratic quantization (ONNX Runtime), no data
+    gptq = "gptq"        # GPTQ (ONNX Runtime) on the calibration text
+    awq = "awq"          # activation-aware (NVIDIA ModelOpt's ONNX awq_lite) on the calibration text
 
 
 class InputSpec(Model):
@@ -157,7 +173,7 @@ class InputSpec(Model):
 
 class ModelSource(Model):
     uri: Location = Field(description="Where the model is: a path, pvc://claim/path, s3://bucket/key, gs://bucket/key, az://container/key (each needs its spec.storage entry) or https://... (needs sha256).")
-    format: ModelFormat = Field(ModelFormat.onnx, description="onnx, torchscript (torch.jit.save) or pytorch-export (torch.export.save).")
+    format: ModelFormat = Field(ModelFormat.onnx, description="onnx, torchscript (torch.jit.save) or pytorch-export (torch.export.save); task causal-lm: hf (a checkpoint folder with config.json, *.safetensors and tokenizer files; from s3:// or https:// a .tar or .tar.gz of it) or gguf (one .gguf file).")
     sha256: str | None = Field(None, pattern=r"^[a-f0-9]{64}$", description="Verified before anything runs when given.")
     inputs: list[InputSpec] = Field(default_factory=list, description="Input names, shapes and dtypes; required to export PyTorch models.")
 
@@ -166,12 +182,13 @@ class Task(Model):
     type: TaskType = Field(TaskType.classification, description="What the model does; picks the default metric.")
     metric: Metric | None = Field(None, description="Accuracy metric; default: top1 for classification, cosine for embedding, mse for regression, agreement otherwise.")
     output: str | None = Field(None, description="Output to evaluate; default: the first model output.")
+    window_tokens: int = Field(256, ge=16, le=8192, description="Task causal-lm: perplexity and next-token agreement are measured over non-overlapping windows of this many tokens (each window's first token has no context and is not scored).")
 
 
 class DataSet(Model):
-    uri: Location = Field(description="An .npz file of arrays keyed by model input name, with optional `labels`: a path, pvc://claim/path, s3://bucket/key or https://... (needs sha256).")
+    uri: Location = Field(description="An .npz file of arrays keyed by model input name, with optional `labels` (task causal-lm: a .txt file or a .jsonl of {\"text\": ...} documents): a path, pvc://claim/path, s3://bucket/key, gs://bucket/key, az://container/key or https://... (needs sha256).")
     sha256: str | None = Field(None, pattern=r"^[a-f0-9]{64}$", description="Verified before anything runs when given; required for https://.")
-    max_samples: int | None = Field(None, ge=1, description="Use at most this many samples.")
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many samples (task causal-lm: windows of task.windowTokens tokens).")
 
 
 class Coverage(Model):
@@ -184,6 +201,8 @@ class Coverage(Model):
 class Data(Model):
     calibration: DataSet | None = Field(None, description="Calibration set; defaults to the validation set (reported as such).")
     validation: DataSet = Field(description="Validation set every candidate and the baseline are measured on.")
+    prompts: DataSet | None = Field(None, description="Task causal-lm: a .jsonl of {\"prompt\": ...} lines; every candidate generates from the first ones before it is judged (default: the start of the validation text).")
+    multiple_choice: DataSet | None = Field(None, description="Task causal-lm, optional: a .jsonl of {\"context\": ..., \"choices\": [...], \"answer\": index} lines, scored by log-likelihood of each choice (reported, not gated).")
     training: DataSet | None = Field(None, description="Training set (same .npz format; labels optional) for the passes that train: quantize mode qat and distill (required) and structured pruning's fine-tuning (used when given, else the calibration set). Never the validation set: what a candidate is trained on must not be what the gate measures it on.")
     coverage: Coverage = Field(default_factory=Coverage)
 
@@ -220,11 +239,13 @@ class Target(Model):
     device: Device = Field(Device.cpu)
     runtimes: list[Runtime] = Field(
         default_factory=list,
-        description="Runtimes candidates may use; default: onnxruntime and openvino on cpu, tensorrt on gpu.",
+        description="Runtimes candidates may use; default: onnxruntime and openvino on cpu, tensorrt on gpu, onnxruntime-genai for task causal-lm.",
     )
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads for benchmarks; 0 = the cores the worker has.")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], min_length=1, description="Batch sizes benchmarked; the first one decides.")
     tie_break_seconds: float | None = Field(None, ge=0, le=3600, description="Seconds of further benchmarking allowed to settle a tie on speed: when the 95% speedup intervals of the fastest candidates within budget overlap, the baseline and every benchmarked candidate are timed in more interleaved rounds at the deciding batch size (the first; the largest for objective throughput) until the fastest one's interval separates from the others' or this time is spent. Unset: as long as the benchmark itself (the worker's --bench-seconds, 30 by default); 0: no further rounds. A tie that remains goes to an accuracy drop smaller by at least a fifth of the accuracy budget (maxAccuracyDrop, or maxRelativeDrop x the baseline's accuracy), then to a size at least 10% smaller, else to the highest point estimate.")
+    prompt_tokens: list[Annotated[int, Field(ge=1, le=32768)]] = Field(default_factory=lambda: [128, 512], min_length=1, max_length=4, description="Task causal-lm: prompt lengths the time to first token is measured at (objective first-token: the first one decides).")
+    streams: int = Field(4, ge=1, le=64, description="Task causal-lm: concurrent generations the throughput is measured with.")
     gpu: Gpu = Field(default_factory=Gpu)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
@@ -298,6 +319,12 @@ class PassSpec(Model):
     level: str | None = Field(None, pattern=r"^(basic|extended|all)$")
     preset: str | None = Field(None, pattern=r"^(performance|mixed)$")
     model_type: str | None = Field(None, pattern=r"^(transformer)$")
+    algorithm: WeightAlgorithm | None = Field(None, description="Runtime onnxruntime-genai: how weight-only INT4/INT8 is rounded (rtn, k-quant, hqq, gptq, awq); default rtn.")
+    accuracy_level: int | None = Field(None, ge=0, le=4, description="Runtime onnxruntime-genai: MatMulNBits' compute type: 4 = INT8 activations (the fast CPU path, default), 1 = FP32, 0 = the kernel's choice.")
+    symmetric: bool | None = Field(None, description="Runtime onnxruntime-genai: symmetric weight grid (default true); false adds a zero point per block.")
+    float_offset: bool | None = Field(None, description="Runtime onnxruntime-genai, algorithm rtn or hqq: each block's grid keeps a float offset instead of a rounded integer zero point (rtn: the grid starts exactly at the block's minimum; hqq: its own float zero points). MatMulNBits keeps the codes and scales; the offsets run beside it in FP32 as the input's block sums times the offsets (1/blockSize of the MatMul's work), because MatMulNBits' CPU kernels are about 200x slower with float zero points. A checkpoint whose weights already sit on such a grid (a Q4_1 GGUF, at block 32) is then held exactly.")
+    int8_nodes: list[str] | None = Field(None, max_length=1024, description="Runtime onnxruntime-genai, precision int4: MatMuls (the builder's node names, e.g. /lm_head/MatMul) kept at 8 bits.")
+    int8_sensitive: int | None = Field(None, ge=0, le=1024, description="Runtime onnxruntime-genai, precision int4: keep this many of the most sensitive MatMuls at 8 bits, ranked by ablation on the calibration text (each one's INT4 weights put back to FP32 in turn).")
 
 
 class Fallback(Model):
@@ -458,6 +485,10 @@ class ModelOptimizationSpec(Model):
         ("!has(self.target) || !has(self.target.runtimes) || (has(self.target.device) && self.target.device == 'gpu')"
          " || !self.target.runtimes.exists(r, r == 'tensorrt')",
          "tensorrt needs target.device gpu"),
+        ("!has(self.task) || !has(self.task.type) || self.task.type != 'causal-lm' || !has(self.target)"
+         " || !has(self.target.device) || self.target.device == 'cpu'",
+         "task causal-lm runs on target.device cpu only: the GPU path (TensorRT-LLM engines, FP8/NVFP4) is not "
+         "available in Lathe"),
     ))
     model: ModelSource
     task: Task = Field(default_factory=Task)
@@ -466,7 +497,7 @@ class ModelOptimizationSpec(Model):
     candidates: list[Candidate] = Field(default_factory=list, description="Default: a search set chosen for the target and model.")
     search: Search = Field(default_factory=Search, description="Spread the search over several build Jobs (parallelism) and say where they run (builders).")
     budget: Budget = Field(default_factory=Budget)
-    objective: Objective = Objective.latency
+    objective: Objective = Field(Objective.latency, description="What the winner is picked by among candidates within budget: latency (task causal-lm: time per generated token, i.e. decode tokens/s), throughput, size, or first-token (task causal-lm: time to first token).")
     tensorrt: TensorRTOptions | None = None
     publish: Publish | None = None
     storage: Storage | None = None
@@ -484,6 +515,8 @@ def metric_of(spec: ModelOptimizationSpec) -> Metric:
 def runtimes_of(spec: ModelOptimizationSpec) -> list[Runtime]:
     if spec.target.runtimes:
         return [Runtime(r) for r in spec.target.runtimes]
+    if spec.task.type == TaskType.causal_lm:
+        return [Runtime.onnxruntime_genai]
     if spec.target.device == Device.gpu:
         return [Runtime.tensorrt]
     return [Runtime.onnxruntime, Runtime.openvino]

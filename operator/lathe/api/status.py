@@ -84,8 +84,20 @@ class CandidateResult(Model):
     activation_out_of_range: float | None = Field(None, description="Static INT8 (ONNX Runtime): the largest share, over the quantized tensors, of validation activations outside the range calibrated for that tensor (clipped when quantized).")
     activation_out_of_range_tensor: str | None = Field(None, description="The tensor with that share.")
     warnings: list[str] = Field(default_factory=list)
-    artifact: str | None = None
-    sha256: str | None = None
+    artifact: str | None = Field(None, description="The built model: a file, or (runtime onnxruntime-genai) a folder.")
+    sha256: str | None = Field(None, description="Of the artifact (a folder: of its model.onnx).")
+    # task causal-lm
+    perplexity: float | None = Field(None, description="Causal LM: token-weighted perplexity over the validation windows.")
+    perplexity_increase: float | None = Field(None, description="Causal LM: relative to the FP32 model's (0.01 = +1%).")
+    token_agreement: float | None = Field(None, description="Causal LM: share of validation positions whose teacher-forced next-token top-1 equals the FP32 model's.")
+    choice_accuracy: float | None = Field(None, description="Causal LM: accuracy on spec.data.multipleChoice (log-likelihood of each choice).")
+    first_token_ms: dict[str, float] = Field(default_factory=dict, description="Causal LM: time to first token (prefill + one token) by prompt length in tokens, ms (geometric mean of round medians).")
+    decode_tokens_per_s: float | None = Field(None, description="Causal LM: tokens/s decoding one stream (after the first token).")
+    decode_tokens_per_s_low: float | None = Field(None, description="Lower end of its 95% interval (from the paired ratio against the baseline).")
+    decode_tokens_per_s_high: float | None = None
+    stream_tokens_per_s: float | None = Field(None, description="Causal LM: aggregate tokens/s of target.streams concurrent generations.")
+    streams: int | None = None
+    bits: dict[str, int] = Field(default_factory=dict, description="Causal LM: MatMul count per weight bit width (4, 8; 32 = kept in FP32).")
 
     def speedup_text(self) -> str | None:
         """'1.52x [1.45, 1.60]' (with the 95% interval when measured); None without a speedup.
@@ -162,7 +174,8 @@ class WorkerResult(Model):
             d = c.model_dump(by_alias=True, exclude_none=True,
                              include={"name", "runtime", "verdict", "reason", "accuracy", "accuracy_drop",
                                       "p50_ms", "p99_ms", "speedup", "speedup_low", "speedup_high", "rounds",
-                                      "size_bytes", *paths})
+                                      "size_bytes", "perplexity_increase", "token_agreement",
+                                      "decode_tokens_per_s", *paths})
             if "reason" in d:
                 d["reason"] = d["reason"][:reason_len]
             for k, v in d.items():

@@ -172,8 +172,6 @@ def job_manifest(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: 
         # Extended resources go in limits (requests default to them); the API wants strings.
         resources["limits"][spec.target.gpu.resource_name] = str(spec.target.gpu.count)
     extra_env = [{"name": "LATHE_BENCH_SECONDS", "value": f"{config.bench_seconds:g}"}]
-    if resources["limits"].get("memory"):  # the worker checks its batches' inputs against it, and says it
-        extra_env.append({"name": "LATHE_MEMORY_LIMIT", "value": str(resources["limits"]["memory"])})
     if architecture is not None:
         extra_env.append({"name": "LATHE_GPU_ARCH", "value": architecture.compute_capability})
     if gpu and not any(t.get("key") == spec.target.gpu.resource_name for t in tolerations):
@@ -250,6 +248,11 @@ def _job(owner: dict[str, Any], spec: ModelOptimizationSpec, spec_json: str, att
             {"name": "LATHE_PVC_MOUNTS", "value": json.dumps({c: f"{config.pvc_root}/{c}" for c in claims})},
             {"name": "LATHE_RESOURCE", "value": f"{namespace}/{name}"},
             {"name": "LATHE_GENERATION", "value": str(generation)},
+            # The container's memory limit in bytes (the node's allocatable memory without one): the worker
+            # refuses before loading a causal LM too big for it and before timing a batch whose inputs alone
+            # exceed it (worker/limits.py)
+            {"name": "LATHE_MEMORY_LIMIT", "valueFrom": {"resourceFieldRef": {
+                "containerName": "worker", "resource": "limits.memory", "divisor": "1"}}},
             *extra_env,
             {"name": "HOME", "value": SCRATCH},
             {"name": "TMPDIR", "value": SCRATCH},

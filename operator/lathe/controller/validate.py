@@ -60,7 +60,7 @@ def problems(spec: ModelOptimizationSpec, reachable: Reachability | None = None,
             if prof.input not in declared:
                 out.append(f"spec.tensorrt.profiles[{i}].input: the model has no input {prof.input!r} "
                            f"(inputs: {', '.join(sorted(declared))})")
-    if spec.model.format != "onnx" and not spec.model.inputs:
+    if spec.model.format not in ("onnx", "hf", "gguf") and not spec.model.inputs:
         out.append(f"spec.model.inputs: a {spec.model.format} model needs its inputs declared to be exported")
 
     if spec.data.training is not None and spec.data.training.uri == spec.data.validation.uri:
@@ -68,6 +68,7 @@ def problems(spec: ModelOptimizationSpec, reachable: Reachability | None = None,
                    "data they have seen (their accuracy optimistic); give a separate training set")
     out.extend(_architecture_problems(spec))
     out.extend(_search_problems(spec))
+    out.extend(_causal_lm_problems(spec))
     out.extend(_location_problems(spec, reachable))
     out.extend(_publish_problems(spec))
     out.extend(_secret_problems(spec, secret_keys))
@@ -119,6 +120,60 @@ def _search_problems(spec: ModelOptimizationSpec) -> list[str]:
                 "hands its built candidates to the benchmark Job there (a path on shared storage, pvc://claim/path "
                 "or s3://bucket/prefix); or set spec.search.parallelism to 1"]
     return []
+
+
+_LM_FORMATS = ("hf", "gguf")
+_ARCHIVES = (".tar", ".tar.gz", ".tgz")
+_REMOTE = ("s3://", "gs://", "az://", "https://")  # an hf folder comes from these as one archive
+
+
+def _causal_lm_problems(spec: ModelOptimizationSpec) -> list[str]:
+    """Task causal-lm takes its own formats, metric, runtime, objective and budget fields; and runs on the CPU."""
+    lm = spec.task.type == "causal-lm"
+    out = []
+    if not lm:
+        if spec.model.format in _LM_FORMATS:
+            out.append(f"spec.task.type: a {spec.model.format} checkpoint is read as a causal LM: set task.type "
+                       "causal-lm")
+        if spec.task.metric == "perplexity":
+            out.append("spec.task.metric: perplexity measures task causal-lm only")
+        if "onnxruntime-genai" in spec.target.runtimes or any(c.runtime == "onnxruntime-genai" for c in spec.candidates):
+            out.append("spec.target.runtimes: onnxruntime-genai serves task causal-lm only")
+        if spec.objective == "first-token":
+            out.append("spec.objective: first-token is a causal-lm objective (time to first token)")
+        for f in ("max_perplexity_increase", "min_token_agreement"):
+            if getattr(spec.budget, f) is not None:
+                out.append(f"spec.budget.{_camel(f)}: only used by task causal-lm")
+        for f in ("prompts", "multiple_choice"):
+            if getattr(spec.data, f) is not None:
+                out.append(f"spec.data.{_camel(f)}: only used by task causal-lm")
+        return out
+    if spec.target.device == "gpu":
+        out.append("spec.target.device: task causal-lm runs on the CPU (runtime onnxruntime-genai): its GPU path, "
+                   "TensorRT-LLM engines with FP8/NVFP4 weights, needs TensorRT-LLM and a GPU, which Lathe cannot "
+                   "install or run yet; use target.device cpu")
+    if spec.model.format not in _LM_FORMATS:
+        out.append(f"spec.model.format: task causal-lm reads an hf checkpoint folder or a gguf file, not "
+                   f"{spec.model.format}")
+    if spec.task.metric is not None and spec.task.metric != "perplexity":
+        out.append(f"spec.task.metric: task causal-lm is measured by perplexity (and next-token agreement), not "
+                   f"{spec.task.metric}")
+    bad = [r for r in spec.target.runtimes if r != "onnxruntime-genai"]
+    if bad:
+        out.append(f"spec.target.runtimes: task causal-lm runs on onnxruntime-genai only, not {', '.join(bad)}")
+    if spec.model.format == "hf" and spec.model.uri.startswith(_REMOTE) \
+            and not spec.model.uri.split("?", 1)[0].endswith(_ARCHIVES):
+        out.append("spec.model.uri: an hf checkpoint from an object store or https:// is one .tar or .tar.gz of the folder "
+                   "(a path or pvc:// names the folder itself)")
+    if spec.model.format == "hf" and spec.model.sha256 and not spec.model.uri.startswith(_REMOTE) \
+            and not spec.model.uri.endswith(_ARCHIVES):
+        out.append("spec.model.sha256: an hf checkpoint folder has no single sha256; give it for a .tar/.tar.gz")
+    return out
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(w.title() for w in rest)
 
 
 def _secret_problems(spec: ModelOptimizationSpec, secret_keys: SecretKeys | None) -> list[str]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-HIGHER_IS_BETTER = {"top1": True, "cosine": True, "agreement": True, "mse": False, "mae": False}
-LABEL = {"top1": "top-1", "cosine": "mean cosine", "agreement": "agreement", "mse": "MSE", "mae": "MAE"}
+HIGHER_IS_BETTER = {"top1": True, "cosine": True, "agreement": True, "mse": False, "mae": False, "perplexity": False}
+LABEL = {"top1": "top-1", "cosine": "mean cosine", "agreement": "agreement", "mse": "MSE", "mae": "MAE",
+         "perplexity": "perplexity"}
 
 
 def finite(outputs: list[np.ndarray]) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..api.status import CandidateResult, WorkerResult
 from .metrics import HIGHER_IS_BETTER, LABEL
-from .table import speedup_text
+from .table import speedup_text, tokens_text
 
 COLORS = {"passed": "#1a7f37", "rejected": "#cf222e", "failed": "#6e7781", "baseline": "#0969da"}
 PRECISION_COLORS = {"fp32": "#0969da", "fp16": "#8250df", "bf16": "#bf3989", "int8": "#1a7f37", "int4": "#9a6700",
@@ -184,21 +184,25 @@ def precision_bars(wr: WorkerResult, details: dict[str, Any], w: int = 680) -> s
     return "".join(parts) + "".join(lists)
 
 
-def sensitivity(wr: WorkerResult, details: dict[str, Any]) -> str:
+def sensitivity(wr: WorkerResult, details: dict[str, Any], lm: bool = False) -> str:
     sens = []
     for name, d in details.get("candidates", {}).items():
         s = d.get("sensitivity")
         if not s:
             continue
-        kept = next((c.float_nodes for c in wr.candidates if c.name == name), [])
+        kept = (list(d.get("bits", {}) and [n for n, b in d["bits"].items() if b == 8]) if lm
+                else next((c.float_nodes for c in wr.candidates if c.name == name), []))
         top = max((v for _, v in s), default=1.0) or 1.0
         bars = "".join(
             f'<tr><td>{"● " if n in kept else ""}{html.escape(n)}</td><td>{v:.4g}</td>'
             f'<td><svg width="200" height="10"><rect width="{200 * max(v, 0) / top:.1f}" height="10" '
             f'fill="{"#cf222e" if n in kept else "#8c959f"}"/></svg></td></tr>'
             for n, v in s[:24])
-        sens.append(f"<h3>{html.escape(name)}</h3><p>What each quantized node costs: the relative output error removed when it alone goes back to "
-                    f"float (ONNX Runtime) or the error it adds (OpenVINO); ● = kept in float.</p>"
+        what = ("What each MatMul costs at INT4: the KL divergence from the FP32 model's next-token distribution "
+                "removed when it alone goes back to FP32 (groups first when there are many); ● = kept at INT8."
+                if lm else "What each quantized node costs: the relative output error removed when it alone goes "
+                           "back to float (ONNX Runtime) or the error it adds (OpenVINO); ● = kept in float.")
+        sens.append(f"<h3>{html.escape(name)}</h3><p>{what}</p>"
                     f"<table><tr><th>node</th><th>error cost</th><th></th></tr>{bars}</table>")
     return "".join(sens) or "<p>No candidate needed mixed precision.</p>"
 
@@ -214,6 +218,105 @@ def tie_break(wr: WorkerResult) -> str:
     return (f'<h2>Tie on speed</h2><p id="tie-break">{html.escape(", ".join(tb.candidates))}: '
             f"{html.escape(tb.summary())}.</p><table><tr><th>rounds</th>"
             + "".join(f"<th>{html.escape(n)}</th>" for n in names) + f"</tr>{rows}</table>")
+
+
+BIT_COLORS = {4: "#9a6700", 8: "#1a7f37", 32: "#0969da"}
+
+
+def lm_scatter(wr: WorkerResult, budget: dict, w: int = 680, h: int = 400) -> str:
+    """Causal LM: perplexity (y) against decode tokens/s (x), each with its 95% interval bar, and the budget."""
+    pts = [c for c in [wr.baseline, *wr.candidates] if c.perplexity is not None and c.decode_tokens_per_s]
+    if not pts:
+        return "<p>No candidate was measured.</p>"
+    allowed = None
+    if budget.get("max_relative_drop") is not None and wr.baseline.perplexity:
+        allowed = wr.baseline.perplexity * (1 + budget["max_relative_drop"])
+    xs = [v for c in pts for v in (c.decode_tokens_per_s, c.decode_tokens_per_s_low, c.decode_tokens_per_s_high)
+          if v]
+    ys = [c.perplexity for c in pts] + ([allowed] if allowed else [])
+    ax = _Axis(min(xs), max(xs), L, w - R, allow_log=False)
+    ay = _Axis(min(ys), max(ys), h - B, T)
+    parts = _svg_open(w, h, "perplexity against decode tokens per second")
+    for xv, yv in zip(ax.ticks(), ay.ticks(), strict=True):
+        parts.append(f'<text x="{L - 5}" y="{ay(yv) + 4:.1f}" text-anchor="end">{yv:.4g}</text>')
+        parts.append(f'<text x="{ax(xv):.1f}" y="{h - B + 15}" text-anchor="middle">{xv:.3g}</text>')
+    parts.append(f'<text x="{(w + L) / 2}" y="{h - 8}" text-anchor="middle">decode tokens/s, batch 1 '
+                 f'(bars: 95% interval; right is faster)</text>')
+    parts.append(f'<text x="14" y="{(h - B) / 2}" transform="rotate(-90 14 {(h - B) / 2})" text-anchor="middle">'
+                 f'perplexity{", log scale" if ay.log else ""} (lower is better)</text>')
+    if allowed is not None:
+        parts.append(f'<line class="budget" x1="{L}" x2="{w - R}" y1="{ay(allowed):.1f}" y2="{ay(allowed):.1f}" '
+                     f'stroke="#cf222e" stroke-width="2" stroke-dasharray="6 4"/>'
+                     f'<text x="{w - R - 4}" y="{ay(allowed) - 4:.1f}" text-anchor="end" fill="#cf222e">'
+                     f'perplexity budget (+{budget["max_relative_drop"]:.1%})</text>')
+    for c in pts:
+        lo, hi = c.decode_tokens_per_s_low or c.decode_tokens_per_s, c.decode_tokens_per_s_high or c.decode_tokens_per_s
+        y = ay(c.perplexity)
+        parts.append(f'<line class="interval" x1="{ax(lo):.1f}" x2="{ax(hi):.1f}" y1="{y:.1f}" y2="{y:.1f}" '
+                     f'stroke="{COLORS.get(str(c.verdict), "#000")}" stroke-width="3"/>')
+    for c in pts:
+        parts.append(f'<text x="{ax(c.decode_tokens_per_s) + 7:.1f}" y="{ay(c.perplexity) - 6:.1f}">'
+                     f'{html.escape(c.name)}</text>')
+    for c in pts:
+        r = 7 if c.name == wr.winner else 4.5
+        ring = ' stroke="#000" stroke-width="2"' if c.name == wr.winner else ""
+        parts.append(f'<circle class="point" cx="{ax(c.decode_tokens_per_s):.1f}" cy="{ay(c.perplexity):.1f}" r="{r}" '
+                     f'fill="{COLORS.get(str(c.verdict), "#000")}"{ring}><title>{html.escape(c.name)}: '
+                     f'{c.decode_tokens_per_s:.1f} tokens/s, perplexity {c.perplexity:.3f}</title></circle>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def layer_bits(wr: WorkerResult, details: dict[str, Any], w: int = 680) -> str:
+    """Causal LM: one row per candidate, one cell per weight MatMul in graph order, coloured by its bits."""
+    rows = [(c.name, details.get("candidates", {}).get(c.name, {}).get("bits") or {}) for c in wr.candidates]
+    rows = [(n, b) for n, b in rows if b]
+    if not rows:
+        return "<p>No per-layer precision recorded.</p>"
+    row_h, left = 20, 170
+    h = 14 + row_h * len(rows) + 24
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             f'font-size="11" role="img" aria-label="weight bits per MatMul">']
+    for k, (name, bits) in enumerate(rows):
+        y = 8 + row_h * k
+        cell = (w - left - R) / max(len(bits), 1)
+        parts.append(f'<text x="{left - 5}" y="{y + 12}" text-anchor="end">{html.escape(name)}</text>')
+        for i, (node, b) in enumerate(bits.items()):
+            parts.append(f'<rect class="bits" x="{left + i * cell:.2f}" y="{y}" width="{max(cell, 0.5):.2f}" '
+                         f'height="14" fill="{BIT_COLORS.get(int(b), "#8c959f")}"><title>{html.escape(node)}: '
+                         f'{b} bits</title></rect>')
+    x = left
+    for b, col in BIT_COLORS.items():
+        parts.append(f'<rect x="{x}" y="{h - 17}" width="10" height="10" fill="{col}"/>'
+                     f'<text x="{x + 13}" y="{h - 8}">{"fp32" if b == 32 else f"int{b}"}</text>')
+        x += 60
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def lm_section(wr: WorkerResult, budget: dict, details: dict[str, Any]) -> str:
+    lengths = list(wr.baseline.first_token_ms)
+    heads = ["candidate", "verdict", "perplexity", "change", "next-token agreement", "choice accuracy",
+             *[f"first token @{n} (ms)" for n in lengths], "decode tokens/s [95%]",
+             f"{wr.baseline.streams or ''} streams tokens/s", "MB", "peak MiB", "bits (MatMuls)", "generated"]
+    cands = details.get("candidates", {})
+    rows = []
+    for c in [wr.baseline, *wr.candidates]:
+        sample = (details.get("baseline") if c.name == "baseline" else cands.get(c.name, {})) or {}
+        cells = [html.escape(c.name) + (" ★" if c.name == wr.winner else ""),
+                 f'<span style="color:{COLORS.get(str(c.verdict), "#000")}">{html.escape(str(c.verdict))}</span>',
+                 _fmt(c.perplexity), "–" if c.perplexity_increase is None else f"{c.perplexity_increase:+.2%}",
+                 _fmt(c.token_agreement), _fmt(c.choice_accuracy), *[_fmt(c.first_token_ms.get(n)) for n in lengths],
+                 html.escape(tokens_text(c)), _fmt(c.stream_tokens_per_s),
+                 _fmt(c.size_bytes / 1e6 if c.size_bytes else None), _fmt(c.peak_memory_mb),
+                 html.escape(", ".join(f"{'fp32' if k == '32' else 'int' + k}:{v}" for k, v in c.bits.items())),
+                 "<code>" + html.escape(str(sample.get("generated", ""))[:120]) + "</code>"]
+        rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+    return (f"<h2>Perplexity vs decode speed</h2>{lm_scatter(wr, budget)}"
+            f"<h2>Causal LM figures</h2><table><tr>{''.join(f'<th>{x}</th>' for x in heads)}</tr>{''.join(rows)}"
+            "</table><p>Agreement: share of validation positions whose teacher-forced next-token top-1 equals the "
+            "FP32 model's. Generated: the first tokens each candidate produced (greedy) when it was loaded.</p>"
+            f"<h2>Weight bits per MatMul</h2>{layer_bits(wr, details)}")
 
 
 def _row(c: CandidateResult, winner: str | None) -> str:
@@ -247,6 +350,14 @@ def html_report(wr: WorkerResult, spec, budget: dict, details: dict[str, Any]) -
         for c in [wr.baseline, *wr.candidates] for lat in c.latency)
     budget_txt = ", ".join(f"{k}={v}" for k, v in budget.items() if v is not None and not k.startswith("_"))
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in wr.warnings)
+    lm = metric == "perplexity"  # causal LM: its own plot, figures and bits per MatMul instead of the generic ones
+    generic = (f'<h2>Accuracy vs latency</h2>{scatter(wr, allowed, details, budget.get("max_p99_latency_ms"))}'
+               f'<p>Dashed red: the accuracy budget. Purple: Pareto front ({html.escape(", ".join(wr.pareto))}).</p>')
+    timing = (f"<h2>Latency distributions</h2>{distributions(wr, details)}"
+              "<h2>Latency per batch size</h2><table><tr><th>candidate</th><th>batch</th><th>p50</th><th>p95</th>"
+              f"<th>p99</th><th>samples/s</th><th>timed calls</th></tr>{lat_rows}</table>"
+              '<p>p99 "–": fewer than 500 timed calls, too few for a 99th percentile.</p>'
+              f"<h2>Precision per layer</h2>{precision_bars(wr, details)}")
     env = ", ".join(f"{k} {v}" for k, v in wr.environment.items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Lathe report</title>
 <style>body{{font-family:sans-serif;margin:24px;color:#1f2328}}table{{border-collapse:collapse;font-size:12px}}
@@ -259,14 +370,10 @@ objective {html.escape(str(spec.objective))} · {wr.seconds}s</p>
 <p>Speedup: {html.escape(wr.speedup_basis)}.</p>
 {tie_break(wr)}
 {"<ul>" + warn + "</ul>" if warn else ""}
-<h2>Accuracy vs latency</h2>{scatter(wr, allowed, details, budget.get("max_p99_latency_ms"))}
-<p>Dashed red: the accuracy budget. Purple: Pareto front ({html.escape(", ".join(wr.pareto))}).</p>
+{lm_section(wr, budget, details) if lm else ""}
+{"" if lm else generic}
 <h2>Candidates</h2><table><tr>{"".join(f"<th>{h}</th>" for h in heads)}</tr>{rows}</table>
-<h2>Latency distributions</h2>{distributions(wr, details)}
-<h2>Latency per batch size</h2><table><tr><th>candidate</th><th>batch</th><th>p50</th><th>p95</th><th>p99</th>
-<th>samples/s</th><th>timed calls</th></tr>{lat_rows}</table>
-<p>p99 "–": fewer than 500 timed calls, too few for a 99th percentile.</p>
-<h2>Precision per layer</h2>{precision_bars(wr, details)}
-<h2>Sensitivity of nodes kept in float</h2>{sensitivity(wr, details)}
+{"" if lm else timing}
+<h2>Sensitivity of {"MatMuls kept at INT8" if lm else "nodes kept in float"}</h2>{sensitivity(wr, details, lm)}
 <p style="color:#6e7781">Environment: {html.escape(env)}</p>
 </body></html>"""

@@ -107,7 +107,7 @@ def choose(candidates: list[CandidateResult], objective: str = "latency",
                                     + (f" ({pick.size_ratio:.2f}x of the baseline)" if pick.size_ratio else "")
                                     + f", speedup {_interval(pick)}")
     tied = leaders(ok)
-    what = "fastest" if objective == "latency" else "highest throughput"
+    what = {"latency": "fastest", "first-token": "fastest first token"}.get(objective, "highest throughput")
     if len(tied) == 1:
         return Selection(tied[0].name, f"{what} within budget: {_interval(tied[0])}")
     pick, why = break_tie(tied, material)

@@ -326,7 +326,8 @@ for _f in (OnnxRuntimeFlavour(), PythonOnnxFlavour(), TensorRTFlavour()):
     register_flavour(_f)
 
 # runtime of the winning candidate -> flavour, for publish.flavour == "auto"
-AUTO_FLAVOUR = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "openvino": "openvino"}
+AUTO_FLAVOUR = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "openvino": "openvino",
+                "onnxruntime-genai": "genai"}
 
 
 def flavour_for(requested: str, runtime: str) -> Flavour:

@@ -114,31 +114,40 @@ def ablation(float_path: Path, quant_path: Path, nodes: list[str], data: Dataset
     sub = data.head(samples)
     ref = _run(float_path, sub, [out], threads)[out].astype(np.float64)
     full = _output_error(quant_path, sub, ref, out, threads)
-    scores: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lathe-ablate-") as tmp:
         def removed(names: list[str]) -> float:
             path = Path(tmp) / "a.onnx"
             onnx.save(_bypass(qmodel, fmodel, set(names)), str(path))
             return full - _output_error(path, sub, ref, out, threads)
 
-        if len(nodes) <= budget:
-            for n in nodes:
-                scores[n] = removed([n])
-        else:  # contiguous groups (graph order) first, then the worst groups' members one by one
-            size = -(-len(nodes) // (budget // 2))
-            groups = [nodes[i:i + size] for i in range(0, len(nodes), size)]
-            g_score = {i: removed(g) for i, g in enumerate(groups)}
-            left = budget - len(groups)
-            for i in sorted(g_score, key=lambda i: -g_score[i]):
-                members = groups[i]
-                if left >= len(members):
-                    for n in members:
-                        scores[n] = removed([n])
-                    left -= len(members)
-                else:  # not measured alone: ranked by its group, below any measured node of that score
-                    for n in members:
-                        scores[n] = g_score[i] / len(members) - 1e-12
+        ranked = rank_by_removal(nodes, removed, budget)
     log.info("ablation: %d node(s), full-quantization output error %.4g", len(nodes), full)
+    return ranked
+
+
+def rank_by_removal(nodes: list[str], removed, budget: int) -> list[tuple[str, float]]:
+    """(node, removed([node])) worst first, in at most `budget` calls of `removed(names) -> error removed when
+    these go back to high precision`: every node alone when they fit, else contiguous groups (graph order)
+    first and the members of the worst groups one by one. Shared by this Q/DQ fallback and the causal-LM
+    MatMulNBits ranking (worker/llm/sensitivity.py)."""
+    scores: dict[str, float] = {}
+    if len(nodes) <= budget:
+        for n in nodes:
+            scores[n] = removed([n])
+    else:
+        size = -(-len(nodes) // (budget // 2))
+        groups = [nodes[i:i + size] for i in range(0, len(nodes), size)]
+        g_score = {i: removed(g) for i, g in enumerate(groups)}
+        left = budget - len(groups)
+        for i in sorted(g_score, key=lambda i: -g_score[i]):
+            members = groups[i]
+            if left >= len(members):
+                for n in members:
+                    scores[n] = removed([n])
+                left -= len(members)
+            else:  # not measured alone: ranked by its group, below any measured node of that score
+                for n in members:
+                    scores[n] = g_score[i] / len(members) - 1e-12
     return sorted(scores.items(), key=lambda x: -x[1])
 
 

@@ -677,5 +677,10 @@ class Pipeline:
 def run(spec: ModelOptimizationSpec, workdir: Path, progress: ProgressFn | None = None, *,
         bench_seconds: float | None = None, bench_rounds: int | None = None) -> WorkerResult:
     """Run the whole worker; writes result.json, details.json, report.html and the candidates'
-    artifacts under `workdir`. Raises InvalidInput for bad model/data/spec, WorkerError otherwise."""
+    artifacts under `workdir`. Raises InvalidInput for bad model/data/spec, WorkerError otherwise.
+    Task causal-lm takes the LLM rooms (worker/llm/pipeline.py) on the same gate, benchmark and report."""
+    if spec.task.type == TaskType.causal_lm:
+        from .llm.pipeline import run as run_llm  # noqa: PLC0415
+
+        return run_llm(spec, workdir, progress, bench_seconds=bench_seconds, bench_rounds=bench_rounds)
     return Pipeline(spec, workdir, progress, bench_seconds, bench_rounds).run()

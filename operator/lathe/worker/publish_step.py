@@ -19,8 +19,13 @@ from .errors import WorkerError
 log = logging.getLogger("lathe.worker.publish")
 
 
-def artifact_files(path: Path) -> list[Path]:
-    """The files a runtime loads: OpenVINO IR is model.xml plus its weights in model.bin."""
+def artifact_files(path: Path) -> list[Path] | dict[str, Path]:
+    """The files a runtime loads: OpenVINO IR is model.xml plus its weights in model.bin; an onnxruntime-genai
+    model is a folder (model.onnx, model.onnx.data, genai_config.json, tokenizer files), passed as {name: path}."""
+    if path.is_dir():
+        from .llm.export import NOT_MODEL_FILES
+
+        return {f.name: f for f in sorted(path.iterdir()) if f.is_file() and f.name not in NOT_MODEL_FILES}
     files = [path]
     if path.suffix == ".xml" and path.with_suffix(".bin").exists():
         files.append(path.with_suffix(".bin"))

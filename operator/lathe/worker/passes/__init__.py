@@ -19,6 +19,7 @@ from .nncf_quantize import NNCFQuantize, openvino_candidates
 from .prune import Prune
 from .quantize import Quantize
 from .static_shapes import StaticShapes
+from .weight_only import WeightOnlyQuantize
 
 __all__ = ["PASSES", "Pass", "PassConfig", "PassContext", "ModelState", "register_pass", "make_pass",
            "validate_candidates", "default_candidates", "tensorrt_candidates", "candidate_problems"]
@@ -36,7 +37,10 @@ for _cls in (Quantize, Prune, Distill, GraphOptimize, StaticShapes):
 
 # the same pass type run by another engine on some runtimes: (type, runtime) -> class
 RUNTIME_PASSES: dict[tuple[str, str], type[Pass]] = {("quantize", "openvino"): NNCFQuantize,
-                                                     ("quantize", "tensorrt"): GraphPrecision}
+                                                     ("quantize", "tensorrt"): GraphPrecision,
+                                                     ("quantize", "onnxruntime-genai"): WeightOnlyQuantize}
+# runtime onnxruntime-genai builds causal LMs: weight-only quantization is its only pass
+RUNTIME_ONLY_PASSES: dict[str, tuple[str, ...]] = {"onnxruntime-genai": ("quantize",)}
 
 
 def pass_class(type_: str, runtime: str | None = None) -> type[Pass] | None:
@@ -68,6 +72,10 @@ def candidate_problems(spec: ModelOptimizationSpec, index: int, cand: Candidate)
     quantizes = 0
     for j, p in enumerate(cand.passes):
         pw = f"{where}.passes[{j}]"
+        only = RUNTIME_ONLY_PASSES.get(runtime)
+        if only is not None and p.type not in only:
+            problems.append(f"{pw}.type: runtime {runtime} runs only {', '.join(only)} passes, not '{p.type}'")
+            continue
         cls = pass_class(p.type, runtime)
         if cls is None:
             problems.append(f"{pw}.type: unknown pass '{p.type}' (known: {', '.join(sorted(PASSES))})")
