@@ -479,3 +479,59 @@ def test_operator_restart_mid_canary_continues_the_same_rollout(installed):
     print(f"real node: operator down {down}s mid-canary, step decided {(decided - step_start).total_seconds():.1f}s "
           f"after it began ({(decided - restarted).total_seconds():.1f}s after the scale-up)")
 
+
+
+def test_a_causal_lm_goes_from_its_gguf_to_a_served_streaming_version(installed, tmp_path):
+    """Issue 22 through the whole cluster path: SmolLM2-135M's GGUF on a claim, a `causal-lm` resource applied,
+    the worker image's onnxruntime-genai stack in a real container (intake, export, perplexity and agreement,
+    an INT8 weight-only candidate, the decode benchmark), the winner published with the genai flavour, the
+    operator's streaming router in front of it, and a stream through the router equal, token for token, to
+    onnxruntime-genai's greedy output on the published folder."""
+    import shutil
+
+    from e2e.triton.generate import generate_stream, greedy
+    from lathe.worker.llm.example import make_text, smollm2_gguf
+
+    k, triton, ns, core = (installed[x] for x in ("cluster", "triton", "ns", "core"))
+    folder = _shared_folder(installed["repo"].parent / "models" / "smollm2")
+    shutil.copyfile(smollm2_gguf(), folder / "model.gguf")
+    make_text(folder)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    name = model = "smollm2"
+    doc = {"apiVersion": "lathe.dev/v1alpha1", "kind": "ModelOptimization", "metadata": {"name": name},
+           "spec": {
+               "model": {"uri": "pvc://models/smollm2/model.gguf", "format": "gguf"},
+               "task": {"type": "causal-lm", "windowTokens": 128},
+               "data": {"validation": {"uri": "pvc://models/smollm2/validation.jsonl", "maxSamples": 3},
+                        "calibration": {"uri": "pvc://models/smollm2/calibration.jsonl", "maxSamples": 2}},
+               "target": {"promptTokens": [32], "streams": 2},
+               "candidates": [{"name": "int8", "runtime": "onnxruntime-genai",
+                               "passes": [{"type": "quantize", "precision": "int8"}]}],
+               # wide enough that INT8 (+0.7% perplexity, agreement 0.96 on 3,060 tokens) passes on 3 windows
+               "budget": {"maxPerplexityIncrease": 0.05, "minTokenAgreement": 0.9, "minSpeedup": 0.0},
+               "publish": {"repository": "pvc://triton-models/", "modelName": model,
+                           "tritonUrl": triton.http_url, "metricsUrl": triton.metrics_url,
+                           "rollout": {"steps": [{"weight": 100}]}}}}
+    t0 = time.monotonic()
+    k.apply(doc)
+    st = k.wait(name, lambda s: s.get("phase") in ("Succeeded", "Failed", "Rejected", "RolledBack"), 1200,
+                "the causal LM published")
+    took = time.monotonic() - t0
+    assert st["phase"] == "Succeeded", st.get("message")
+    assert st["winner"] == "int8" and st["published"]["version"] == 1 and st["published"]["flavour"] == "genai", st
+    assert st["rollout"]["state"] == "Promoted", st["rollout"]
+    (int8,) = st["candidates"]
+    assert int8["verdict"] == "passed" and 0 <= int8["perplexityIncrease"] <= 0.05, int8
+    assert int8["tokenAgreement"] >= 0.9 and int8["decodeTokensPerS"] > 0, int8
+    pod = core.list_namespaced_pod(ns, label_selector=f"lathe.dev/name={name}").items[0]
+    assert pod.status.container_statuses[0].state.terminated.exit_code == 0
+    version = installed["repo"] / model / "1"
+    assert {"model.onnx", "genai_config.json", "tokenizer.json", "model.py"} <= {f.name for f in version.iterdir()}
+    prompt = "Return a new list containing"
+    want = greedy(version, prompt, 12)
+    stream = generate_stream(triton.http_url, f"{model}_router",
+                             {"text_input": prompt, "max_tokens": 12, "stream": True})
+    assert stream.ids == want and stream.events == len(want), (stream.ids, want)
+    print(f"real node: causal LM from kubectl apply to a served streaming version in {took:.1f}s; int8 "
+          f"perplexity {int8['perplexityIncrease']:+.2%}, agreement {int8['tokenAgreement']:.3f}")
