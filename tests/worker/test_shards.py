@@ -45,3 +45,20 @@ def test_more_shards_than_candidates_never_plans_an_empty_job():
     assert shard_count(spec(CANDS, parallelism=1)) == 1
     assert planned_names(spec([], parallelism=4), 2) is None  # the default set is named after intake
 
+
+
+def test_causal_lm_searches_split_by_their_calibration_and_count_their_own_defaults():
+    lm = {"model": {"uri": "pvc://m/smollm2", "format": "hf"}, "task": {"type": "causal-lm"},
+          "data": {"validation": {"uri": "pvc://m/v.jsonl"}}, "search": {"parallelism": 8}}
+
+    def q(name, **kw):
+        return {"name": name, "runtime": "onnxruntime-genai", "passes": [{"type": "quantize", "precision": "int4", **kw}]}
+
+    s = ModelOptimizationSpec.model_validate({**lm, "candidates": [
+        q("rtn"), q("hqq", algorithm="hqq"), q("gptq", algorithm="gptq"), q("awq", algorithm="awq"),
+        q("mixed", int8Sensitive=8)]})
+    cost = {c.name: expected_cost(c) for c in s.candidates}
+    assert cost["awq"] > cost["gptq"] > cost["mixed"] > cost["hqq"] > cost["rtn"]
+    assert [[c.name for c in p] for p in split(list(s.candidates), 2)] == [["awq", "rtn"], ["gptq", "mixed", "hqq"]]
+    # the default set is causal-lm's own (worker/llm/candidates.py: int8, int4-rtn, int4-offset), not a CNN's
+    assert shard_count(ModelOptimizationSpec.model_validate(lm)) == 3

@@ -466,6 +466,10 @@ class Pipeline:
         self.progress("candidates", 1.0)
         return built
 
+    def reload(self, runtime: str, art):
+        """A handed-over candidate's runner (worker/shard_run.py's benchmark Job)."""
+        return get_backend(runtime).load(art, self.threads)
+
     def finish(self, base: Built, built: list[Built], t0: float) -> WorkerResult:
         """Interleaved benchmark of the baseline and every built candidate, the budget gate, the selection and
         the reports."""
@@ -672,6 +676,17 @@ class Pipeline:
         (self.workdir / "details.json").write_text(json.dumps(self.details, indent=2, default=str))
         (self.workdir / "report.html").write_text(html_report(wr, self.spec, self.budget, self.details))
         self.progress("report", 1.0, str(self.workdir / "report.html"))
+
+
+def pipeline_for(spec: ModelOptimizationSpec, workdir: Path, progress: ProgressFn | None = None,
+                 bench_seconds: float | None = None):
+    """The stages for this task: the generic Pipeline, or task causal-lm's LlmPipeline (the same interface:
+    prepare, all_candidates, build_all, reload, finish)."""
+    if spec.task.type == TaskType.causal_lm:
+        from .llm.pipeline import LlmPipeline  # noqa: PLC0415
+
+        return LlmPipeline(spec, workdir, progress, bench_seconds)
+    return Pipeline(spec, workdir, progress, bench_seconds)
 
 
 def run(spec: ModelOptimizationSpec, workdir: Path, progress: ProgressFn | None = None, *,

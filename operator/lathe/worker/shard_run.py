@@ -66,13 +66,13 @@ def _storage(what: str, e: Exception) -> WorkerError:
 def build_shard(spec: ModelOptimizationSpec, workdir: Path, shard: int, shards: int,
                 progress: ProgressFn | None = None) -> dict:
     """Build and validate share `shard` of `shards`; returns the summary for the termination message."""
-    from .pipeline import Pipeline  # noqa: PLC0415
+    from .pipeline import pipeline_for  # noqa: PLC0415
 
     if not 1 <= shard <= shards:
         raise InvalidInput("spec", f"shard {shard} of {shards}: want 1 <= shard <= shards")
     t0 = time.time()
     store = _store(spec)
-    pipe = Pipeline(spec, workdir, progress)
+    pipe = pipeline_for(spec, workdir, progress)
     base = pipe.prepare(profile=False)
     mine = split(pipe.all_candidates, shards)[shard - 1]
     records: dict[str, Record] = {}
@@ -126,13 +126,12 @@ def benchmark_shards(spec: ModelOptimizationSpec, workdir: Path, shards: int, fa
                      progress: ProgressFn | None = None, bench_seconds: float | None = None) -> WorkerResult:
     """Every shard's candidates read back and timed here together against the baseline; selection and the
     reports as in one Job. `failed`: shard -> why its build Job failed for good."""
-    from .backends import get_backend  # noqa: PLC0415
     from .backends.base import Artifact  # noqa: PLC0415
-    from .pipeline import Built, Pipeline  # noqa: PLC0415
+    from .pipeline import Built, pipeline_for  # noqa: PLC0415
 
     t0 = time.time()
     store = _store(spec)
-    pipe = Pipeline(spec, workdir, progress, bench_seconds)
+    pipe = pipeline_for(spec, workdir, progress, bench_seconds)
     base = pipe.prepare()
     everything = pipe.all_candidates
     names = [c.name for c in everything]
@@ -179,7 +178,8 @@ def benchmark_shards(spec: ModelOptimizationSpec, workdir: Path, shards: int, fa
                 read_seconds += time.monotonic() - t
             except (OSError, StorageError) as e:
                 raise _storage(f"reading {c.name} from {store.where(shard_key(k))}", e) from e
-            if not set(rec.artifact_files) <= set(rec.files) or (rec.artifact and rec.artifact not in rec.files):
+            handed = set(rec.files) | {str(Path(f).parent) for f in rec.files}  # a causal LM's artifact is a folder
+            if not set(rec.artifact_files) <= set(rec.files) or (rec.artifact and rec.artifact not in handed):
                 raise WorkerError("handover", f"{store.where(shard_key(k))}/{c.name}: its record names files it "
                                               "did not hand over")
             read_bytes += sum((cdir / f).stat().st_size for f in rec.files)
@@ -189,7 +189,7 @@ def benchmark_shards(spec: ModelOptimizationSpec, workdir: Path, shards: int, fa
                    if rec.artifact_files else None)
             runner = None
             if rec.runnable and art is not None:
-                runner = get_backend(rec.runtime).load(art, pipe.threads)
+                runner = pipe.reload(rec.runtime, art)
             built[c.name] = Built(res, art, runner, rec.details)
             pipe.details["candidates"][c.name] = rec.details
     pipe.progress("handover", 1.0, f"{sum(b.runner is not None for b in built.values())} candidate(s) to time; read "

@@ -36,6 +36,9 @@ def expected_cost(cand: Candidate) -> float:
             cost += 1.0 + 3.0 * epochs
         elif p.type == "prune":
             cost += 1.0
+        elif p.type == "quantize" and str(cand.runtime) == "onnxruntime-genai":  # causal LM, weight-only
+            cost += {"gptq": 6.0, "awq": 12.0, "hqq": 1.0}.get(str(p.algorithm), 0.5)  # awq: numpy on the CPU
+            cost += 4.0 if p.int8_sensitive else 0.0  # one INT4 ablation per MatMul
         elif p.type == "quantize":
             calibrates = p.mode == "static" or (p.mode is None and str(cand.runtime) in ("openvino", "tensorrt")
                                                 and p.precision in (None, "int8", "fp8"))
@@ -64,9 +67,13 @@ def split(candidates: list[Candidate], shards: int) -> list[list[Candidate]]:
 
 
 def default_set_sizes(spec: ModelOptimizationSpec, compute_capability: str | None = None) -> dict[str, int]:
-    """Size of the default search set for each model family intake could report."""
+    """Size of the default search set for each model family intake could report (task causal-lm: one set)."""
     from .passes import default_candidates  # light: pydantic only
 
+    if str(spec.task.type) == "causal-lm":
+        from .llm.candidates import default_candidates as lm_defaults  # light: pydantic only
+
+        return {"causal-lm": len(lm_defaults(spec))}
     sizes = {}
     for family in FAMILIES:
         sizes[family] = sum(len(default_candidates(spec, family, str(rt), compute_capability))

@@ -219,32 +219,74 @@ class LlmPipeline:
         return Built(res, folder, gen, details)
 
     # ------------------------------------------------------------------------------------------------ run
-    def run(self) -> WorkerResult:
-        t0 = time.time()
+    def prepare(self, profile: bool = True) -> Built:
+        """The candidate list, intake, text data, the effective budget and the baseline (`profile`: the generic
+        pipeline's production-capture profile, which causal LMs do not have)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        cands = self.candidates()
+        self.all_candidates = self.candidates()
         self.load()
         self.budget, notes = gate.effective_budget(self.spec.budget, self.metric, str(self.spec.objective))
         self.warnings += notes
-        base = self.baseline()
+        return self.baseline()
+
+    def build_one(self, cand: Candidate) -> Built:
+        """One candidate built and judged; whatever goes wrong fails that candidate alone."""
+        try:
+            b = self.build(cand)
+        except WorkerError as e:
+            b = Built(CandidateResult(name=cand.name, runtime=RUNTIME, verdict=Verdict.failed, metric=self.metric,
+                                      reason=f"{e.stage}: {e.message}"))
+            log.warning("candidate %s failed: %s", cand.name, e)
+            if isinstance(e, InvalidInput) and e.stage == "spec":
+                raise
+        except Exception as e:  # one broken candidate must not sink the others
+            log.error("candidate %s crashed:\n%s", cand.name, traceback.format_exc())
+            b = Built(CandidateResult(name=cand.name, runtime=RUNTIME, verdict=Verdict.failed, metric=self.metric,
+                                      reason=f"crash: {type(e).__name__}: {str(e)[:200]}"))
+        self.details["candidates"][cand.name] = b.details
+        return b
+
+    def build_all(self, cands: list[Candidate], done=None) -> list[Built]:
+        """Build and judge `cands` in order; `done(built)` after each, with the model folder inside the
+        candidate's own folder and named as an Artifact (a build Job hands it over there: worker/shard_run.py)."""
         built: list[Built] = []
         for i, cand in enumerate(cands):
             self.progress("candidates", i / len(cands), f"building {cand.name}")
-            try:
-                b = self.build(cand)
-            except WorkerError as e:
-                b = Built(CandidateResult(name=cand.name, runtime=RUNTIME, verdict=Verdict.failed, metric=self.metric,
-                                          reason=f"{e.stage}: {e.message}"))
-                log.warning("candidate %s failed: %s", cand.name, e)
-                if isinstance(e, InvalidInput) and e.stage == "spec":
-                    raise
-            except Exception as e:  # one broken candidate must not sink the others
-                log.error("candidate %s crashed:\n%s", cand.name, traceback.format_exc())
-                b = Built(CandidateResult(name=cand.name, runtime=RUNTIME, verdict=Verdict.failed, metric=self.metric,
-                                          reason=f"crash: {type(e).__name__}: {str(e)[:200]}"))
+            b = self.build_one(cand)
+            log.info("candidate %s built: %s", cand.name, b.result.verdict)
+            if done is not None:
+                done(self._for_handover(b))
             built.append(b)
-            self.details["candidates"][cand.name] = b.details
         self.progress("candidates", 1.0)
+        return built
+
+    def _for_handover(self, b: Built) -> Built:
+        """`b` with its model folder as an Artifact under workdir/candidates/<name>/model: a candidate without
+        passes is the FP32 build, which lives in the build cache, and is copied there."""
+        from ..backends.base import Artifact  # noqa: PLC0415
+
+        if not b.artifact:
+            return b
+        folder, cdir = Path(b.artifact), self.workdir / "candidates" / b.result.name
+        if not folder.is_relative_to(cdir):
+            shutil.copytree(folder, cdir / "model", dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(*export.NOT_MODEL_FILES))
+            folder = cdir / "model"
+            b.result.artifact = str(folder)
+        files = sorted(f for f in folder.iterdir() if f.is_file() and f.name not in export.NOT_MODEL_FILES)
+        files.sort(key=lambda f: f.name != "model.onnx")  # the main file first
+        return Built(b.result, Artifact(runtime=RUNTIME, files=files), b.runner, b.details)
+
+    def reload(self, runtime: str, art) -> Any:
+        """A handed-over candidate's runner (worker/shard_run.py's benchmark Job): the generation runtime on its
+        model folder."""
+        from .generate import Generator  # noqa: PLC0415
+
+        return Generator(Path(art.files[0]).parent, self.threads)
+
+    def finish(self, base: Built, built: list[Built], t0: float) -> WorkerResult:
+        """The interleaved benchmark of the baseline and every judged candidate, the budget gate, the selection
+        and the reports."""
         self._benchmark(base, built)
         for b in built:
             self._verdict(b)
@@ -261,6 +303,11 @@ class LlmPipeline:
         wr.seconds = round(time.time() - t0, 1)
         self._write(wr)
         return wr
+
+    def run(self) -> WorkerResult:
+        t0 = time.time()
+        base = self.prepare()
+        return self.finish(base, self.build_all(self.all_candidates), t0)
 
     def _benchmark(self, base: Built, built: list[Built]) -> None:
         from .bench import measure  # noqa: PLC0415
