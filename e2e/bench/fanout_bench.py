@@ -123,6 +123,21 @@ def start_scheduler(cp: ControlPlane, work: Path) -> subprocess.Popen:
                             stdout=log, stderr=subprocess.STDOUT, **_spawn_kwargs(work))
 
 
+def llm_resource(name: str, work: Path, parallelism: int) -> dict:
+    """The causal-LM example's default search (SmolLM2-135M from its GGUF: int8, int4-rtn, int4-offset) on 4
+    windows of 256 tokens; every Job's pod starts with an empty cache, as on a cluster (dequantize, export)."""
+    from lathe.worker.llm.example import example_spec
+
+    spec = example_spec(work / "llm-text", validation_windows=4, calibration_windows=4)
+    spec["target"].update({"nodeSelector": {"pool": "target"}, "promptTokens": [128]})
+    spec["artifacts"] = str(work / "artifacts")
+    spec["publish"] = {"repository": str(work / f"repo-{name}"), "modelName": "smollm2"}
+    if parallelism > 1:
+        spec["search"] = {"parallelism": parallelism, "builders": {"nodeSelector": {"pool": "build"}}}
+    return {"apiVersion": "lathe.dev/v1alpha1", "kind": "ModelOptimization", "metadata": {"name": name},
+            "spec": spec}
+
+
 def resource(name: str, digits: dict, work: Path, parallelism: int) -> dict:
     spec = {"model": {"uri": str(digits["model"]), "format": digits["format"], "inputs": digits["inputs"]},
             "task": {"type": "classification"},
@@ -211,12 +226,20 @@ def main() -> int:
     ap.add_argument("--parallelism", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--builders", type=int, default=2, help="build Nodes (pool=build), beside one target Node")
     ap.add_argument("--bench-seconds", type=float, default=10.0)
-    ap.add_argument("--out", default=str(ROOT / "e2e/bench/fanout_results.md"))
+    ap.add_argument("--search", choices=("digits", "llm"), default="digits",
+                    help="the default digits search, or the causal-LM example's (results default to "
+                         "e2e/bench/fanout_llm_results.md)")
+    ap.add_argument("--out", default=None)
     ap.add_argument("--json", default=None, help="also write every run's figures here")
     ap.add_argument("--sharing-rounds", type=int, default=2,
                     help="rounds of the in-process sharing measure (pruned-25-int8 after pruned-25, and alone)")
+    ap.add_argument("--load-note", default="", help="what else ran on the machine, for the report's header")
     ap.add_argument("--report-from", default=None, help="re-render the report from a --json file (no runs)")
     args = ap.parse_args()
+    args.out = args.out or str(ROOT / "e2e/bench" / ("fanout_llm_results.md" if args.search == "llm"
+                                                     else "fanout_results.md"))
+    if args.search == "llm":
+        args.sharing_rounds = 0  # the in-process sharing measure is the digits search's
     if args.report_from:
         doc = json.loads(Path(args.report_from).read_text())
         Path(args.out).write_text(report(doc["runs"], args, doc.get("sharing", [])))
@@ -229,7 +252,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="lathe-fanout-"))
     from lathe.worker.samples import make_digits
 
-    digits = make_digits(work / "digits")
+    digits = make_digits(work / "digits") if args.search == "digits" else None
     shared = sharing(digits, work, args.sharing_rounds) if args.sharing_rounds else []
     cp = ControlPlane(work / "cp").start()
     procs, agents = [], {}
@@ -262,8 +285,9 @@ def main() -> int:
         for r in range(args.rounds):
             order = args.parallelism if r % 2 == 0 else list(reversed(args.parallelism))
             for p in order:
-                name = f"digits-p{p}-r{r}"
-                run = run_one(api_client, agents, name, resource(name, digits, work, p), timeout=1800)
+                name = f"{args.search}-p{p}-r{r}"
+                body = resource(name, digits, work, p) if digits else llm_resource(name, work, p)
+                run = run_one(api_client, agents, name, body, timeout=3600)
                 run.update(parallelism=p, round=r)
                 runs.append(run)
                 print(json.dumps(run), flush=True)
@@ -286,13 +310,17 @@ def med(values) -> float | None:
 
 
 def report(runs: list[dict], args, shared: list[dict] = ()) -> str:
-    lines = ["# Fan-out: a search split over build Jobs (issue 23)", "",
-             f"Machine: {cpu_name()}, {os.cpu_count()} cores, **loaded by other work while this ran** (other "
-             "helpers' tests and builds on the same 2 cores): every figure is one run's, wall times drift.",
+    lines = ["# Fan-out: a search split over build Jobs (issue 23)"
+             + (": a causal-LM search" if getattr(args, "search", "digits") == "llm" else ""), "",
+             f"Machine: {cpu_name()}, {os.cpu_count()} cores{args.load_note}: every figure is one run's, wall "
+             "times drift.",
              f"Run: `python -m e2e.bench.fanout_bench --rounds {args.rounds} --parallelism "
              f"{' '.join(map(str, args.parallelism))} --builders {args.builders} --bench-seconds {args.bench_seconds:g}`"
-             f" on {datetime.now(UTC):%Y-%m-%d}: the default digits search (torchscript CNN, runtimes onnxruntime and "
-             "openvino, batch 1), through the real operator, API server, kube-scheduler and node agents (one target "
+             f"{' --search llm' if args.search == 'llm' else ''} on {datetime.now(UTC):%Y-%m-%d}: "
+             + ("the causal-LM example's default search (SmolLM2-135M from its GGUF: int8, int4-rtn, int4-offset; 4 "
+                "windows of 256 tokens; every Job starts with an empty model cache, as a pod does)"
+                if args.search == "llm" else "the default digits search (torchscript CNN, runtimes onnxruntime and "
+                "openvino, batch 1)") + ", through the real operator, API server, kube-scheduler and node agents (one target "
              f"Node, {args.builders} build Nodes, all local processes on this machine), rounds in alternating order.",
              "", "## Runs", "",
              "| run | parallelism | phase | wall s | winner | Jobs |", "|---|---|---|---|---|---|"]
@@ -325,7 +353,8 @@ def report(runs: list[dict], args, shared: list[dict] = ()) -> str:
                      f"{med(j['prepare'] for j in jobs)} | {med(sums)} | {med(longest)} | "
                      f"{med(j['handover_write'] for j in build_jobs)} | {med(j['handover_read'] for j in jobs)} | "
                      f"{med(j['benchmark'] for j in jobs)} |")
-    lines += ["", "Candidates per run (name: verdict, top-1, speedup [low end of its 95% interval]): the same "
+    metric = "perplexity" if getattr(args, "search", "digits") == "llm" else "top-1"
+    lines += ["", f"Candidates per run (name: verdict, {metric}, speedup [low end of its 95% interval]): the same "
               "search must give the same accuracies; verdicts may differ only where the speed gate's interval "
               "(minSpeedup unset: it must stay above 1.0) moves with the load:", ""]
     for r in runs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 
 import kopf
 import kubernetes
@@ -127,8 +128,17 @@ def _searching(status, **_) -> bool:
     return status.get("stage") == "search" and status.get("phase") in ("Optimizing", "Pending")
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, id="progress", interval=CONFIG.progress_interval, when=_searching)
+PROGRESS_TICK = 1.0  # the timer's own tick: a decorator's interval is fixed at import, the refresh rate is not
+_refreshed: dict[tuple[str, str], float] = {}
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, id="progress", interval=PROGRESS_TICK, when=_searching)
 def on_progress(namespace, name, **_):
+    # CONFIG.progress_interval as read at startup (an embedding process, or a test, sets it after import)
+    now = time.monotonic()
+    if now - _refreshed.get((namespace, name), float("-inf")) < CONFIG.progress_interval:
+        return
+    _refreshed[(namespace, name)] = now
     _run(namespace, name)
 
 
@@ -173,3 +183,4 @@ def on_delete(namespace, name, spec, status, **_):
 
         abandon(namespace, name, dict(spec), RolloutStatus.model_validate(dict(rollout)))
     forget(namespace, name)
+    _refreshed.pop((namespace, name), None)
