@@ -477,21 +477,7 @@ class Pipeline:
         for b in built:
             self._verdict(b)
         self._settle_ties(base, built)
-        results = [b.result for b in built]
-        chosen = choose(results, str(self.spec.objective), material_drop(self.budget, base.result.accuracy))
-        winner = chosen.winner
-        selection = chosen.reason
-        if self.tie_break is not None:
-            selection += f" (after {self.tie_break.summary()})"
-        if winner is not None:
-            w = next(c for c in results if c.name == winner)
-            w.reason = f"{w.reason}; selected: {selection}"
-        front = pareto([base.result] + results, self.metric)
-        wr = WorkerResult(metric=self.metric, baseline=base.result, candidates=results, winner=winner, pareto=front,
-                          selection=selection, speedup_basis=self.speedup_basis, tie_break=self.tie_break,
-                          warnings=list(dict.fromkeys(self.warnings)), environment=self._environment(),
-                          report=str(self.workdir / "result.json"), html_report=str(self.workdir / "report.html"))
-        wr.seconds = round(time.time() - t0, 1)
+        wr = assemble(self, base, built, t0, self.tie_break)
         self._write(wr)
         return wr
 
@@ -641,7 +627,7 @@ class Pipeline:
             c.verdict = Verdict.passed
             c.reason = gate.passed_reason(c, self.metric, self.budget)
 
-    def _environment(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
         env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": str(os.cpu_count()),
                "threads": str(self.threads), "numpy": np.__version__, "family": self.info.family}
         try:
@@ -676,6 +662,23 @@ class Pipeline:
         (self.workdir / "details.json").write_text(json.dumps(self.details, indent=2, default=str))
         (self.workdir / "report.html").write_text(html_report(wr, self.spec, self.budget, self.details))
         self.progress("report", 1.0, str(self.workdir / "report.html"))
+
+
+def assemble(pipe, base: Built, built: list[Built], t0: float, tie_break: TieBreak | None = None) -> WorkerResult:
+    """The selection among the gated candidates and the result every task writes (`pipe`: a Pipeline or the
+    causal-LM LlmPipeline). A tie on speed goes to a drop smaller by a material share of the budget."""
+    results = [b.result for b in built]
+    chosen = choose(results, str(pipe.spec.objective), material_drop(pipe.budget, base.result.accuracy))
+    selection = chosen.reason + (f" (after {tie_break.summary()})" if tie_break is not None else "")
+    if chosen.winner is not None:
+        w = next(c for c in results if c.name == chosen.winner)
+        w.reason = f"{w.reason}; selected: {selection}"
+    return WorkerResult(metric=pipe.metric, baseline=base.result, candidates=results, winner=chosen.winner,
+                        pareto=pareto([base.result] + results, pipe.metric), selection=selection,
+                        speedup_basis=pipe.speedup_basis, tie_break=tie_break,
+                        warnings=list(dict.fromkeys(pipe.warnings)), environment=pipe.environment(),
+                        report=str(pipe.workdir / "result.json"), html_report=str(pipe.workdir / "report.html"),
+                        seconds=round(time.time() - t0, 1))
 
 
 def pipeline_for(spec: ModelOptimizationSpec, workdir: Path, progress: ProgressFn | None = None,

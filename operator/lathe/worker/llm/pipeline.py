@@ -23,12 +23,11 @@ from typing import Any
 from ...api.spec import Candidate, ModelOptimizationSpec, metric_of
 from ...api.status import CandidateResult, Latency, Verdict, WorkerResult
 from ...evaluate import budget as gate
-from ...evaluate.select import choose, pareto
 from ...storage import sha256_file
 from ..errors import InvalidInput, WorkerError
 from ..passes import make_pass, validate_candidates
 from ..passes.base import ModelState, PassContext
-from ..pipeline import BENCH_ROUNDS, BENCH_SECONDS, Built
+from ..pipeline import BENCH_ROUNDS, BENCH_SECONDS, Built, assemble
 from ..progress import Progress, ProgressFn
 from . import export
 from .checkpoint import prepare
@@ -290,17 +289,7 @@ class LlmPipeline:
         self._benchmark(base, built)
         for b in built:
             self._verdict(b)
-        results = [b.result for b in built]
-        chosen = choose(results, str(self.spec.objective))
-        if chosen.winner is not None:
-            w = next(c for c in results if c.name == chosen.winner)
-            w.reason = f"{w.reason}; selected: {chosen.reason}"
-        front = pareto([base.result] + results, self.metric)
-        wr = WorkerResult(metric=self.metric, baseline=base.result, candidates=results, winner=chosen.winner,
-                          pareto=front, selection=chosen.reason, speedup_basis=self.speedup_basis,
-                          warnings=list(dict.fromkeys(self.warnings)), environment=self._environment(),
-                          report=str(self.workdir / "result.json"), html_report=str(self.workdir / "report.html"))
-        wr.seconds = round(time.time() - t0, 1)
+        wr = assemble(self, base, built, t0)
         self._write(wr)
         return wr
 
@@ -347,7 +336,7 @@ class LlmPipeline:
         else:
             c.verdict, c.reason = Verdict.passed, gate.passed_reason(c, self.metric, self.budget)
 
-    def _environment(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
         import numpy as np  # noqa: PLC0415
         import onnxruntime  # noqa: PLC0415
 
