@@ -481,6 +481,48 @@ def test_operator_restart_mid_canary_continues_the_same_rollout(installed):
 
 
 
+def test_a_split_search_runs_its_build_and_benchmark_jobs_as_real_pods(installed):
+    """Issue 23 on the real node and the real scheduler: spec.search.parallelism 2 gives two build Jobs and one
+    benchmark Job, each a real container of the worker image placed by kube-scheduler, handing the built candidates
+    over through a claim (spec.artifacts); every candidate built once, one version published."""
+    k, core, ns = installed["cluster"], installed["core"], installed["ns"]
+    batch = client.BatchV1Api(installed["api"])
+    name = "split"
+    doc = resource(name, {"triton": installed["triton"]}, candidates=[
+        {"name": "optimized", "passes": [{"type": "graph-optimize", "level": "all"}]},
+        {"name": "int8-dynamic", "passes": [{"type": "quantize", "precision": "int8", "mode": "dynamic"}]},
+        {"name": "int8-static", "passes": [{"type": "quantize", "precision": "int8", "mode": "static"}]}])
+    doc["spec"]["search"] = {"parallelism": 2}
+    doc["spec"]["artifacts"] = "pvc://models/artifacts"
+    doc["spec"]["objective"] = "size"  # a winner however the shared cores time the candidates
+    doc["spec"]["publish"]["modelName"] = "digits_split"
+    t0 = time.monotonic()
+    k.apply(doc)
+    st = k.wait(name, lambda s: s.get("phase") in ("Succeeded", "Failed", "Rejected", "RolledBack"), 900,
+                "the split search done")
+    took = time.monotonic() - t0
+    assert st["phase"] == "Succeeded", st.get("message")
+    jobs = sorted(j.metadata.name for j in batch.list_namespaced_job(ns, label_selector=f"lathe.dev/name={name}").items)
+    assert jobs == [f"{name}-g1-a1-b1", f"{name}-g1-a1-b2", f"{name}-g1-a1-bench"], jobs
+    node = installed["node"].name
+    for pod in core.list_namespaced_pod(ns, label_selector=f"lathe.dev/name={name}").items:
+        term = pod.status.container_statuses[0].state.terminated
+        assert pod.spec.node_name == node and term.exit_code == 0, (pod.metadata.name, term)
+        assert pod.status.container_statuses[0].image.endswith("lathe-worker:0.1.0")
+    search = st["search"]
+    assert [(b["shard"], b["phase"], b["node"]) for b in search["builds"]] == [(1, "Succeeded", node),
+                                                                             (2, "Succeeded", node)]
+    assert sorted(c for b in search["builds"] for c in b["candidates"]) == ["int8-dynamic", "int8-static",
+                                                                           "optimized"]  # each once
+    (bench,) = search["benchmarks"]
+    assert (bench["phase"], bench["node"]) == ("Succeeded", node)
+    assert sorted(c["name"] for c in st["candidates"]) == ["int8-dynamic", "int8-static", "optimized"]
+    assert st["published"]["version"] == 1 and st["published"]["candidate"] == st["winner"]
+    handed = installed["repo"].parent / "models" / "artifacts" / ns / name / "generation-1" / "shards"
+    assert sorted(p.name for p in handed.iterdir()) == ["shard-1", "shard-2"]
+    print(f"real node: split search (2 build Jobs, 1 benchmark Job) from kubectl apply to published in {took:.1f}s")
+
+
 def test_a_causal_lm_goes_from_its_gguf_to_a_served_streaming_version(installed, tmp_path):
     """Issue 22 through the whole cluster path: SmolLM2-135M's GGUF on a claim, a `causal-lm` resource applied,
     the worker image's onnxruntime-genai stack in a real container (intake, export, perplexity and agreement,
