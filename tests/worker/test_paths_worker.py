@@ -123,3 +123,18 @@ def test_lathe_run_refuses_a_claim_path_that_escapes_once_resolved(digits, claim
     assert main(["run", str(tmp_path / "esc.yaml"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "bad input at fetch: validation data: pvc://models/escape/" in err and "outside" in err, err
+
+
+def test_a_causal_lm_worker_refuses_a_repository_that_leaves_its_claim_before_loading_anything(claims, tmp_path):
+    """The causal-LM stages (worker/llm/pipeline.py) check where they write first, like every task: nothing is
+    dequantized or exported for a spec that could not publish."""
+    from lathe.worker.llm.example import make_text
+
+    text = make_text(claims[0] / "models" / "text")
+    obj = {"model": {"uri": "pvc://models/smollm2.gguf", "format": "gguf"}, "task": {"type": "causal-lm"},
+           "data": {"validation": {"uri": f"pvc://models/text/{text['validation'].name}"}},
+           "publish": {"repository": "pvc://out/escape/repo", "modelName": "smollm2"}}
+    code, doc = _worker(tmp_path, obj)
+    assert code == 2 and doc["kind"] == "InvalidInput" and doc["stage"] == "spec", doc
+    assert doc["error"].startswith("spec.publish.repository: ") and "outside" in doc["error"], doc
+    assert not (tmp_path / "work" / "candidates").exists() and not any(claims[1].glob("repo*"))

@@ -25,6 +25,7 @@ from ...api.status import CandidateResult, Latency, Verdict, WorkerResult
 from ...evaluate import budget as gate
 from ...storage import sha256_file
 from ..errors import InvalidInput, WorkerError
+from ..locations import check_written
 from ..passes import make_pass, validate_candidates
 from ..passes.base import ModelState, PassContext
 from ..pipeline import BENCH_ROUNDS, BENCH_SECONDS, Built, assemble
@@ -221,6 +222,7 @@ class LlmPipeline:
     def prepare(self, profile: bool = True) -> Built:
         """The candidate list, intake, text data, the effective budget and the baseline (`profile`: the generic
         pipeline's production-capture profile, which causal LMs do not have)."""
+        check_written(self.spec)  # where the version and the reports go, before any work
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.all_candidates = self.candidates()
         self.load()
