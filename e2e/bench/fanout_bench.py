@@ -82,7 +82,7 @@ def job_parts(job, pod, log: Path) -> dict:
     builds = {}
     prev = t_prepared
     for t, msg in ev:
-        m = re.search(r"lathe\.worker:? candidate (\S+) built: (\w+)", msg)
+        m = re.search(r"lathe\.worker(?:\.llm)?:? candidate (\S+) built: (\w+)", msg)
         if m and prev is not None:
             builds[m.group(1)] = round(t - prev, 2)
             prev = t
@@ -315,8 +315,8 @@ def report(runs: list[dict], args, shared: list[dict] = ()) -> str:
              f"Machine: {cpu_name()}, {os.cpu_count()} cores{args.load_note}: every figure is one run's, wall "
              "times drift.",
              f"Run: `python -m e2e.bench.fanout_bench --rounds {args.rounds} --parallelism "
-             f"{' '.join(map(str, args.parallelism))} --builders {args.builders} --bench-seconds {args.bench_seconds:g}`"
-             f"{' --search llm' if args.search == 'llm' else ''} on {datetime.now(UTC):%Y-%m-%d}: "
+             f"{' '.join(map(str, args.parallelism))} --builders {args.builders} --bench-seconds {args.bench_seconds:g}"
+             f"{' --search llm' if args.search == 'llm' else ''}` on {datetime.now(UTC):%Y-%m-%d}: "
              + ("the causal-LM example's default search (SmolLM2-135M from its GGUF: int8, int4-rtn, int4-offset; 4 "
                 "windows of 256 tokens; every Job starts with an empty model cache, as a pod does)"
                 if args.search == "llm" else "the default digits search (torchscript CNN, runtimes onnxruntime and "
