@@ -69,8 +69,8 @@ def load_spec(file: str) -> dict:
 def run_local(file: str | None, out: Path, quick: bool = False, example: str | None = None) -> int:
     from lathe.worker.errors import InvalidInput, WorkerError
     from lathe.worker.keep_report import keep
-    from lathe.worker.pipeline import run
     from lathe.worker.publish_step import publish_winner
+    from lathe.worker.tasks import run
 
     if example is not None and example not in EXAMPLES:
         print(f"lathe run: unknown example '{example}' (known: {', '.join(EXAMPLES)})", file=sys.stderr)

@@ -33,8 +33,8 @@ def lm_spec(smollm2, tmp_path):
 
 
 def test_split_causal_lm_search_hands_over_folders_and_gives_the_single_jobs_table(lm_spec, tmp_path, monkeypatch):
-    from lathe.worker.pipeline import run
     from lathe.worker.shard_run import benchmark_shards, build_shard
+    from lathe.worker.tasks import run
 
     monkeypatch.setenv("LATHE_RESOURCE", "ml/smollm2")
     monkeypatch.setenv("LATHE_GENERATION", "1")

@@ -8,7 +8,8 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from lathe.worker.llm.quantize import _float_offset, _mlas
+from lathe.worker.llm.matmulnbits import mlas_quantize
+from lathe.worker.llm.quantize import _float_offset
 
 K, N, B = 96, 40, 32
 
@@ -36,7 +37,7 @@ def test_weights_on_a_q4_1_grid_come_out_exactly():
     ref = x @ w
     exact = _run(_float_offset(_graph(w), ["/mm/MatMul"], 4, B, level=1), x)
     assert np.abs(exact - ref).max() < 1e-5 * np.abs(ref).max()
-    integer = _run(_mlas(_graph(w), ["/mm/MatMul"], 4, B, False, 1), x)  # asymmetric, integer zero point
+    integer = _run(mlas_quantize(_graph(w), ["/mm/MatMul"], 4, B, False, 1), x)  # asymmetric, integer zero point
     assert np.abs(integer - ref).max() > 100 * np.abs(exact - ref).max()
     fast = _run(_float_offset(_graph(w), ["/mm/MatMul"], 4, B, level=4), x)  # INT8 activations in the kernel
     assert np.abs(fast - ref).max() < 2e-2 * np.abs(ref).max()
@@ -78,7 +79,7 @@ def test_the_mlas_pass_quantizes_only_the_nodes_it_is_given():
              helper.make_node("MatMul", ["h", "w2"], ["z"], name="/b/MatMul")]
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
                               opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
-    out = _mlas(model, ["/b/MatMul"], 8, B, True, 4)
+    out = mlas_quantize(model, ["/b/MatMul"], 8, B, True, 4)
     assert [(n.op_type, n.name) for n in out.graph.node] == [("MatMul", "/a/MatMul"), ("MatMulNBits", "/b/MatMul_Q8")]
 
 

@@ -8,7 +8,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from lathe.worker.fallback import rank_by_removal
-from lathe.worker.llm.quantize import _mlas
+from lathe.worker.llm.matmulnbits import mlas_quantize
 from lathe.worker.llm.sensitivity import switched
 
 K = 64
@@ -32,7 +32,7 @@ def _run(model, feeds):
 def test_each_flag_switches_one_matmul_between_fp32_and_int4():
     x = np.random.default_rng(9).normal(size=(1, 2, K)).astype(np.float32)
     fp32 = _run(_model(), {"x": x})
-    int4 = _run(_mlas(_model(), ["/a/MatMul", "/b/MatMul"], 4, 32, True, 4), {"x": x})
+    int4 = _run(mlas_quantize(_model(), ["/a/MatMul", "/b/MatMul"], 4, 32, True, 4), {"x": x})
     model, flags = switched(_model(), ["/a/MatMul", "/b/MatMul"])
     assert set(flags) == {"/a/MatMul", "/b/MatMul"}
 

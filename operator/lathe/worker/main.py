@@ -87,8 +87,9 @@ def worker_main(argv: list[str] | None = None) -> int:
         _failure(term, "InvalidInput", "spec", msg)
         return 2
     try:
-        from .pipeline import run, visible_gpu_architecture  # noqa: PLC0415
+        from .pipeline import visible_gpu_architecture  # noqa: PLC0415
         from .publish_step import check_architecture, keep_architecture_engines, publish_winner  # noqa: PLC0415
+        from .tasks import run  # noqa: PLC0415
 
         arch = os.environ.get("LATHE_GPU_ARCH")  # one of spec.target.gpu.architectures' build Jobs
         if arch:

@@ -681,24 +681,9 @@ def assemble(pipe, base: Built, built: list[Built], t0: float, tie_break: TieBre
                         seconds=round(time.time() - t0, 1))
 
 
-def pipeline_for(spec: ModelOptimizationSpec, workdir: Path, progress: ProgressFn | None = None,
-                 bench_seconds: float | None = None):
-    """The stages for this task: the generic Pipeline, or task causal-lm's LlmPipeline (the same interface:
-    prepare, all_candidates, build_all, reload, finish)."""
-    if spec.task.type == TaskType.causal_lm:
-        from .llm.pipeline import LlmPipeline  # noqa: PLC0415
-
-        return LlmPipeline(spec, workdir, progress, bench_seconds)
-    return Pipeline(spec, workdir, progress, bench_seconds)
-
-
 def run(spec: ModelOptimizationSpec, workdir: Path, progress: ProgressFn | None = None, *,
         bench_seconds: float | None = None, bench_rounds: int | None = None) -> WorkerResult:
-    """Run the whole worker; writes result.json, details.json, report.html and the candidates'
-    artifacts under `workdir`. Raises InvalidInput for bad model/data/spec, WorkerError otherwise.
-    Task causal-lm takes the LLM rooms (worker/llm/pipeline.py) on the same gate, benchmark and report."""
-    if spec.task.type == TaskType.causal_lm:
-        from .llm.pipeline import run as run_llm  # noqa: PLC0415
-
-        return run_llm(spec, workdir, progress, bench_seconds=bench_seconds, bench_rounds=bench_rounds)
+    """Run the whole worker on a model of any task but causal-lm (worker/tasks.py picks); writes result.json,
+    details.json, report.html and the candidates' artifacts under `workdir`. Raises InvalidInput for bad
+    model/data/spec, WorkerError otherwise."""
     return Pipeline(spec, workdir, progress, bench_seconds, bench_rounds).run()

@@ -66,7 +66,7 @@ def _storage(what: str, e: Exception) -> WorkerError:
 def build_shard(spec: ModelOptimizationSpec, workdir: Path, shard: int, shards: int,
                 progress: ProgressFn | None = None) -> dict:
     """Build and validate share `shard` of `shards`; returns the summary for the termination message."""
-    from .pipeline import pipeline_for  # noqa: PLC0415
+    from .tasks import pipeline_for  # noqa: PLC0415
 
     if not 1 <= shard <= shards:
         raise InvalidInput("spec", f"shard {shard} of {shards}: want 1 <= shard <= shards")
@@ -127,7 +127,8 @@ def benchmark_shards(spec: ModelOptimizationSpec, workdir: Path, shards: int, fa
     """Every shard's candidates read back and timed here together against the baseline; selection and the
     reports as in one Job. `failed`: shard -> why its build Job failed for good."""
     from .backends.base import Artifact  # noqa: PLC0415
-    from .pipeline import Built, pipeline_for  # noqa: PLC0415
+    from .pipeline import Built  # noqa: PLC0415
+    from .tasks import pipeline_for  # noqa: PLC0415
 
     t0 = time.time()
     store = _store(spec)

@@ -4,6 +4,7 @@ checkpoint.py  where the checkpoint is, what it is, GGUF -> Hugging Face folder,
 export.py      the onnxruntime-genai model builder, its build cache, and the export's verification
 text_data.py   text and .jsonl documents -> token windows, the text coverage checks, the stdlib corpus
 metrics.py     perplexity, teacher-forced next-token agreement, multiple-choice accuracy
+matmulnbits.py MatMulNBits' defaults and ONNX Runtime's MLAS quantizer (below the pass, quantize and sensitivity)
 quantize.py    the weight-only pass (MatMulNBits INT4/INT8: rtn, k-quant, hqq, gptq, awq, mixed)
 sensitivity.py which MatMuls cost the most at INT4 (ablation, shared with worker/fallback.py's ranking)
 candidates.py  the default search set

@@ -24,8 +24,8 @@ from pathlib import Path
 from ...api.spec import CalibrationSettings
 from ..errors import InvalidInput, WorkerError
 from ..passes.base import ModelState, PassContext
-from ..passes.weight_only import CALIBRATION_WINDOWS, DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK
 from .export import NOT_MODEL_FILES
+from .matmulnbits import CALIBRATION_WINDOWS, DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK, mlas_quantize
 
 log = logging.getLogger("lathe.worker.llm.quantize")
 
@@ -60,7 +60,7 @@ def quantize_weights(ps, state: ModelState, ctx: PassContext) -> ModelState:
                + (f", {len(int8)} at 8" if int8 else ""))
     model = _quantize(ps, model, body, ps.bits, str(c.algorithm), ctx, src_dir)
     if int8:
-        model = _mlas(model, int8, 8, c.block_size or DEFAULT_BLOCK, c.symmetric is not False,
+        model = mlas_quantize(model, int8, 8, c.block_size or DEFAULT_BLOCK, c.symmetric is not False,
                       c.accuracy_level if c.accuracy_level is not None else DEFAULT_ACCURACY_LEVEL)
     out.mkdir(parents=True)
     onnx.save(model, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -86,7 +86,7 @@ def _quantize(ps, model, nodes: list[str], bits: int, algorithm: str, ctx: PassC
     if algorithm == "rtn" and c.float_offset:
         return _float_offset(model, nodes, bits, block, level)
     if algorithm == "rtn":
-        return _mlas(model, nodes, bits, block, sym, level)
+        return mlas_quantize(model, nodes, bits, block, sym, level)
     from onnxruntime.quantization import matmul_nbits_quantizer as mq  # noqa: PLC0415
 
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
@@ -329,20 +329,6 @@ def resolve(patterns: list[str], names: list[str], field: str) -> list[str]:
                                        f"{names[0]})")
         out += [h for h in hits if h not in out]
     return out
-
-
-def _mlas(model, nodes: list[str], bits: int, block: int, symmetric: bool, level: int):
-    """ONNX Runtime's default (MLAS) blockwise quantizer: what the model builder runs for rtn."""
-    from onnxruntime.quantization import matmul_nbits_quantizer as mq  # noqa: PLC0415
-
-    cfg = mq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric, accuracy_level=level, bits=bits)
-    # nodes_to_include adds to the op types quantized, it does not restrict them: every other MatMul is excluded
-    wanted = set(nodes)
-    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
-    q = mq.MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric, accuracy_level=level,
-                                nodes_to_exclude=others, algo_config=cfg)
-    q.process()
-    return q.model.model
 
 
 class _Windows:

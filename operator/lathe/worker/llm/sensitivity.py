@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .matmulnbits import mlas_quantize
+
 log = logging.getLogger("lathe.worker.llm.sensitivity")
 
 BUDGET = 40        # forward passes (fallback.rank_by_removal's budget)
@@ -25,9 +27,8 @@ def switched(fp32_model, nodes: list[str], block: int = 32):
 
     from onnx import TensorProto, helper  # noqa: PLC0415
 
-    from .quantize import _mlas  # noqa: PLC0415
 
-    q = _mlas(copy.deepcopy(fp32_model), nodes, 4, block, True, 4)
+    q = mlas_quantize(copy.deepcopy(fp32_model), nodes, 4, block, True, 4)
     fnodes = {n.name: n for n in fp32_model.graph.node}
     have = {i.name for i in q.graph.initializer}
     for i in fp32_model.graph.initializer:  # the FP32 weights, for the FP32 branches

@@ -8,12 +8,10 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from ...api.spec import CalibrationSettings, Precision, QuantMode, WeightAlgorithm
+from ..llm.matmulnbits import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK
 from .base import ModelState, Pass, PassConfig, PassContext
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
-DEFAULT_BLOCK = 32
-DEFAULT_ACCURACY_LEVEL = 4  # INT8 activations: MLAS' fast VNNI path on this CPU
-CALIBRATION_WINDOWS = 8  # gptq/awq: windows of calibration text used unless calibration.samples says
 
 
 class WeightOnlyConfig(PassConfig):
