@@ -97,14 +97,18 @@ def resource(name, digits, tmp_path, parallelism):
             "spec": spec}
 
 
-def builds_per_candidate(agents, ns) -> dict[str, int]:
-    """How often each candidate was built, from every worker pod's log on every node ('candidate X built')."""
-    counts: dict[str, int] = {}
+def builds_per_job(agents, ns) -> dict[str, tuple[list[str], list[str]]]:
+    """Job name -> (candidates its pods built, candidates they reused from an earlier attempt's hand-over), from
+    every worker pod's log on every node ('candidate X built', 'candidate X: reusing ...')."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
     for agent in agents.values():
         for log in (Path(agent.root) / "pods").glob(f"{ns}_*/worker.log"):
-            for name in re.findall(r"lathe\.worker:? candidate (\S+) built: ", log.read_text()):
-                counts[name] = counts.get(name, 0) + 1
-    return counts
+            job = re.sub(r"-[a-z0-9]{5}$", "", log.parent.name.split("_")[1])  # the pod's name less its suffix
+            text = log.read_text()
+            built, reused = out.setdefault(job, ([], []))
+            built += re.findall(r"lathe\.worker:? candidate (\S+) built: ", text)
+            reused += re.findall(r"lathe\.worker\S*:? candidate (\S+): reusing what an earlier attempt", text)
+    return out
 
 
 @contextlib.contextmanager
@@ -183,9 +187,17 @@ def test_split_search_matches_the_single_job_through_an_eviction_and_an_operator
     # exactly the Jobs the plan names: the evicted build retried once, one benchmark, nothing twice
     assert sorted(jobs("split")) == ["split-g1-a1-b1", "split-g1-a1-b2", "split-g1-a1-bench", "split-g1-a2-b1"]
     assert sorted(jobs("single")) == ["single-g1-a1"]
-    # every candidate built exactly once: the retried attempt reused what the evicted one handed over
-    counts = builds_per_candidate(nodes, namespace)
-    assert counts == {c["name"]: 2 for c in CANDIDATES}, counts  # once by the single Job, once by the split search
+    # every candidate built once, but for one the evicted pod was building when it was stopped: the retried
+    # attempt reused what the evicted one handed over and built only the rest of its share
+    per_job = builds_per_job(nodes, namespace)
+    assert sorted(per_job["single-g1-a1"][0]) == sorted(c["name"] for c in CANDIDATES), per_job
+    assert per_job["split-g1-a1-b2"] == (["int8-static-tensor", "int8-dynamic"], []), per_job
+    evicted_built, _ = per_job["split-g1-a1-b1"]
+    retry_built, retry_reused = per_job["split-g1-a2-b1"]
+    assert SHARD_1[0] in evicted_built and SHARD_1[0] in retry_reused, per_job  # handed over before the eviction
+    assert sorted(retry_built + retry_reused) == sorted(SHARD_1) and not set(retry_built) & set(retry_reused)
+    assert set(retry_reused) <= set(evicted_built), per_job  # reused only what the evicted pod had built
+    assert "split-g1-a1-bench" in per_job and per_job["split-g1-a1-bench"] == ([], []), per_job  # no build there
     retried = next(b for b in split["search"]["builds"] if b["shard"] == 1)
     assert (retried["attempt"], retried["phase"], retried["job"]) == (2, "Succeeded", "split-g1-a2-b1")
 
