@@ -166,7 +166,7 @@ def shard_key(shard: int) -> str:
 
 
 def put_candidate(store: Store, shard: int, built, cdir: Path) -> Record:
-    """Hand over one built candidate (`built`: pipeline.Built; `cdir`: its folder in the workdir)."""
+    """Hand over one built candidate (`built`: stages.Built; `cdir`: its folder in the workdir)."""
     res = built.result
     files: list[str] = []
     if cdir.is_dir():

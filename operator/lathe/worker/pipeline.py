@@ -13,22 +13,20 @@ import logging
 import os
 import platform
 import shutil
-import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..api.spec import Candidate, ModelOptimizationSpec, TaskType, metric_of, runtimes_of
+from ..api.spec import Candidate, ModelOptimizationSpec, TaskType, runtimes_of
 from ..api.status import CandidateResult, Latency, TieBreak, Verdict, WorkerResult
 from ..evaluate import budget as gate
 from ..evaluate.batch_memory import oversized
 from ..evaluate.benchmark import benchmark
 from ..evaluate.memory import peak_added_mb
 from ..evaluate.metrics import drop, finite, score
-from ..evaluate.select import choose, leaders, material_drop, pareto
+from ..evaluate.select import leaders
 from ..evaluate.tiebreak import settle
 from ..storage import sha256_file
 from . import data as datamod
@@ -40,23 +38,13 @@ from .intake import ModelInfo, fetch, intake, load_torch
 from .limits import memory_limit
 from .locations import check_written
 from .passes import ModelState, PassContext, default_candidates, make_pass, validate_candidates
-from .progress import Progress, ProgressFn
+from .progress import ProgressFn
+from .stages import Built, Stages, assemble
 
 log = logging.getLogger("lathe.worker")
 
-BENCH_SECONDS = float(os.environ.get("LATHE_BENCH_SECONDS", "30"))
-# Rounds are paired samples of the speedup: ten halve the interval of five for the same seconds.
-BENCH_ROUNDS = int(os.environ.get("LATHE_BENCH_ROUNDS", "10"))
 REPORT_NODES = 400  # per-node precision kept for the report, per candidate
 FALLBACK_PROBE = 32  # samples a mixed-precision step is tried on before the full validation set
-
-
-@dataclass
-class Built:
-    result: CandidateResult
-    artifact: Any = None
-    runner: Any = None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def _round(v: float | None, nd: int = 5) -> float | None:
@@ -103,19 +91,10 @@ def infer(runner, ds: datamod.Dataset, batch: int) -> list[np.ndarray]:
     return [np.concatenate([b[k] for b in outs]) for k in range(len(outs[0]))]
 
 
-class Pipeline:
+class Pipeline(Stages):
     def __init__(self, spec: ModelOptimizationSpec, workdir: Path, progress: ProgressFn | None = None,
                  bench_seconds: float | None = None, bench_rounds: int | None = None):
-        self.spec = spec
-        self.workdir = Path(workdir)
-        self.progress = Progress(progress)
-        self.threads = spec.target.threads or (os.cpu_count() or 1)
-        self.metric = str(metric_of(spec))
-        self.bench_seconds = BENCH_SECONDS if bench_seconds is None else bench_seconds
-        self.bench_rounds = bench_rounds or BENCH_ROUNDS
-        self.warnings: list[str] = []
-        self.details: dict[str, Any] = {"candidates": {}}
-        self.speedup_basis = ""  # what the speedups are ratios of: set by the benchmark
+        super().__init__(spec, workdir, progress, bench_seconds, bench_rounds)
         self.tie_break: TieBreak | None = None
 
     # ------------------------------------------------------------------ stages
@@ -453,19 +432,6 @@ class Pipeline:
         self.details["candidates"][cand.name] = b.details
         return b
 
-    def build_all(self, cands: list[Candidate], done=None) -> list[Built]:
-        """Build and validate `cands` in order; `done(built)` after each (a build Job hands it over there)."""
-        built: list[Built] = []
-        for i, cand in enumerate(cands):
-            self.progress("candidates", i / len(cands), f"building {cand.name}")
-            b = self.build_one(cand)
-            log.info("candidate %s built: %s", cand.name, b.result.verdict)
-            if done is not None:
-                done(b)
-            built.append(b)
-        self.progress("candidates", 1.0)
-        return built
-
     def reload(self, runtime: str, art):
         """A handed-over candidate's runner (worker/shard_run.py's benchmark Job)."""
         return get_backend(runtime).load(art, self.threads)
@@ -480,11 +446,6 @@ class Pipeline:
         wr = assemble(self, base, built, t0, self.tie_break)
         self._write(wr)
         return wr
-
-    def run(self) -> WorkerResult:
-        t0 = time.time()
-        base = self.prepare()
-        return self.finish(base, self.build_all(self.all_candidates), t0)
 
     def _benchmark(self, base: Built, built: list[Built]) -> None:
         runners = {"baseline": base.runner}
@@ -662,23 +623,6 @@ class Pipeline:
         (self.workdir / "details.json").write_text(json.dumps(self.details, indent=2, default=str))
         (self.workdir / "report.html").write_text(html_report(wr, self.spec, self.budget, self.details))
         self.progress("report", 1.0, str(self.workdir / "report.html"))
-
-
-def assemble(pipe, base: Built, built: list[Built], t0: float, tie_break: TieBreak | None = None) -> WorkerResult:
-    """The selection among the gated candidates and the result every task writes (`pipe`: a Pipeline or the
-    causal-LM LlmPipeline). A tie on speed goes to a drop smaller by a material share of the budget."""
-    results = [b.result for b in built]
-    chosen = choose(results, str(pipe.spec.objective), material_drop(pipe.budget, base.result.accuracy))
-    selection = chosen.reason + (f" (after {tie_break.summary()})" if tie_break is not None else "")
-    if chosen.winner is not None:
-        w = next(c for c in results if c.name == chosen.winner)
-        w.reason = f"{w.reason}; selected: {selection}"
-    return WorkerResult(metric=pipe.metric, baseline=base.result, candidates=results, winner=chosen.winner,
-                        pareto=pareto([base.result] + results, pipe.metric), selection=selection,
-                        speedup_basis=pipe.speedup_basis, tie_break=tie_break,
-                        warnings=list(dict.fromkeys(pipe.warnings)), environment=pipe.environment(),
-                        report=str(pipe.workdir / "result.json"), html_report=str(pipe.workdir / "report.html"),
-                        seconds=round(time.time() - t0, 1))
 
 
 def run(spec: ModelOptimizationSpec, workdir: Path, progress: ProgressFn | None = None, *,

@@ -127,7 +127,7 @@ def benchmark_shards(spec: ModelOptimizationSpec, workdir: Path, shards: int, fa
     """Every shard's candidates read back and timed here together against the baseline; selection and the
     reports as in one Job. `failed`: shard -> why its build Job failed for good."""
     from .backends.base import Artifact  # noqa: PLC0415
-    from .pipeline import Built  # noqa: PLC0415
+    from .stages import Built  # noqa: PLC0415
     from .tasks import pipeline_for  # noqa: PLC0415
 
     t0 = time.time()

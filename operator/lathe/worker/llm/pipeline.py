@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ...api.spec import Candidate, ModelOptimizationSpec, metric_of
+from ...api.spec import Candidate, ModelOptimizationSpec
 from ...api.status import CandidateResult, Latency, Verdict, WorkerResult
 from ...evaluate import budget as gate
 from ...storage import sha256_file
@@ -28,8 +28,8 @@ from ..errors import InvalidInput, WorkerError
 from ..locations import check_written
 from ..passes import make_pass, validate_candidates
 from ..passes.base import ModelState, PassContext
-from ..pipeline import BENCH_ROUNDS, BENCH_SECONDS, Built, assemble
-from ..progress import Progress, ProgressFn
+from ..progress import ProgressFn
+from ..stages import Built, Stages, assemble
 from . import export
 from .checkpoint import prepare
 from .text_data import Tokenizer, coverage, load_text, read_choices, read_prompts
@@ -41,19 +41,8 @@ CHECK_TOKENS = 8  # tokens every candidate generates before it is judged
 DEFAULT_MAX_WINDOWS = 12  # validation windows scored unless spec.data.validation.maxSamples says
 
 
-class LlmPipeline:
-    def __init__(self, spec: ModelOptimizationSpec, workdir: Path, progress: ProgressFn | None = None,
-                 bench_seconds: float | None = None, bench_rounds: int | None = None):
-        self.spec = spec
-        self.workdir = Path(workdir)
-        self.progress = Progress(progress)
-        self.threads = spec.target.threads or (os.cpu_count() or 1)
-        self.metric = str(metric_of(spec))
-        self.bench_seconds = BENCH_SECONDS if bench_seconds is None else bench_seconds
-        self.bench_rounds = bench_rounds or BENCH_ROUNDS
-        self.warnings: list[str] = []
-        self.details: dict[str, Any] = {"candidates": {}}
-        self.speedup_basis = ""
+class LlmPipeline(Stages):
+    """The causal-LM stages (the shared state, build loop and run() are Stages')."""
 
     # ------------------------------------------------------------------------------------------------ intake
     def load(self) -> None:
@@ -247,21 +236,7 @@ class LlmPipeline:
         self.details["candidates"][cand.name] = b.details
         return b
 
-    def build_all(self, cands: list[Candidate], done=None) -> list[Built]:
-        """Build and judge `cands` in order; `done(built)` after each, with the model folder inside the
-        candidate's own folder and named as an Artifact (a build Job hands it over there: worker/shard_run.py)."""
-        built: list[Built] = []
-        for i, cand in enumerate(cands):
-            self.progress("candidates", i / len(cands), f"building {cand.name}")
-            b = self.build_one(cand)
-            log.info("candidate %s built: %s", cand.name, b.result.verdict)
-            if done is not None:
-                done(self._for_handover(b))
-            built.append(b)
-        self.progress("candidates", 1.0)
-        return built
-
-    def _for_handover(self, b: Built) -> Built:
+    def for_handover(self, b: Built) -> Built:
         """`b` with its model folder as an Artifact under workdir/candidates/<name>/model: a candidate without
         passes is the FP32 build, which lives in the build cache, and is copied there."""
         from ..backends.base import Artifact  # noqa: PLC0415
@@ -294,11 +269,6 @@ class LlmPipeline:
         wr = assemble(self, base, built, t0)
         self._write(wr)
         return wr
-
-    def run(self) -> WorkerResult:
-        t0 = time.time()
-        base = self.prepare()
-        return self.finish(base, self.build_all(self.all_candidates), t0)
 
     def _benchmark(self, base: Built, built: list[Built]) -> None:
         from .bench import measure  # noqa: PLC0415
