@@ -241,11 +241,8 @@ class Pipeline(Stages):
     def build(self, cand: Candidate) -> Built:
         runtime = str(cand.runtime or runtimes_of(self.spec)[0])
         res = CandidateResult(name=cand.name, runtime=runtime, metric=self.metric)
-        cdir = self.workdir / "candidates" / cand.name
-        if cdir.exists():
-            shutil.rmtree(cdir)
-        work = cdir / "work"
-        work.mkdir(parents=True)
+        work = self.fresh_workdir(cand.name)
+        cdir = work.parent
         ctx = PassContext(workdir=work, spec=self.spec, model=self.info, calibration=self.cal, validation=self.val,
                           coverage=self.coverage, threads=self.threads, progress=self.progress, candidate=cand.name,
                           training=self.train, calibration_is_validation=self.cal_is_val)

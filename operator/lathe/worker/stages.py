@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,16 @@ class Stages:
         self.warnings: list[str] = []
         self.details: dict[str, Any] = {"candidates": {}}
         self.speedup_basis = ""  # what the speedups are ratios of: set by the benchmark
+
+    def fresh_workdir(self, name: str) -> Path:
+        """workdir/candidates/<name>/work, emptied of an earlier build of that name (the candidate's folder is
+        its parent: what it builds lands there, the work folder goes once it is built)."""
+        cdir = self.workdir / "candidates" / name
+        if cdir.exists():
+            shutil.rmtree(cdir)
+        work = cdir / "work"
+        work.mkdir(parents=True)
+        return work
 
     def for_handover(self, b: Built) -> Built:
         """`b` as a build Job hands it over (worker/handover.py): its files under workdir/candidates/<name>."""

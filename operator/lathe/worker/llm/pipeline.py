@@ -152,11 +152,7 @@ class LlmPipeline(Stages):
         if res.runtime != RUNTIME:
             res.reason = f"runtime {res.runtime} does not serve task causal-lm (use {RUNTIME})"
             return Built(res)
-        cdir = self.workdir / "candidates" / cand.name
-        if cdir.exists():
-            shutil.rmtree(cdir)
-        work = cdir / "work"
-        work.mkdir(parents=True)
+        work = self.fresh_workdir(cand.name)
         ctx = PassContext(workdir=work, spec=self.spec, model=self.ck, calibration=self.cal, validation=self.val,
                           coverage=self.coverage, threads=self.threads, progress=self.progress, candidate=cand.name,
                           calibration_is_validation=self.cal is self.val)
