@@ -39,4 +39,20 @@ echo "test.sh: set-up took $(( $(date +%s) - t0 ))s"
 .venv/bin/python -m e2e.images.locks --check   # images/*.lock still cut from requirements.lock + pyproject
 .venv/bin/lathe crd --check -o crds/modeloptimization.yaml
 .venv/bin/lathe reference --check -o docs/reference.md
-exec .venv/bin/python -m pytest tests -p no:cacheprovider --durations=25 "$@"  # the slowest, for CI time
+# Two pytest processes side by side, one per core: most tests wait on servers, pods and canary pauses, so
+# one process alone leaves a core idle. Each is a plain serial pytest run over whole folders (their session
+# fixtures set up once, the one real node of tests/cluster in one process); the halves were balanced on
+# `--durations` of a full run (docs/testing.md). The first half starts no node agent, so tests/architectures
+# (alphabetically first in the second) still runs before any test that starts one. Options given to this
+# script go to both halves. Each line of output says its half.
+FIRST=(tests/cluster tests/llm tests/e2e)
+run_half() {  # label, pytest arguments...
+  local label=$1; shift
+  .venv/bin/python -m pytest "$@" -p no:cacheprovider --durations=15 "${ARGS[@]}" 2>&1 | sed -u "s/^/[$label] /"
+}
+ARGS=("$@")
+run_half 1 "${FIRST[@]}" & first=$!
+rc2=0; run_half 2 tests "${FIRST[@]/#/--ignore=}" || rc2=$?
+rc1=0; wait "$first" || rc1=$?
+echo "test.sh: half 1 (${FIRST[*]}) exit $rc1, half 2 (the rest) exit $rc2; $(( $(date +%s) - t0 ))s in all"
+(( rc1 == 0 && rc2 == 0 ))

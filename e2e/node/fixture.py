@@ -62,6 +62,7 @@ PAUSE_REF = "lathe.dev/pause:e2e"
 CNI_BIN = Path("/usr/lib/cni")
 # Changed by the kubelet at start (it sets what it needs for its OOM and panic handling).
 SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
+UNIX_SOCKET_MAX = 104  # containerd refuses a longer socket path (the portable sun_path size)
 # Paths the kubelet creates whatever its --root-dir says (hard-coded in it).
 KUBELET_FIXED_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/var/log/pods"))
 INSTALL = "apt-get install -y --no-install-recommends containerd runc containernetworking-plugins"
@@ -117,6 +118,9 @@ class Node:
         self.start_timeout = start_timeout
         self.cache = node_cache()
         self.sock = self.workdir / "containerd" / "containerd.sock"
+        if len(f"{self.sock}.ttrpc") > UNIX_SOCKET_MAX:  # containerd's own words for it are a log line deep
+            raise NodeError(f"work folder {self.workdir} is too long for containerd's socket {self.sock}.ttrpc "
+                            f"(unix socket paths are limited to {UNIX_SOCKET_MAX} bytes): use a shorter one")
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
         self.timings: dict[str, float] = {}

@@ -31,19 +31,32 @@ def failing_start(tmp_path: Path, **control_plane):
     assert machine_state(workdir) == before
 
 
-def test_missing_image_archive_fails_and_leaves_nothing(tmp_path):
-    with failing_start(tmp_path) as (cp, workdir):
-        node = Node(cp, workdir, images={"lathe.dev/missing:1": tmp_path / "no-such-image.tar"})
+@pytest.fixture
+def short_path(tmp_path_factory) -> Path:
+    """A work folder short enough for containerd's socket under xdist's per-worker folders too (tmp_path
+    carries the test's name)."""
+    return tmp_path_factory.mktemp("failed-start")
+
+
+def test_missing_image_archive_fails_and_leaves_nothing(short_path):
+    with failing_start(short_path) as (cp, workdir):
+        node = Node(cp, workdir, images={"lathe.dev/missing:1": short_path / "no-such-image.tar"})
         with pytest.raises(FileNotFoundError, match="no-such-image.tar"):
             node.start()
 
 
-def test_node_that_never_gets_ready_is_torn_down(tmp_path):
+def test_node_that_never_gets_ready_is_torn_down(short_path):
     # Without the node-lifecycle controller the not-ready taint is never lifted: the kubelet has
     # run (sysctls set, cgroups made, sandboxes possible) when the start gives up.
-    with failing_start(tmp_path, extra_controllers=("persistentvolume-binder-controller",)) as (cp, workdir):
+    with failing_start(short_path, extra_controllers=("persistentvolume-binder-controller",)) as (cp, workdir):
         node = Node(cp, workdir, start_timeout=8)
         with pytest.raises(NodeError, match="kubelet not ready after 8"):
             node.start()
         log = Path(node.logs["kubelet"]).read_text()
         assert "Successfully registered node" in log or "Attempting to register node" in log, log[-2000:]
+
+
+def test_a_work_folder_too_long_for_containerds_socket_is_refused_before_anything_starts(tmp_path):
+    cp = ControlPlane(tmp_path / "cp", **node_control_plane_kwargs())  # never started: the check comes first
+    with pytest.raises(NodeError, match="too long for containerd's socket"):
+        Node(cp, tmp_path / ("n" * 80))
