@@ -42,10 +42,10 @@ echo "test.sh: set-up took $(( $(date +%s) - t0 ))s"
 # Two pytest processes side by side, one per core: most tests wait on servers, pods and canary pauses, so
 # one process alone leaves a core idle. Each is a plain serial pytest run over whole folders (their session
 # fixtures set up once, the one real node of tests/cluster in one process); the halves were balanced on
-# `--durations` of a full run (docs/testing.md). The first half starts no node agent, so tests/architectures
-# (alphabetically first in the second) still runs before any test that starts one. Options given to this
+# `--durations` of a full run (docs/testing.md). tests/architectures stays in the second half, where it sorts
+# first, so it still runs before any test there starts the session's node agent. Options given to this
 # script go to both halves. Each line of output says its half.
-FIRST=(tests/cluster tests/llm tests/e2e)
+FIRST=(tests/cluster tests/llm tests/e2e tests/images)
 run_half() {  # label, pytest arguments...
   local label=$1; shift
   .venv/bin/python -m pytest "$@" -p no:cacheprovider --durations=15 "${ARGS[@]}" 2>&1 | sed -u "s/^/[$label] /"
