@@ -33,8 +33,8 @@ def failing_start(tmp_path: Path, **control_plane):
 
 @pytest.fixture
 def short_path(tmp_path_factory) -> Path:
-    """A work folder short enough for containerd's socket under xdist's per-worker folders too (tmp_path
-    carries the test's name)."""
+    """A work folder short enough for containerd's socket wherever pytest's base folder is: tmp_path carries the
+    test's name, and a longer base (pytest-xdist's per-worker folder, tried for issue 21) pushed it past."""
     return tmp_path_factory.mktemp("failed-start")
 
 
