@@ -103,10 +103,26 @@ def test_bad_input_fails_at_once(operator, mopt):
     assert {c["type"]: c["reason"] for c in st["conditions"]}["Validated"] == "InvalidInput"
 
 
+def _job_refused_by_quota(mopt) -> bool:
+    job = {"metadata": {"generateName": "probe-"},
+           "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                          "containers": [{"name": "c", "image": "probe"}]}}}}
+    try:
+        mopt.batch.create_namespaced_job(mopt.ns, job, dry_run="All")
+    except ApiException as e:
+        if e.status == 403 and "quota" in e.body:
+            return True
+        raise
+    return False
+
+
 def test_refused_job_is_reported_and_retried(operator, mopt):
     # A ResourceQuota that allows no Jobs: the real API server's quota admission refuses the create.
     mopt.core.create_namespaced_resource_quota(mopt.ns, {"metadata": {"name": "no-jobs"},
                                                          "spec": {"hard": {"count/jobs.batch": "0"}}})
+    # Quota admission ignores a quota until the quota controller has written its status.hard (a busy
+    # machine once let the Job through): wait until a dry-run Job is refused, as the operator's will be.
+    wait_for(lambda: _job_refused_by_quota(mopt), timeout=60, what="quota enforced")
     mopt.create(mopt.body("quota", mopt.script("q", message=_result())))
     st = mopt.wait_phase("quota", "Pending")
     assert st["stage"] == "retry" and "could not create the worker Job" in st["message"]
