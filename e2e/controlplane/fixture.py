@@ -157,7 +157,7 @@ def tail(path: Path | str, max_bytes: int = 6000) -> str:
 _libc = None
 
 
-def _pdeathsig() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     global _libc
     try:
         if _libc is None:
@@ -196,7 +196,7 @@ def wait_ready(name: str, ready, timeout: float, procs: dict[str, subprocess.Pop
 
 def _spawn_kwargs(cwd: Path) -> dict:
     """Popen options for a test daemon: own process group (killed as one), SIGKILL if we die."""
-    return {"stdin": subprocess.DEVNULL, "start_new_session": True, "preexec_fn": _pdeathsig, "cwd": cwd}
+    return {"stdin": subprocess.DEVNULL, "start_new_session": True, "preexec_fn": die_with_parent, "cwd": cwd}
 
 
 def kill_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:

@@ -17,7 +17,8 @@ What it does (the recipe in shared/recipes/triton, gotchas included):
 - `--model-control-mode=explicit` (nothing loads at start), `--strict-readiness=false` (otherwise one
   failed load turns server readiness to 400 for good), loopback only, free ports, log to a file;
 - on a failed start the log tail is in the exception; `stop()` SIGTERMs our own PID only and waits
-  (the stubs are its children), then SIGKILLs if needed.
+  (the stubs are its children), then SIGKILLs if needed; the server gets SIGKILL if the process
+  that started it dies first (PR_SET_PDEATHSIG), so a killed test run leaves none behind.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from e2e.controlplane.fixture import die_with_parent
 
 
 class TritonStartError(RuntimeError):
@@ -137,8 +140,9 @@ class TritonServer:
                     "--log-info=true", f"--log-verbose={self.log_verbose}",
                     f"--exit-timeout-secs={self.exit_timeout}", *self.extra_args]
             log = open(self.log_path, "ab")
+            # Killed with the process that started it: a hard-killed test run leaves no server behind.
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
             log.close()
             deadline = time.monotonic() + self.start_timeout
             while time.monotonic() < deadline:
