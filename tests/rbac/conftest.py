@@ -4,12 +4,14 @@ namespaced (two watched namespaces, a third one not)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 from kubernetes import client
 
 from tests.chart.render import one, render
+from tests.rbac.calls import CLUSTER_CALLS, NAMESPACED
 
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 
@@ -33,6 +35,17 @@ class Release:
         self.user = f"system:serviceaccount:{self.ns}:{self.service_account}"
         # the groups a real token of that ServiceAccount carries
         self.groups = ["system:serviceaccounts", f"system:serviceaccounts:{self.ns}", "system:authenticated"]
+        self._settle()
+
+    def _settle(self, timeout: float = 30.0) -> None:
+        """The RBAC authorizer reads roles and bindings through an informer: wait, bounded, until the grants
+        just applied count, so that no test races them on a busy machine. A grant still missing after that
+        is the chart's own fault, and the tests name it."""
+        calls = [(c, ns) for c in NAMESPACED for ns in self.served]
+        calls += [(c, None) for c in CLUSTER_CALLS] if self.mode == "cluster" else []
+        deadline = time.monotonic() + timeout
+        while not all(self.allowed(g, r, v, ns) for (g, r, v), ns in calls) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     @property
     def served(self) -> list[str]:
