@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -101,7 +102,30 @@ def namespace(k8s_client):
     name = f"t-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
     yield name
+    _delete_resources(client.CustomObjectsApi(k8s_client), name)
     core.delete_namespace(name)
+
+
+def _delete_resources(api: client.CustomObjectsApi, ns: str, timeout: float = 30.0) -> None:
+    """Delete the test's ModelOptimizations while the operator (if any) still runs, so that its finalizer comes
+    off: left for the namespace's deletion, one can outlive the operator and keep the namespace terminating for
+    good, in front of the next operator that watches every namespace (tests/rbac). What is still there after
+    `timeout` (no operator ran) loses its finalizers here."""
+    def left() -> list[dict]:
+        return api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+    for mo in left():
+        api.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, mo["metadata"]["name"])
+    deadline = time.monotonic() + timeout
+    while (items := left()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for mo in items:
+        try:
+            api.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, mo["metadata"]["name"],
+                                               {"metadata": {"finalizers": None}},
+                                               _content_type="application/merge-patch+json")
+        except client.ApiException as e:
+            if e.status != 404:  # gone meanwhile: what was wanted
+                raise
 
 
 class Resources:

@@ -25,7 +25,9 @@ from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
-REFUSED = re.compile(r"forbidden|unauthorized|not enough permissions", re.IGNORECASE)  # 403, 401, kopf's words
+# The API server's RBAC refusal (403), a refused token (401), kopf's own words: not any "forbidden", which
+# a logged resource's status can quote (a namespace being terminated refuses a Job with 403 too).
+REFUSED = re.compile(r"forbidden: User |unauthorized|not enough permissions", re.IGNORECASE)
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -126,3 +128,11 @@ def test_a_resource_runs_and_is_deleted_with_only_these_grants(release, operator
     refused = [line for line in operator["log"].read_text().splitlines() if REFUSED.search(line)]
     # Namespaced mode too: the operator turns kopf's cluster-wide scanning off for exact namespaces.
     assert refused == [], "\n".join(refused)
+
+
+def test_the_log_check_knows_a_real_refusal(release):
+    """REFUSED above matches what a refusal of these grants looks like, taken from the real API server: a call
+    the operator's ServiceAccount may not make (listing Nodes, in either mode)."""
+    with release.cp.token_client(release.token()) as api, pytest.raises(ApiException) as denied:
+        client.CoreV1Api(api).list_node()
+    assert denied.value.status == 403 and REFUSED.search(str(denied.value)), str(denied.value)

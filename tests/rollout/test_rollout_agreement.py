@@ -142,7 +142,8 @@ def test_faithful_int8_canary_is_promoted_with_its_agreement(triton, triton_repo
     name = "agree_int8"
     tc, ex, status, client, shadow, x = roll(triton, triton_repo, digits_models, name, digits_models["int8"],
                                              Rollout(steps=STEPS, analysis=ANALYSIS), direct_rate=20)
-    assert status.state == "Promoted", status.model_dump()
+    print("rollout:", status.reason, [h.model_dump() for h in status.history])  # shown in full if it fails
+    assert status.state == "Promoted", status.reason
     mirrored = [h for h in status.history if h.compared]
     assert [h.step for h in mirrored] == [0, 1], status.history
     assert all(h.agreement >= ANALYSIS.min_agreement for h in mirrored), [h.agreement for h in mirrored]
