@@ -102,7 +102,8 @@ def test_capture_keeps_what_stable_answered_within_caps_and_warns(triton, triton
     finally:
         client.halt.set()
         client.join(10)
-    assert status.state == "Promoted", status.model_dump()
+    print("rollout:", status.reason, [h.model_dump() for h in status.history], status.capture)  # shown if it fails
+    assert status.state == "Promoted", status.reason
     c = status.capture
     assert c.state == "Complete", c
     assert client.errors == [], client.errors[:3]

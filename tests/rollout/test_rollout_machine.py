@@ -73,6 +73,29 @@ def test_rollback_on_latency_ratio():
     assert s.history[-1].latency_ms["2"] == 4.0 and s.history[-1].latency_ms["1"] == 1.0
 
 
+def test_a_straggler_stable_request_is_no_latency_baseline():
+    """At 100% a request or two can still reach stable as the weights move: the ratio is taken against the last
+    step where stable served the step's minRequests, not against that straggler (a fast one would roll back a
+    good canary, a slow one pass a bad one)."""
+    tr = Traffic()
+    s, _ = advance(SPEC, start(1, 2), tr.obs(), T0)
+    s, _ = run_step(s, tr, T0 + timedelta(seconds=31), canary_ms=1.2, stable_ms=1.0)
+    s, _ = run_step(s, tr, T0 + timedelta(seconds=62), canary_ms=1.2, stable_ms=1.0)
+    assert s.step == 2
+    tr.add(1, 1, 0.1)  # one straggler on stable, ten times faster than stable's real latency
+    s, _ = advance(SPEC, s, tr.add(2, 50, 1.2), T0 + timedelta(seconds=93))
+    assert s.state == "Promoted", s.reason
+    judged = s.history[-1]
+    assert judged.latency_ms["ratio"] == 1.2 and judged.latency_ms["1"] == 0.1 and judged.requests["1"] == 1
+    assert "vs stable 1.00 ms" in judged.reason
+    # With stable at its minRequests in the same step, that step's own figure is the baseline.
+    s2, _ = advance(SPEC, start(1, 2), Traffic().obs(), T0)
+    tr2 = Traffic()
+    tr2.add(1, 10, 0.1)
+    s2, _ = advance(SPEC, s2, tr2.add(2, 20, 1.2), T0 + timedelta(seconds=31))
+    assert s2.state == "RolledBack" and "12.00x" in s2.reason, s2.reason
+
+
 def test_rollback_on_p99_and_p99_optional():
     tr = Traffic()
     s, _ = advance(SPEC, start(1, 2), tr.obs(), T0)

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from lathe.api.spec import Rollout
+from lathe.api.spec import Rollout, RolloutStep
 from lathe.api.status import RolloutStatus, RolloutStepStatus
 
 MEASURING = "Measuring"
@@ -242,9 +242,17 @@ def _measuring(step: int, weight: int, now: datetime, snap: dict[str, float], re
     return RolloutStepStatus(step=step, weight=weight, requests=snap, decision=MEASURING, reason=reason, time=_iso(now))
 
 
-def _stable_latency(status: RolloutStatus, stable: int) -> float | None:
+def _enough_stable(requests: float, step: RolloutStep) -> bool:
+    """Stable's figure in a step is a baseline when stable served at least the sample the canary needs there
+    (a straggler request or two as the weights move is not)."""
+    return requests >= max(step.min_requests, 1)
+
+
+def _stable_latency(status: RolloutStatus, stable: int, steps: list[RolloutStep]) -> float | None:
+    """Stable's mean latency in the last passed step where it was a baseline."""
     for h in reversed(status.history):
-        if h.decision == PASSED and str(stable) in h.latency_ms:
+        if (h.decision == PASSED and str(stable) in h.latency_ms
+                and _enough_stable(h.requests.get(str(stable), 0), steps[min(h.step, len(steps) - 1)])):
             return h.latency_ms[str(stable)]
     return None
 
@@ -339,8 +347,8 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
                     f"{dc.requests:.0f}/{step.min_requests} canary requests"
                     + (f", {mirrored.requests:.0f}/{a.min_compared_requests} compared" if mirrored else ""))
         return s, []
-    # latency against stable: this step's stable traffic, else the last step where stable had some
-    base = ds.mean_ms if ds.requests > 0 else _stable_latency(s, stable)
+    # latency against stable: this step's stable traffic, else the last step where stable had enough
+    base = ds.mean_ms if _enough_stable(ds.requests, step) else _stable_latency(s, stable, steps)
     notes = []
     if dc.mean_ms is not None and base:
         ratio = dc.mean_ms / base
