@@ -94,6 +94,14 @@ def test_a_straggler_stable_request_is_no_latency_baseline():
     tr2.add(1, 10, 0.1)
     s2, _ = advance(SPEC, s2, tr2.add(2, 20, 1.2), T0 + timedelta(seconds=31))
     assert s2.state == "RolledBack" and "12.00x" in s2.reason, s2.reason
+    # No step before it where stable was a baseline: the ratio is said to be unmeasurable, not taken.
+    only = Rollout(steps=[RolloutStep(weight=100, pause_seconds=1, min_requests=10)], analysis=SPEC.analysis)
+    s3, _ = advance(only, start(1, 2), Traffic().obs(), T0)
+    tr3 = Traffic()
+    tr3.add(1, 1, 0.1)
+    s3, _ = advance(only, s3, tr3.add(2, 20, 1.2), T0 + timedelta(seconds=2))
+    assert s3.state == "Promoted" and "ratio" not in s3.history[-1].latency_ms
+    assert "stable served too few requests for a baseline" in s3.history[-1].reason
 
 
 def test_rollback_on_p99_and_p99_optional():

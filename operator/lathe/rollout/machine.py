@@ -360,7 +360,7 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
     elif dc.requests == 0:
         notes.append("no canary requests (minRequests 0): error rate and latency not measured")
     else:
-        notes.append("latency ratio not measurable (no stable traffic)")
+        notes.append("latency ratio not measurable (stable served too few requests for a baseline)")
     if a.max_p99_latency_ms is not None:
         if dc.p99_ms is None:
             notes.append("p99 not measurable (Triton summaries off)")
