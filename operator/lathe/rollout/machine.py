@@ -242,6 +242,11 @@ def _measuring(step: int, weight: int, now: datetime, snap: dict[str, float], re
     return RolloutStepStatus(step=step, weight=weight, requests=snap, decision=MEASURING, reason=reason, time=_iso(now))
 
 
+def _step(steps: list[RolloutStep], index: int) -> RolloutStep:
+    """Step `index` of the spec, or its last step when the status has gone past the spec's end."""
+    return steps[min(index, len(steps) - 1)]
+
+
 def _enough_stable(requests: float, step: RolloutStep) -> bool:
     """Stable's figure in a step is a baseline when stable served at least the sample the canary needs there
     (a straggler request or two as the weights move is not)."""
@@ -252,7 +257,7 @@ def _stable_latency(status: RolloutStatus, stable: int, steps: list[RolloutStep]
     """Stable's mean latency in the last passed step where it was a baseline."""
     for h in reversed(status.history):
         if (h.decision == PASSED and str(stable) in h.latency_ms
-                and _enough_stable(h.requests.get(str(stable), 0), steps[min(h.step, len(steps) - 1)])):
+                and _enough_stable(h.requests.get(str(stable), 0), _step(steps, h.step))):
             return h.latency_ms[str(stable)]
     return None
 
@@ -287,12 +292,12 @@ def advance(spec: Rollout, status: RolloutStatus, obs: Observation | None, now: 
 
     # Progressing
     if not s.history or s.history[-1].decision != MEASURING:  # defensive: rebuild the step in measurement
-        st = steps[min(s.step, len(steps) - 1)]
+        st = _step(steps, s.step)
         s.history.append(_measuring(s.step, st.weight, now, _snapshot(obs, [stable, canary]),
                                     "measurement restarted"))
         return s, []
     cur = s.history[-1]
-    step = steps[min(s.step, len(steps) - 1)]
+    step = _step(steps, s.step)
     if obs is None or obs.error:
         s.reason = f"step {s.step + 1}: waiting, metrics unavailable: {obs.error if obs else 'no observation'}"
         return s, []
